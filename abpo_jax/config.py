@@ -1,0 +1,226 @@
+"""Default configuration, shared by every config in `configs/`, and its validation.
+
+Every ambiguous choice of the ABPO design card (`DESIGN.md`) is a field here with its default.
+Configs in `configs/*.py` start from :func:`base_config` and override what they change; the CLI
+applies `--config.a.b=value` overrides and then calls :func:`validate`, which fails fast with an
+error naming the field and the allowed values.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+    """A config field holds a value the program cannot run with."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Full default config (ABPO on MovieLens-1M with the embedded SmolLM2)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.run_dir = "runs/default"
+
+    # --- data -----------------------------------------------------------------------------
+    c.data = ml_collections.ConfigDict()
+    c.data.dataset = "ml-1m"          # ml-1m | ml-100k | amazon2018 | amazon2023
+    c.data.path = ""                  # user-supplied files (amazon*); package data otherwise
+    c.data.k_core = 5                 # iterative k-core filter on users and items (0 = off)
+    c.data.min_rating = 0.0           # keep interactions rated >= this (0 = all)
+    c.data.history_len = 10           # H: items of history shown in the prompt
+    c.data.num_candidates = 20        # C: closed candidate list (target + C-1 negatives)
+    c.data.show_ratings = False
+    c.data.max_users = 0              # 0 = all users; else the first N users in time order
+    c.data.num_test_users = 500       # held-out evaluation users
+    c.data.users_per_round = 512      # fresh users deployed on per continual round
+
+    # --- model ----------------------------------------------------------------------------
+    c.model = ml_collections.ConfigDict()
+    c.model.source = "smollm2"        # smollm2 (embedded GGUF) | hf (safetensors dir) | gguf | tiny
+    c.model.path = ""                 # directory or file for hf / gguf
+    c.model.dtype = "float32"         # compute dtype: float32 | bfloat16
+    c.model.param_dtype = "float32"
+    c.model.remat = False
+    c.model.tiny = ml_collections.ConfigDict()   # only for source=tiny (item-id tokens)
+    c.model.tiny.hidden = 64
+    c.model.tiny.layers = 2
+    c.model.tiny.heads = 4
+    c.model.tiny.kv_heads = 2
+    c.model.tiny.intermediate = 128
+    c.model.lora = ml_collections.ConfigDict()
+    c.model.lora.rank = 0             # 0 = full fine-tuning
+    c.model.lora.alpha = 16.0
+    c.model.lora.targets = ("q_proj", "v_proj")
+
+    # --- policy (action space) ------------------------------------------------------------
+    c.policy = ml_collections.ConfigDict()
+    c.policy.mode = "item"            # item (score the closed candidate list) | text (sample)
+    c.policy.logging_temperature = 1.0  # temperature of the deployed logging policy
+    c.policy.max_new_tokens = 32      # text mode only
+
+    # --- user simulator -------------------------------------------------------------------
+    c.sim = ml_collections.ConfigDict()
+    c.sim.preference = "mf"           # mf (matrix factorisation) | cooc (item co-occurrence)
+    c.sim.mf_dim = 32
+    c.sim.mf_steps = 300
+    c.sim.temperature = 1.5           # GEE MNL temperature T
+    c.sim.rejection_score = 11.0      # GEE outside-option score RS (on the 1..10 score scale)
+    c.sim.external_ignore = 0.2       # P(no response for an external reason)
+
+    # --- loss (ABPO; GRPO when anchor=off) -------------------------------------------------
+    c.loss = ml_collections.ConfigDict()
+    c.loss.name = "abpo"              # registered policy loss
+    c.loss.num_generations = 8        # G rollouts per prompt
+    c.loss.anchor = "full"            # off | baseline_only | full
+    c.loss.snips = "on"               # on | off
+    c.loss.snips_clip = 10.0          # w_max
+    c.loss.tempering = "one_minus_c"  # one | one_minus_c | c | threshold
+    c.loss.tempering_threshold = 0.5  # tau for threshold
+    c.loss.positive_reward = 1.0      # r+
+    c.loss.negative_scale = 1.0       # lambda
+    c.loss.certainty_tokens = "item"  # item (item-id span) | completion (all tokens)
+    c.loss.certainty_norm = "batch"   # batch | running
+    c.loss.std = "population"         # none | population | bessel
+    c.loss.eps = 1e-4
+    c.loss.epsilon_low = 0.2
+    c.loss.epsilon_high = 0.2
+    c.loss.beta = 0.04                # KL coefficient
+    c.loss.kl_estimator = "k3"        # k1 | k3
+    c.loss.aggregation = "token_mean"  # token_mean | sequence_mean | constant
+    c.loss.max_completion_length = 16  # normaliser for aggregation=constant
+    c.loss.rewards = ("format", "anchor_match")  # summed rollout rewards
+    # --- optimisation ---------------------------------------------------------------------
+    c.train = ml_collections.ConfigDict()
+    c.train.method = "abpo"           # abpo | grpo | anchor_no_snips | sft_positive | no_update
+    c.train.optimizer = "adamw"       # adamw | sgd
+    c.train.learning_rate = 1e-5
+    c.train.warmup_steps = 0
+    c.train.weight_decay = 0.0
+    c.train.grad_clip = 1.0
+    c.train.batch_size = 8            # prompts per step (global)
+    c.train.grad_accum = 1
+    c.train.epochs_per_round = 1
+    c.train.sft_steps = 100           # round-0 warm start
+    c.train.sft_learning_rate = 1e-4
+
+    # --- continual rounds ----------------------------------------------------------------
+    c.rounds = ml_collections.ConfigDict()
+    c.rounds.num_rounds = 3
+    c.rounds.methods = ("abpo", "grpo", "anchor_no_snips", "sft_positive", "no_update")
+    c.rounds.reference = "previous"   # previous (pi_ref = pi_{k-1}) | initial
+
+    # --- evaluation ----------------------------------------------------------------------
+    c.eval = ml_collections.ConfigDict()
+    c.eval.ks = (1, 5, 10)
+    c.eval.batch_size = 16
+
+    # --- mesh / scale --------------------------------------------------------------------
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = 1
+    c.mesh.fsdp = -1                  # -1 = fill with the remaining devices
+    c.mesh.tensor = 1
+
+    # --- checkpoints and outputs ---------------------------------------------------------
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.max_to_keep = 3
+    c.checkpoint.dir = ""             # default: <run_dir>/checkpoints (may be gs://...)
+    c.logs = ml_collections.ConfigDict()
+    c.logs.max_bad_fraction = 0.05    # stop ingesting a round when more records are bad
+    return c
+
+
+# Field path -> allowed values. One table, so the error names field and choices uniformly.
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "data.dataset": ("ml-1m", "ml-100k", "amazon2018", "amazon2023"),
+    "model.source": ("smollm2", "hf", "gguf", "tiny"),
+    "model.dtype": ("float32", "bfloat16"),
+    "model.param_dtype": ("float32", "bfloat16"),
+    "policy.mode": ("item", "text"),
+    "sim.preference": ("mf", "cooc"),
+    "loss.anchor": ("off", "baseline_only", "full"),
+    "loss.snips": ("on", "off"),
+    "loss.tempering": ("one", "one_minus_c", "c", "threshold"),
+    "loss.certainty_tokens": ("item", "completion"),
+    "loss.certainty_norm": ("batch", "running"),
+    "loss.std": ("none", "population", "bessel"),
+    "loss.kl_estimator": ("k1", "k3"),
+    "loss.aggregation": ("token_mean", "sequence_mean", "constant"),
+    "train.method": ("abpo", "grpo", "anchor_no_snips", "sft_positive", "no_update"),
+    "train.optimizer": ("adamw", "sgd"),
+    "rounds.reference": ("previous", "initial"),
+}
+
+_positive = (lambda v: v > 0, "> 0")
+_non_negative = (lambda v: v >= 0, ">= 0")
+_probability = (lambda v: 0 <= v <= 1, "in [0, 1]")
+_mesh_axis = (lambda v: v == -1 or v >= 1, "-1 (fill) or >= 1")
+
+# Field path -> (predicate, description of the allowed range).
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "data.history_len": _positive,
+    "data.num_candidates": (lambda v: v >= 2, ">= 2"),
+    "data.k_core": _non_negative,
+    "loss.num_generations": _positive,
+    "loss.snips_clip": _positive,
+    "loss.eps": _non_negative,
+    "loss.epsilon_low": _non_negative,
+    "loss.epsilon_high": _non_negative,
+    "loss.beta": _non_negative,
+    "loss.tempering_threshold": _probability,
+    "sim.temperature": _positive,
+    "sim.external_ignore": _probability,
+    "policy.logging_temperature": _positive,
+    "train.learning_rate": _non_negative,
+    "train.batch_size": _positive,
+    "train.grad_accum": _positive,
+    "rounds.num_rounds": _non_negative,
+    "logs.max_bad_fraction": _probability,
+    "mesh.data": _mesh_axis,
+    "mesh.fsdp": _mesh_axis,
+    "mesh.tensor": _mesh_axis,
+}
+
+# Fields holding a tuple whose every element must come from a set.
+TUPLE_CHOICES: dict[str, tuple[str, ...]] = {
+    "rounds.methods": CHOICES["train.method"],
+    "loss.rewards": ("format", "anchor_match", "ground_truth", "simulator"),
+}
+
+
+def _lookup(config: ml_collections.ConfigDict, path: str) -> tuple[bool, Any]:
+    node: Any = config
+    for part in path.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Check every known field present in `config`; raise ConfigError naming the first bad one."""
+    for path, allowed in CHOICES.items():
+        found, value = _lookup(config, path)
+        if found and value not in allowed:
+            raise ConfigError(
+                f"config.{path}={value!r} is not allowed; choose one of: "
+                + ", ".join(map(str, allowed)))
+    for path, (ok, desc) in RANGES.items():
+        found, value = _lookup(config, path)
+        if not found:
+            continue
+        bad_number = isinstance(value, float) and math.isnan(value)
+        if bad_number or not ok(value):
+            raise ConfigError(f"config.{path}={value!r} is out of range; it must be {desc}")
+    for path, allowed in TUPLE_CHOICES.items():
+        found, value = _lookup(config, path)
+        if not found:
+            continue
+        for v in value:
+            if v not in allowed:
+                raise ConfigError(
+                    f"config.{path} contains {v!r}, which is not allowed; each entry must be "
+                    "one of: " + ", ".join(allowed))
+    return config

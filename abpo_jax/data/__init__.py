@@ -1,0 +1,1 @@
+"""Datasets, splits, prompts, bandit logs and grain pipelines (knows nothing of models)."""

@@ -1,0 +1,1 @@
+"""Pure ranking / exposure metrics and the evaluation loop."""

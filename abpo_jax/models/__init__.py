@@ -1,0 +1,1 @@
+"""Decoder LLMs in Flax NNX, their loaders, tokenizers and sharding rules."""

@@ -1,0 +1,1 @@
+"""Autoregressive sampling, trie-constrained decoding and shared-prefix group scoring."""

@@ -1,0 +1,1 @@
+"""User simulator (preferences + MNL click model) and the logging policy."""

@@ -1,0 +1,1 @@
+"""Train state, the jitted train step, checkpoints and the continual rounds."""

@@ -1,0 +1,17 @@
+"""Benchmarks: our sampler vs HF generate, packed vs naive group scoring, log pipeline, steps.
+
+    abpo-jax bench
+    abpo-jax bench --config.bench.only=sampling
+"""
+
+import ml_collections
+
+from abpo_jax.config import base_config
+
+
+def get_config():
+    c = base_config()
+    c.run_dir = "runs/bench"
+    c.bench = ml_collections.ConfigDict()
+    c.bench.only = ""   # comma-separated benchmark names; empty = all
+    return c
