@@ -1,0 +1,93 @@
+"""`abpo-jax bench`: run the benchmarks in `benchmarks/bench_*.py`, print a table, write JSON.
+
+Each benchmark module exposes `run(config) -> list[dict]`; a row holds `benchmark`, `metric`,
+`ours`, and, where a peer (TRL, HF generate, naive scoring) ran the same work in the same process,
+`peer`, `peer_name` and `ratio`. Results go to `<run_dir>/bench-<timestamp>.json` together with
+the machine description, so runs can be compared over time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import json
+import os
+import pathlib
+import platform
+import sys
+import traceback
+
+import ml_collections
+
+BENCH_DIR = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+COLUMNS = ("benchmark", "metric", "ours", "peer_name", "peer", "ratio", "notes")
+
+
+def discover(only: str = "") -> dict[str, pathlib.Path]:
+    """Benchmark name -> file, filtered by a comma-separated list of names (empty = all)."""
+    found = {p.stem.removeprefix("bench_"): p for p in sorted(BENCH_DIR.glob("bench_*.py"))}
+    wanted = [w.strip() for w in only.split(",") if w.strip()]
+    unknown = sorted(set(wanted) - set(found))
+    if unknown:
+        raise SystemExit(f"unknown benchmark(s) {unknown}; available: {sorted(found)}")
+    return {k: v for k, v in found.items() if not wanted or k in wanted}
+
+
+def _load(name: str, path: pathlib.Path):
+    spec = importlib.util.spec_from_file_location(f"benchmarks.bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    return str(value)
+
+
+def format_table(rows: list[dict]) -> str:
+    """Fixed-width text table of benchmark rows."""
+    cells = [[_fmt(r.get(c)) for c in COLUMNS] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(COLUMNS)]
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths))
+    return "\n".join([line(COLUMNS), line(["-" * w for w in widths])] + [line(r) for r in cells])
+
+
+def main(config: ml_collections.ConfigDict) -> list[dict]:
+    """Run the selected benchmarks; print the table; write JSON into the run directory."""
+    import jax
+
+    only = config.get("bench", {}).get("only", "") if "bench" in config else ""
+    rows: list[dict] = []
+    failures: dict[str, str] = {}
+    for name, path in discover(only).items():
+        print(f"== benchmark {name} ({path.name})", flush=True)
+        try:
+            rows.extend(_load(name, path).run(config))
+        except Exception:  # one failing benchmark must not hide the others' numbers
+            failures[name] = traceback.format_exc()
+            print(failures[name], file=sys.stderr)
+    print()
+    print(format_table(rows))
+    out_dir = pathlib.Path(config.run_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    record = {
+        "timestamp": stamp,
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                    "jax": jax.__version__, "backend": jax.default_backend(),
+                    "devices": [str(d) for d in jax.devices()]},
+        "rows": rows,
+        "failures": failures,
+    }
+    out = out_dir / f"bench-{stamp}.json"
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=float))
+    tmp.replace(out)
+    print(f"\nwrote {out}")
+    if failures:
+        raise SystemExit(f"benchmarks failed: {sorted(failures)}")
+    return rows
