@@ -105,6 +105,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.epochs_per_round = 1
     c.train.sft_steps = 100           # round-0 warm start
     c.train.sft_learning_rate = 1e-4
+    c.train.schedule = "constant"     # constant | cosine (linear warmup, then cosine decay)
+    c.train.steps_per_round = 0       # 0 = one pass (epochs_per_round) over the round's log
+    c.train.reset_optimizer = True    # fresh optimizer state at the start of each round update
 
     # --- continual rounds ----------------------------------------------------------------
     c.rounds = ml_collections.ConfigDict()
@@ -127,6 +130,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.max_to_keep = 3
     c.checkpoint.dir = ""             # default: <run_dir>/checkpoints (may be gs://...)
+    c.checkpoint.every_steps = 0      # also checkpoint mid-update every N steps (0 = phase ends)
+    c.outputs = ml_collections.ConfigDict()
+    c.outputs.progress = True         # tqdm bars (rollouts / steps / eval)
+    c.outputs.tensorboard = True
+    c.outputs.plots = True
     c.logs = ml_collections.ConfigDict()
     c.logs.max_bad_fraction = 0.05    # stop ingesting a round when more records are bad
     return c
@@ -150,6 +158,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "loss.aggregation": ("token_mean", "sequence_mean", "constant"),
     "train.method": ("abpo", "grpo", "anchor_no_snips", "sft_positive", "no_update"),
     "train.optimizer": ("adamw", "sgd"),
+    "train.schedule": ("constant", "cosine"),
     "rounds.reference": ("previous", "initial"),
 }
 
@@ -176,6 +185,14 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.learning_rate": _non_negative,
     "train.batch_size": _positive,
     "train.grad_accum": _positive,
+    "train.sft_steps": _non_negative,
+    "train.steps_per_round": _non_negative,
+    "train.warmup_steps": _non_negative,
+    "train.epochs_per_round": _positive,
+    "checkpoint.max_to_keep": _positive,
+    "checkpoint.every_steps": _non_negative,
+    "data.num_test_users": _positive,
+    "data.users_per_round": _positive,
     "rounds.num_rounds": _non_negative,
     "logs.max_bad_fraction": _probability,
     "mesh.data": _mesh_axis,

@@ -1,0 +1,171 @@
+"""Run outputs: metrics.jsonl, TensorBoard scalars, per-round plots and table, progress bars.
+
+Only process 0 writes (multi-host runs share one run directory); every other process gets
+no-op writers so callers need no `if` of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import jax
+import numpy as np
+
+
+def is_main_process() -> bool:
+    """True on JAX process 0 — the only process that writes files or prints tables."""
+    return jax.process_index() == 0
+
+
+def progress(iterable: Iterable, desc: str, total: int | None = None,
+             enabled: bool = True) -> Iterator:
+    """tqdm bar on the main process (stderr); a plain iterator elsewhere or when disabled."""
+    if not (enabled and is_main_process()):
+        return iter(iterable)
+    from tqdm.auto import tqdm
+    return iter(tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.generic, jax.Array)):
+        value = np.asarray(value).item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else (1e308 if value > 0 else -1e308)
+    return value
+
+
+class MetricsWriter:
+    """Appends one JSON object per (round, method) to `metrics.jsonl` and mirrors scalars to
+    TensorBoard (`tb/<method>/`). Rows already present (a resumed run) are replaced, not doubled.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, tensorboard: bool = True):
+        self.run_dir = pathlib.Path(run_dir)
+        self.path = self.run_dir / "metrics.jsonl"
+        self.enabled = is_main_process()
+        self.tensorboard = tensorboard and self.enabled
+        self._tb: dict[str, Any] = {}
+        if self.enabled:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def rows(self) -> list[dict]:
+        """All rows written so far (deduplicated on (round, method), last one wins)."""
+        if not self.path.exists():
+            return []
+        by_key: dict[tuple, dict] = {}
+        for line in self.path.read_text().splitlines():
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line torn by a kill mid-write
+                continue
+            by_key[(row.get("round"), row.get("method"))] = row
+        return sorted(by_key.values(), key=lambda r: (r.get("round", 0), str(r.get("method"))))
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        """Record one (round, method) row: jsonl line + TensorBoard scalars at step=round."""
+        if not self.enabled:
+            return
+        row = {k: _jsonable(v) for k, v in row.items()}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if self.tensorboard:
+            self._tb_scalars(row)
+
+    def _tb_scalars(self, row: Mapping[str, Any]) -> None:
+        from tensorboardX import SummaryWriter
+        method = str(row.get("method", "run"))
+        if method not in self._tb:
+            self._tb[method] = SummaryWriter(str(self.run_dir / "tb" / method))
+        writer = self._tb[method]
+        for key, value in row.items():
+            if isinstance(value, (int, float)) and key != "round":
+                writer.add_scalar(key, value, global_step=int(row.get("round", 0)))
+        writer.flush()
+
+    def close(self) -> None:
+        for writer in self._tb.values():
+            writer.close()
+        self._tb.clear()
+
+
+def plot_metrics(rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike,
+                 metrics: Sequence[str]) -> list[pathlib.Path]:
+    """One PNG per metric: value vs round, one line per method. Returns the written paths."""
+    if not is_main_process() or not rows:
+        return []
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    methods = sorted({str(r["method"]) for r in rows})
+    paths = []
+    for metric in metrics:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        drew = False
+        for method in methods:
+            pts = [(r["round"], r[metric]) for r in rows
+                   if str(r["method"]) == method and isinstance(r.get(metric), (int, float))]
+            if pts:
+                xs, ys = zip(*sorted(pts))
+                ax.plot(xs, ys, marker="o", label=method)
+                drew = True
+        if not drew:
+            plt.close(fig)
+            continue
+        ax.set_xlabel("round")
+        ax.set_ylabel(metric)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = out / f"{metric.replace('@', '_at_').replace('/', '_')}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """Plain-text per-round table (round, method, then `columns`), numbers to 4 places."""
+    header = ["round", "method", *columns]
+    body = []
+    for r in rows:
+        cells = []
+        for c in header:
+            v = r.get(c)
+            cells.append(f"{v:.4f}" if isinstance(v, float) else ("-" if v is None else str(v)))
+        body.append(cells)
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h)
+              for i, h in enumerate(header)]
+    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(b) for b in body])
+
+
+def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str],
+                title: str = "per-round metrics") -> None:
+    """Print the per-round table on the main process (rich when available)."""
+    if not is_main_process():
+        return
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:  # rich is optional at run time
+        print(title)
+        print(format_table(rows, columns))
+        return
+    table = Table(title=title)
+    for c in ["round", "method", *columns]:
+        table.add_column(c, justify="right")
+    for r in rows:
+        table.add_row(*[f"{r.get(c):.4f}" if isinstance(r.get(c), float) else str(r.get(c, "-"))
+                        for c in ["round", "method", *columns]])
+    Console().print(table)
