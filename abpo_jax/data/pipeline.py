@@ -1,0 +1,99 @@
+"""grain input pipeline over committed bandit-log rounds.
+
+    source(ArrayRecord shards) -> shuffle(seed) -> shard by process -> decode + featurize
+    -> batch(drop_remainder) -> iterator with get_state()/set_state()
+
+Every process shuffles with the same seed and takes every `process_count`-th element of the
+shuffled order, so processes see disjoint slices whose union is the whole log. The iterator
+state is checkpointable with Orbax (`grain.checkpoint.CheckpointSave/Restore`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Sequence
+
+import grain
+import numpy as np
+
+from abpo_jax.data.logs import LogRecord
+
+Featurize = Callable[[LogRecord], dict[str, np.ndarray]]
+
+
+def numeric_featurizer(history_len: int, num_candidates: int) -> Featurize:
+    """Featurizer giving fixed-shape numeric arrays for one record.
+
+    Keys: `user` [], `candidates` [C] int32 (padded with 0), `candidate_mask` [C] bool,
+    `exposed_index` [] int32, `propensity` [] float32, `outcome` [] int32,
+    `context` [H] int32 (most recent H items, oldest first, padded with 0 at the end),
+    `context_mask` [H] bool, `round` [] int32.
+    """
+
+    def featurize(record: LogRecord) -> dict[str, np.ndarray]:
+        cands = record.candidate_item_ids
+        if len(cands) > num_candidates:
+            raise ValueError(f"request {record.request_id!r}: {len(cands)} candidates > "
+                             f"num_candidates={num_candidates} (config data.num_candidates)")
+        context = record.context_item_ids[-history_len:] if history_len else ()
+        out_cands = np.zeros(num_candidates, np.int32)
+        out_cands[:len(cands)] = cands
+        out_context = np.zeros(history_len, np.int32)
+        out_context[:len(context)] = context
+        return {
+            "user": np.int32(record.user_id),
+            "candidates": out_cands,
+            "candidate_mask": np.arange(num_candidates) < len(cands),
+            "exposed_index": np.int32(record.exposed_index),
+            "propensity": np.float32(record.propensity),
+            "outcome": np.int32(record.outcome),
+            "context": out_context,
+            "context_mask": np.arange(history_len) < len(context),
+            "round": np.int32(record.round),
+        }
+
+    return featurize
+
+
+def _process_index_and_count(process_index: int | None,
+                             process_count: int | None) -> tuple[int, int]:
+    if process_index is None or process_count is None:
+        import jax   # only when the caller did not say: tests simulate processes explicitly
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} not in [0, {process_count})")
+    return process_index, process_count
+
+
+def log_dataset(shards: Sequence[str | os.PathLike], *, batch_size: int, seed: int,
+                featurize: Featurize, process_index: int | None = None,
+                process_count: int | None = None, num_epochs: int = 1,
+                drop_remainder: bool = True) -> grain.IterDataset:
+    """Shuffled, process-sharded, featurized, batched dataset over ArrayRecord shards.
+
+    Args:
+      shards: shard paths (e.g. `RoundLog.shard_paths`, possibly of several rounds).
+      batch_size: per-process batch size.
+      seed: shuffle seed (same on every process; epochs are reshuffled).
+      featurize: record -> dict of numpy arrays (`numeric_featurizer` or a tokenizing one).
+      process_index / process_count: this process's slot; default `jax.process_index/count()`.
+      num_epochs: passes over the data.
+      drop_remainder: drop the last short batch (static shapes for jit); the per-process slices
+        are also cut to equal length so every process yields the same number of batches.
+    """
+    index, count = _process_index_and_count(process_index, process_count)
+    source = grain.sources.ArrayRecordDataSource([os.fspath(s) for s in shards])
+    ds = grain.MapDataset.source(source).shuffle(seed=seed)
+    if num_epochs > 1:
+        ds = ds.repeat(num_epochs)   # before slicing: the shuffle then reshuffles each epoch
+    if drop_remainder:
+        ds = ds[:len(ds) - len(ds) % count]
+    ds = ds[index::count]
+    ds = ds.map(lambda data: featurize(LogRecord.from_bytes(data)))
+    return ds.batch(batch_size, drop_remainder=drop_remainder).to_iter_dataset()
+
+
+def log_iterator(shards: Sequence[str | os.PathLike], **kwargs) -> grain.DatasetIterator:
+    """`iter(log_dataset(...))`: yields batches; has `get_state()` / `set_state()`."""
+    return iter(log_dataset(shards, **kwargs))
