@@ -1,0 +1,312 @@
+"""Decoder-only transformer in Flax NNX for the Llama / Qwen2 / Gemma-3 families.
+
+Module and parameter names mirror Hugging Face (`embed_tokens`, `layers[i].self_attn.q_proj`,
+`mlp.gate_proj`, `input_layernorm`, ...), so loaders map checkpoints by name. Kernels are stored
+`(in, out)`; every parameter carries logical axes for `sharding.py`.
+
+Attention takes an explicit boolean mask so callers can pass causal, padded or block-causal
+(shared-prefix packed) masks; sliding-window layers add a position-distance mask on top.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from abpo_jax.models.config import ModelConfig
+from abpo_jax.models.sharding import constrain
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Per-layer keys/values of all cached slots, the RoPE position of each slot, next slot."""
+
+    k: Array  # [L, B, S_max, n_kv, head_dim]
+    v: Array  # [L, B, S_max, n_kv, head_dim]
+    positions: Array  # int32 [B, S_max]
+    index: Array  # int32 scalar: next write slot
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[2]
+
+
+def init_cache(config: ModelConfig, batch: int, max_len: int, dtype: Any = jnp.float32) -> KVCache:
+    """Empty cache for `batch` sequences of up to `max_len` tokens (slots unused until written)."""
+    shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
+    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+                   # far-away position: an unwritten slot never falls inside a sliding window
+                   positions=jnp.full((batch, max_len), -(2 ** 30), jnp.int32),
+                   index=jnp.zeros((), jnp.int32))
+
+
+def causal_mask(positions_q: Array, positions_k: Array) -> Array:
+    """bool[B,T,S]: query t may attend key s iff pos_k[s] <= pos_q[t]."""
+    return positions_k[:, None, :] <= positions_q[:, :, None]
+
+
+# --- RoPE ---------------------------------------------------------------------------------
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None = None) -> np.ndarray:
+    """Inverse frequencies (float32, [head_dim/2]) with optional `linear` / `llama3` scaling."""
+    inv = 1.0 / (np.float32(theta) ** (np.arange(0, head_dim, 2).astype(np.float32) / head_dim))
+    inv = inv.astype(np.float32)
+    kind = (scaling or {}).get("rope_type", "default")
+    if kind == "default":
+        return inv
+    factor = float(scaling["factor"])
+    if kind == "linear":
+        return (inv / factor).astype(np.float32)
+    if kind == "llama3":
+        low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+        old_len = float(scaling["original_max_position_embeddings"])
+        low_wavelen, high_wavelen = old_len / low, old_len / high
+        wavelen = 2 * math.pi / inv
+        scaled = np.where(wavelen > low_wavelen, inv / factor, inv)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        return np.where(medium, smoothed, scaled).astype(np.float32)
+    raise ValueError(f"rope_scaling rope_type={kind!r} is not supported (default, linear, llama3)")
+
+
+def apply_rope(x: Array, positions: Array, inv_freq: np.ndarray) -> Array:
+    """Rotate x [B,T,H,D] by positions [B,T] in the HF `rotate_half` layout."""
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B,T,D/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
+    cos, sin = jnp.cos(emb), jnp.sin(emb)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return (x.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin).astype(x.dtype)
+
+
+# --- layers -------------------------------------------------------------------------------
+
+def _partitioned(init: Any, axes: tuple[str | None, ...]) -> Any:
+    # eager_sharding=False: variables are created unsharded; sharding.py places them.
+    return nnx.with_partitioning(init, axes, eager_sharding=False)
+
+
+class RMSNorm(nnx.Module):
+    """y = x / sqrt(mean(x^2) + eps) * (offset + w), computed in float32."""
+
+    def __init__(self, dim: int, eps: float, offset: float, axis_name: str, param_dtype: Any):
+        init = nnx.initializers.zeros if offset else nnx.initializers.ones
+        self.weight = nnx.Param(_partitioned(init, (axis_name,))(jax.random.key(0), (dim,),
+                                                                 param_dtype))
+        self.eps, self.offset = eps, offset
+
+    def __call__(self, x: Array) -> Array:
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (y * (self.offset + self.weight[...].astype(jnp.float32))).astype(x.dtype)
+
+
+def linear(din: int, dout: int, axes: tuple[str, str], config: ModelConfig, rngs: nnx.Rngs,
+           bias: bool = False) -> nnx.Linear:
+    return nnx.Linear(
+        din, dout, use_bias=bias, dtype=jnp.dtype(config.dtype),
+        param_dtype=jnp.dtype(config.param_dtype),
+        kernel_init=_partitioned(nnx.initializers.normal(0.02), axes),
+        bias_init=_partitioned(nnx.initializers.zeros, (axes[1],)), rngs=rngs)
+
+
+class Attention(nnx.Module):
+    def __init__(self, config: ModelConfig, layer_type: str, rngs: nnx.Rngs):
+        c = config
+        d, hd = c.hidden_size, c.head_dim
+        self.q_proj = linear(d, c.num_heads * hd, ("embed", "heads"), c, rngs, c.qkv_bias)
+        self.k_proj = linear(d, c.num_kv_heads * hd, ("embed", "kv_heads"), c, rngs, c.qkv_bias)
+        self.v_proj = linear(d, c.num_kv_heads * hd, ("embed", "kv_heads"), c, rngs, c.qkv_bias)
+        self.o_proj = linear(c.num_heads * hd, d, ("heads", "embed"), c, rngs)
+        if c.sandwich_norms:
+            self.q_norm = RMSNorm(hd, c.rms_norm_eps, c.norm_offset, "head_dim", c.param_dtype)
+            self.k_norm = RMSNorm(hd, c.rms_norm_eps, c.norm_offset, "head_dim", c.param_dtype)
+        sliding = layer_type == "sliding"
+        self.window = c.sliding_window if sliding else None
+        if sliding and c.rope_local_base_freq is not None:
+            self.inv_freq = tuple(rope_inv_freq(hd, c.rope_local_base_freq).tolist())
+        else:
+            self.inv_freq = tuple(rope_inv_freq(hd, c.rope_theta, c.rope_scaling).tolist())
+        self.config = c
+
+    def __call__(self, x: Array, positions: Array, mask: Array, k_cache: Array | None,
+                 v_cache: Array | None, key_positions: Array, index: Array | None
+                 ) -> tuple[Array, Array, Array]:
+        """Returns (output [B,T,D], keys, values); keys/values are the full cache when cached."""
+        c = self.config
+        b, t, _ = x.shape
+        inv_freq = np.asarray(self.inv_freq, np.float32)
+        q = self.q_proj(x).reshape(b, t, c.num_heads, c.head_dim)
+        k = self.k_proj(x).reshape(b, t, c.num_kv_heads, c.head_dim)
+        v = self.v_proj(x).reshape(b, t, c.num_kv_heads, c.head_dim)
+        if c.sandwich_norms:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = apply_rope(q, positions, inv_freq)
+        k = apply_rope(k, positions, inv_freq)
+        q = constrain(q, ("batch", "length", "heads", "head_dim"))
+        if k_cache is not None:
+            k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
+            v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
+        k = constrain(k, ("batch", "length", "kv_heads", "head_dim"))
+        v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
+
+        if self.window is not None:
+            # Sliding window (HF semantics): key s visible iff pos_q - pos_k < window.
+            near = (positions[:, :, None] - key_positions[:, None, :]) < self.window
+            mask = mask & near
+        groups = c.num_heads // c.num_kv_heads
+        qg = q.reshape(b, t, c.num_kv_heads, groups, c.head_dim)
+        scores = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(q.dtype),
+                            preferred_element_type=jnp.float32) * c.attention_scale
+        if c.attn_logit_softcapping:
+            cap = c.attn_logit_softcapping
+            scores = jnp.tanh(scores / cap) * cap
+        scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(q.dtype))
+        out = out.reshape(b, t, c.num_heads * c.head_dim)
+        return self.o_proj(out), k, v
+
+
+class MLP(nnx.Module):
+    """down(act(gate(x)) * up(x)) — SwiGLU (silu) or GeGLU (tanh-approximated gelu)."""
+
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        c = config
+        self.gate_proj = linear(c.hidden_size, c.intermediate_size, ("embed", "mlp"), c, rngs)
+        self.up_proj = linear(c.hidden_size, c.intermediate_size, ("embed", "mlp"), c, rngs)
+        self.down_proj = linear(c.intermediate_size, c.hidden_size, ("mlp", "embed"), c, rngs)
+        self.activation = c.activation
+
+    def __call__(self, x: Array) -> Array:
+        gate = self.gate_proj(x)
+        act = jax.nn.silu(gate) if self.activation == "silu" else jax.nn.gelu(gate, approximate=True)
+        h = constrain(act * self.up_proj(x), ("batch", "length", "mlp"))
+        return self.down_proj(h)
+
+
+class Block(nnx.Module):
+    def __init__(self, config: ModelConfig, layer_type: str, rngs: nnx.Rngs):
+        c = config
+
+        def norm() -> RMSNorm:
+            return RMSNorm(c.hidden_size, c.rms_norm_eps, c.norm_offset, "embed", c.param_dtype)
+
+        self.input_layernorm = norm()
+        self.self_attn = Attention(c, layer_type, rngs)
+        # Llama/Qwen2: post_attention_layernorm is the pre-FFN norm (HF naming).
+        self.post_attention_layernorm = norm()
+        if c.sandwich_norms:
+            self.pre_feedforward_layernorm = norm()
+            self.post_feedforward_layernorm = norm()
+        self.mlp = MLP(c, rngs)
+        self.sandwich = c.sandwich_norms
+
+    def __call__(self, x: Array, positions: Array, mask: Array, k_cache: Array | None,
+                 v_cache: Array | None, key_positions: Array, index: Array | None
+                 ) -> tuple[Array, Array, Array]:
+        h, k, v = self.self_attn(self.input_layernorm(x), positions, mask, k_cache, v_cache,
+                                 key_positions, index)
+        if self.sandwich:
+            x = x + self.post_attention_layernorm(h)
+            x = x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
+        else:
+            x = x + h
+            x = x + self.mlp(self.post_attention_layernorm(x))
+        return constrain(x, ("batch", "length", "embed")), k, v
+
+
+def _block_call(block: Block, *args: Any) -> tuple[Array, Array, Array]:
+    return block(*args)
+
+
+_remat_block_call = nnx.remat(_block_call)
+
+
+class Decoder(nnx.Module):
+    """Token ids -> float32 logits, optionally reading/writing a KV cache."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        c = config
+        self.config = c
+        self.embed_tokens = nnx.Embed(
+            c.vocab_size, c.hidden_size, dtype=jnp.dtype(c.dtype),
+            param_dtype=jnp.dtype(c.param_dtype),
+            embedding_init=_partitioned(nnx.initializers.normal(0.02), ("vocab", "embed")),
+            rngs=rngs)
+        self.layers = nnx.List([Block(c, t, rngs) for t in c.layer_types])
+        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.norm_offset, "embed", c.param_dtype)
+        if not c.tie_embeddings:
+            self.lm_head = linear(c.hidden_size, c.vocab_size, ("embed", "vocab"), c, rngs)
+
+    def embed(self, tokens: Array) -> Array:
+        x = self.embed_tokens(tokens)
+        if self.config.scale_embeddings:
+            x = x * jnp.asarray(math.sqrt(self.config.hidden_size), x.dtype)
+        return x
+
+    def hidden_states(self, tokens: Array, positions: Array, attn_mask: Array,
+                      cache: KVCache | None = None) -> tuple[Array, KVCache | None]:
+        """Final-norm hidden states [B,T,D] (before the LM head) and the updated cache."""
+        c = self.config
+        tokens = jnp.asarray(tokens, jnp.int32)
+        positions = jnp.asarray(positions, jnp.int32)
+        t = tokens.shape[1]
+        x = constrain(self.embed(tokens), ("batch", "length", "embed"))
+        if cache is not None:
+            if attn_mask.shape[-1] != cache.max_len:
+                raise ValueError(f"attn_mask has {attn_mask.shape[-1]} key slots; the cache has "
+                                 f"{cache.max_len}")
+            key_positions = jax.lax.dynamic_update_slice(cache.positions, positions,
+                                                         (0, cache.index))
+            ks, vs, index = cache.k, cache.v, cache.index
+        else:
+            if attn_mask.shape[-1] != t:
+                raise ValueError(f"attn_mask has {attn_mask.shape[-1]} keys for {t} tokens")
+            key_positions, ks, vs, index = positions, None, None, None
+        call = _remat_block_call if c.remat else _block_call
+        for i, block in enumerate(self.layers):
+            kc = ks[i] if ks is not None else None
+            vc = vs[i] if vs is not None else None
+            x, k, v = call(block, x, positions, attn_mask, kc, vc, key_positions, index)
+            if ks is not None:
+                ks = ks.at[i].set(k)
+                vs = vs.at[i].set(v)
+        x = self.norm(x)
+        new_cache = None
+        if cache is not None:
+            new_cache = KVCache(k=ks, v=vs, positions=key_positions, index=index + t)
+        return x, new_cache
+
+    def logits_from_hidden(self, x: Array) -> Array:
+        """LM head (tied or not) and optional final soft-capping; float32 logits."""
+        c = self.config
+        if c.tie_embeddings:
+            logits = jnp.einsum("btd,vd->btv", x, self.embed_tokens.embedding[...].astype(x.dtype),
+                                preferred_element_type=jnp.float32)
+        else:
+            logits = self.lm_head(x)
+        logits = logits.astype(jnp.float32)
+        if c.final_logit_softcapping:
+            cap = c.final_logit_softcapping
+            logits = jnp.tanh(logits / cap) * cap
+        return constrain(logits, ("batch", "length", "vocab"))
+
+    def __call__(self, tokens: Array, positions: Array, attn_mask: Array,
+                 cache: KVCache | None = None) -> tuple[Array, KVCache | None]:
+        """logits float32 [B,T,V] and the updated cache (None without a cache).
+
+        Without a cache the keys are the input tokens (attn_mask is [B,T,T]); with a cache this
+        call's keys/values go to slots [index, index+T) and attn_mask is [B,T,S_max].
+        """
+        x, new_cache = self.hidden_states(tokens, positions, attn_mask, cache)
+        return self.logits_from_hidden(x), new_cache
