@@ -1,0 +1,261 @@
+"""The jitted train steps (item mode): policy-gradient (ABPO / GRPO / anchor-no-SNIPS) and SFT.
+
+One step = one global batch of B prompts, split into `grad_accum` micro-batches ([A, B/A, ...]):
+  1. no-grad pre-pass over all micro-batches with the same packed scorer: log pi~_old [B, C]
+     (the current params), self-certainty of every candidate's item-id span, log pi~_ref;
+  2. global (whole-batch) quantities: G rollouts ~ pi~_old per prompt, rewards, group
+     advantages with the anchor, SNIPS weights, normalised certainty and tempered anchor reward
+     — so accumulation is exact (no per-micro-batch statistics);
+  3. grad pass: scan over micro-batches summing grad(loss_sum) and denom; update with
+     grad_sum / denom_sum. Non-finite loss or grads: the update is skipped and counted.
+RNG: fold_in(fold_in(PRNGKey(seed), round), step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from abpo_jax.losses.advantages import anchored_advantages
+from abpo_jax.losses.certainty import normalize_certainty_batch
+from abpo_jax.losses.registry import get_policy_loss
+from abpo_jax.losses.rewards import anchor_reward
+from abpo_jax.losses.settings import LossSettings
+from abpo_jax.losses.snips import snips_weights
+from abpo_jax.train.policy import CandidateBatch, score_candidates
+from abpo_jax.train.state import ModelSplit
+
+POLICY_METHODS = ("abpo", "grpo", "anchor_no_snips")
+
+
+def method_settings(settings: LossSettings, method: str) -> LossSettings:
+    """The loss settings a method trains with.
+
+    abpo: as configured (anchor full, SNIPS on, tempering); grpo: anchor off (propensities
+    unused); anchor_no_snips: anchor full with unit weights.
+    """
+    if method == "abpo":
+        return settings
+    if method == "grpo":
+        return settings.replace(name="grpo", anchor="off")
+    if method == "anchor_no_snips":
+        return settings.replace(anchor="full", snips="off")
+    raise ValueError(f"method {method!r} has no policy loss; policy methods: {POLICY_METHODS}")
+
+
+@dataclasses.dataclass
+class RLBatch:
+    """One global batch of logged requests, [A, b, ...] (A = grad_accum micro-batches).
+
+    cands: the C candidate completions per prompt, packed; exposed [A, b] candidate index of the logged
+    item; propensity [A, b]; outcome [A, b] (1 = positive); target [A, b] candidate index of the
+    held-out next item (-1 when unknown); sim_reward [A, b, C] simulated click probability of
+    each candidate (zeros unless `simulator` is a reward); valid [A, b] (0 = padding row).
+    """
+    cands: CandidateBatch
+    exposed: Any
+    propensity: Any
+    outcome: Any
+    target: Any
+    sim_reward: Any
+    valid: Any
+
+
+jax.tree_util.register_dataclass(
+    RLBatch, data_fields=[f.name for f in dataclasses.fields(RLBatch)], meta_fields=[])
+
+
+def rollout_rewards(rollouts: jax.Array, batch: RLBatch, r0: jax.Array,
+                    settings: LossSettings) -> jax.Array:
+    """Summed item-mode rollout rewards [.., G] for `settings.rewards`.
+
+    format: 1 (item mode only emits well-formed tags); anchor_match: r_0 when the rollout is the
+    logged item; ground_truth: 1 when it is the held-out next item; simulator: the simulated
+    click probability of the rolled-out item.
+    """
+    r = jnp.zeros(rollouts.shape, jnp.float32)
+    if "format" in settings.rewards:
+        r = r + 1.0
+    if "anchor_match" in settings.rewards:
+        r = r + jnp.where(rollouts == batch.exposed[..., None], r0[..., None], 0.0)
+    if "ground_truth" in settings.rewards:
+        r = r + (rollouts == batch.target[..., None]).astype(jnp.float32)
+    if "simulator" in settings.rewards:
+        r = r + jnp.take_along_axis(batch.sim_reward, rollouts, axis=-1)
+    return r
+
+
+def _take(x: jax.Array, idx: jax.Array) -> jax.Array:
+    """x [..., C] at idx [..., K] -> [..., K]."""
+    return jnp.take_along_axis(x, idx, axis=-1)
+
+
+def _scan_micro(fn: Callable, xs: Any) -> Any:
+    """Map `fn` over the leading micro-batch axis (lax.map keeps one micro-batch live)."""
+    return jax.lax.map(fn, xs)
+
+
+def _finite_update(state: dict, grads: Any, loss: jax.Array, tx: optax.GradientTransformation
+                   ) -> tuple[dict, jax.Array]:
+    """Apply `tx` unless the loss or any gradient is non-finite (then keep params + opt state)."""
+    finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
+        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
+    updates, new_opt = tx.update(safe_grads, state["opt"], state["params"])
+    new_params = optax.apply_updates(state["params"], updates)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    return {
+        "params": keep(new_params, state["params"]),
+        "opt": keep(new_opt, state["opt"]),
+        "step": state["step"] + 1,
+        "skipped": state["skipped"] + (~finite).astype(jnp.int32),
+    }, finite
+
+
+def make_policy_step(split: ModelSplit, tx: optax.GradientTransformation,
+                     settings: LossSettings, certainty_on: str = "item") -> Callable:
+    """Pure policy-gradient step `(state, frozen, ref_params, batch, round_key) -> (state, metrics)`.
+
+    `state` = {"params", "opt", "step", "skipped"}; `ref_params` are pi_ref's trainable params
+    (pi_{k-1}); `settings` already reflect the method (see `method_settings`).
+    """
+    loss_fn_registered = get_policy_loss(settings.name)
+    G = settings.num_generations
+
+    def score(params, frozen, cands):
+        cand_logp, _, cert = score_candidates(split.merge(params, frozen), cands, certainty_on)
+        return cand_logp, cert
+
+    def step(state, frozen, ref_params, batch: RLBatch, round_key):
+        key = jax.random.fold_in(round_key, state["step"])
+        params = jax.lax.stop_gradient(state["params"])
+        old_logp, cert = _scan_micro(lambda c: score(params, frozen, c), batch.cands)
+        old_logp, cert = jax.lax.stop_gradient((old_logp, cert))
+        if settings.beta != 0.0:
+            ref_logp, _ = _scan_micro(lambda c: score(ref_params, frozen, c), batch.cands)
+            ref_logp = jax.lax.stop_gradient(ref_logp)
+        else:
+            ref_logp = old_logp
+        A, b, C = old_logp.shape
+        valid = batch.valid.astype(jnp.float32)
+
+        # Global (whole-batch) statistics: exact under accumulation.
+        rollouts = jax.random.categorical(key, old_logp[..., None, :], axis=-1,
+                                          shape=(A, b, G))
+        anchor_cert_raw = _take(cert, batch.exposed[..., None])[..., 0]
+        c = normalize_certainty_batch(anchor_cert_raw, valid)
+        r0 = anchor_reward(batch.outcome, c, settings)
+        rewards = rollout_rewards(rollouts, batch, r0, settings)
+        rollout_mask = jnp.broadcast_to(valid[..., None], rewards.shape)
+        adv, anchor_adv = anchored_advantages(rewards, r0, settings,
+                                              rollout_mask=rollout_mask, anchor_mask=valid)
+        if settings.anchor == "full" and settings.snips == "on":
+            target_prob = jnp.exp(_take(old_logp, batch.exposed[..., None])[..., 0])
+            weight = snips_weights(target_prob, batch.propensity, valid, clip=settings.snips_clip)
+        else:
+            weight = valid
+
+        def micro_loss(p, i):
+            logp, _ = score(p, frozen, jax.tree.map(lambda x: x[i], batch.cands))
+            roll = rollouts[i]
+            return loss_fn_registered(
+                settings,
+                logp=_take(logp, roll)[..., None],
+                old_logp=_take(old_logp[i], roll)[..., None],
+                ref_logp=_take(ref_logp[i], roll)[..., None],
+                mask=rollout_mask[i][..., None],
+                advantages=adv[i],
+                anchor_logp=_take(logp, batch.exposed[i][..., None]),
+                anchor_mask=valid[i][..., None],
+                anchor_advantage=anchor_adv[i],
+                anchor_weight=weight[i],
+                certainty=c[i])
+
+        grad_fn = jax.grad(lambda p, i: _split_aux(micro_loss(p, i)), has_aux=True)
+
+        def accumulate(carry, i):
+            g_acc, s_acc, d_acc, m_acc = carry
+            g, (s, d, m) = grad_fn(state["params"], i)
+            return (jax.tree.map(jnp.add, g_acc, g), s_acc + s, d_acc + d,
+                    jax.tree.map(jnp.add, m_acc, m)), None
+
+        zeros_g = jax.tree.map(jnp.zeros_like, state["params"])
+        _, (_, _, m_shape) = jax.eval_shape(grad_fn, state["params"], 0)
+        zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
+        (g_sum, loss_sum, denom, m_sum), _ = jax.lax.scan(
+            accumulate, (zeros_g, jnp.float32(0), jnp.float32(0), zeros_m), jnp.arange(A))
+        denom = jnp.maximum(denom, 1e-8)
+        grads = jax.tree.map(lambda g: g / denom, g_sum)
+        loss = loss_sum / denom
+        new_state, finite = _finite_update(state, grads, loss, tx)
+        metrics = {k: v / A for k, v in m_sum.items()}
+        metrics.update(
+            loss=loss, finite=finite.astype(jnp.float32),
+            grad_norm=optax.global_norm(grads),
+            reward=jnp.sum(rewards * rollout_mask) / jnp.maximum(jnp.sum(rollout_mask), 1.0),
+            anchor_reward=jnp.sum(r0 * valid) / jnp.maximum(jnp.sum(valid), 1.0),
+            snips_weight=jnp.sum(weight * valid) / jnp.maximum(jnp.sum(valid), 1.0))
+        return new_state, metrics
+
+    return step
+
+
+def _split_aux(out: tuple) -> tuple[jax.Array, tuple]:
+    """(loss_sum, denom, metrics) -> (loss_sum, (loss_sum, denom, metrics)) for jax.grad."""
+    loss_sum, denom, metrics = out
+    return loss_sum, (loss_sum, denom, metrics)
+
+
+def make_sft_step(split: ModelSplit, tx: optax.GradientTransformation) -> Callable:
+    """Pure SFT step `(state, frozen, cands [A, b, ...], weight [A, b]) -> (state, metrics)`.
+
+    loss = - sum_{b,t} w_b m_bt log pi_theta(o_b,t | x_b) / sum_{b,t} w_b m_bt, the token-mean
+    NLL of each row's first packed completion (the next item for round-0 SFT; the logged item
+    with w = 1[positive] for `sft_positive`). Accumulated exactly as (sum, denom).
+    """
+
+    def micro(p, frozen, cands, weight):
+        _, seq_logp, _ = score_candidates(split.merge(p, frozen), cands)
+        # seq_logp sums token log-probs of each completion; the first completion is the target.
+        tokens = jnp.sum(cands.packed.completion_mask[:, 0], axis=-1).astype(jnp.float32)
+        loss_sum = -jnp.sum(weight * seq_logp[:, 0])
+        return loss_sum, (loss_sum, jnp.sum(weight * tokens))
+
+    grad_fn = jax.grad(micro, has_aux=True)
+
+    def step(state, frozen, cands: CandidateBatch, weight):
+        def accumulate(carry, xs):
+            g_acc, s_acc, d_acc = carry
+            p_i, w_i = xs
+            g, (s, d) = grad_fn(state["params"], frozen, p_i, w_i)
+            return (jax.tree.map(jnp.add, g_acc, g), s_acc + s, d_acc + d), None
+
+        zeros_g = jax.tree.map(jnp.zeros_like, state["params"])
+        (g_sum, loss_sum, denom), _ = jax.lax.scan(
+            accumulate, (zeros_g, jnp.float32(0), jnp.float32(0)), (cands, weight))
+        denom = jnp.maximum(denom, 1e-8)
+        grads = jax.tree.map(lambda g: g / denom, g_sum)
+        loss = loss_sum / denom
+        new_state, finite = _finite_update(state, grads, loss, tx)
+        return new_state, {"loss": loss, "finite": finite.astype(jnp.float32),
+                           "grad_norm": optax.global_norm(grads)}
+
+    return step
+
+
+def jit_step(step: Callable, state_sharding: Any, frozen_sharding: Any, batch_sharding: Any,
+             replicated: Any, num_extra: int) -> Callable:
+    """jax.jit with explicit in/out shardings and the state donated.
+
+    Arguments: (state, frozen, *extra) where extra are `num_extra` batch-like pytrees sharded by
+    `batch_sharding` (a pytree prefix per argument).
+    """
+    return jax.jit(
+        step,
+        in_shardings=(state_sharding, frozen_sharding, *batch_sharding),
+        out_shardings=(state_sharding, replicated),
+        donate_argnums=0)
