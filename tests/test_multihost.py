@@ -120,6 +120,25 @@ def test_two_processes_allreduce_checkpoint_and_main_only_write(tmp_path):
     assert steps == ["1"]
 
 
+def test_v5e32_config_validates_and_fills_the_slice():
+    """configs/ml1m_gemma3_1b_v5e32.py: 4 hosts x 8 chips, HF checkpoint, batch divides the mesh."""
+    import importlib.machinery
+
+    from abpo_jax.config import validate
+    from abpo_jax.train.state import mesh_shape
+
+    path = ROOT / "configs" / "ml1m_gemma3_1b_v5e32.py"
+    config = validate(importlib.machinery.SourceFileLoader("v5e32", str(path)).load_module()
+                      .get_config())
+    assert mesh_shape(config, 32) == (4, 8, 1)        # v5litepod-32: 4 hosts x 8 chips
+    with pytest.raises(ValueError, match="needs 32 devices"):
+        mesh_shape(config, 8)                          # fails fast on the wrong slice
+    assert config.train.batch_size % 32 == 0 and config.eval.batch_size % 32 == 0
+    assert (config.model.source, config.model.dtype) == ("hf", "bfloat16")
+    assert config.model.path == os.path.expanduser("~/models/gemma-3-1b-it")
+    assert config.data.dataset == "ml-1m" and config.rounds.num_rounds == 5   # from ml1m.py
+
+
 def _round_worker(workdir: pathlib.Path) -> None:
     """One process of a one-round tiny continual run (needs rounds.py and configs/tiny.py)."""
     import importlib.util
