@@ -1,0 +1,214 @@
+"""Teacher-forced log-probs of many completions of one prompt in one shared-prefix packed pass.
+
+Packed row layout for one prompt with K completions (static sizes P, K, L; T = P + K*L):
+
+    [ prompt (right-padded to P) | completion 0 (padded to L) | ... | completion K-1 ]
+
+Each completion attends to the real prompt tokens and causally to itself only (block mask from
+a per-token segment id: 0 = prompt, k+1 = completion k, -1 = padding), and its positions continue
+from the prompt length, so every completion sees exactly what it would see scored alone after
+the prompt. The prompt is encoded once instead of K times. The first token of every completion
+is predicted from the prompt's last logits; token j > 0 from the logits of its own token j-1.
+
+Also here: :func:`sequence_logprobs` (plain causal scoring of ordinary batches, the naive
+reference), :func:`candidate_distribution` (the item-mode policy) and
+:func:`candidate_log_policy` (strings in, log pi(item | x) [B, C] out, with padded-length buckets
+so repeated calls reuse compiled code).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from abpo_jax.sampling.trie import candidate_token_sequences
+
+
+@flax.struct.dataclass
+class PackedGroup:
+    """Host-built packed batch; see the module docstring for the layout."""
+
+    tokens: jax.Array             # int32 [B, T]
+    positions: jax.Array          # int32 [B, T]
+    segments: jax.Array           # int32 [B, T]: 0 prompt, k+1 completion k, -1 pad
+    prompt_lengths: jax.Array     # int32 [B]
+    completion_tokens: jax.Array  # int32 [B, K, L]
+    completion_mask: jax.Array    # bool  [B, K, L]
+
+
+@flax.struct.dataclass
+class GroupScores:
+    """Per-completion teacher-forced scores (padding entries are 0)."""
+
+    sequence_logprobs: jax.Array  # float32 [B, K]: sum_t log pi(o_t | x, o_<t)
+    token_logprobs: jax.Array     # float32 [B, K, L]
+    mask: jax.Array               # bool [B, K, L]
+    self_certainty: jax.Array     # float32 [B, K, L]: logsumexp(z) - mean(z) of the step's logits
+
+
+def bucket(n: int, multiple: int) -> int:
+    """Smallest multiple of `multiple` >= n (>= multiple): padded sizes shared across calls."""
+    return max(multiple, multiple * math.ceil(n / multiple))
+
+
+def pack_group(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[Sequence[int]]],
+               prompt_len: int | None = None, completion_len: int | None = None,
+               num_completions: int | None = None, pad_id: int = 0) -> PackedGroup:
+    """Pack B prompts, each with its own list of completions (ragged lengths and counts).
+
+    Sizes default to the batch maxima; pass them to get fixed shapes (missing completions are
+    all-padding and score 0 with an all-False mask).
+    """
+    if len(prompts) != len(completions):
+        raise ValueError(f"pack_group: {len(prompts)} prompts but {len(completions)} "
+                         "completion lists")
+    b = len(prompts)
+    p = max(len(x) for x in prompts) if prompt_len is None else prompt_len
+    k = max(len(c) for c in completions) if num_completions is None else num_completions
+    lens = [len(o) for c in completions for o in c]
+    l = max(lens, default=1) if completion_len is None else completion_len
+    for i, (x, cs) in enumerate(zip(prompts, completions)):
+        if not 0 < len(x) <= p:
+            raise ValueError(f"pack_group: prompt {i} has {len(x)} tokens; need 1..{p}")
+        if len(cs) > k or any(len(o) > l for o in cs):
+            raise ValueError(f"pack_group: prompt {i} has {len(cs)} completions of lengths "
+                             f"{[len(o) for o in cs]}; limits are {k} and {l}")
+    t = p + k * l
+    tokens = np.full((b, t), pad_id, np.int32)
+    positions = np.zeros((b, t), np.int32)
+    segments = np.full((b, t), -1, np.int32)
+    comp = np.full((b, k, l), pad_id, np.int32)
+    cmask = np.zeros((b, k, l), bool)
+    for i, (x, cs) in enumerate(zip(prompts, completions)):
+        n = len(x)
+        tokens[i, :n], positions[i, :n], segments[i, :n] = x, np.arange(n), 0
+        for j, o in enumerate(cs):
+            s = p + j * l
+            tokens[i, s:s + len(o)] = o
+            positions[i, s:s + len(o)] = n + np.arange(len(o))
+            segments[i, s:s + len(o)] = j + 1
+            comp[i, j, :len(o)], cmask[i, j, :len(o)] = o, True
+    return PackedGroup(tokens=tokens, positions=positions, segments=segments,
+                       prompt_lengths=np.array([len(x) for x in prompts], np.int32),
+                       completion_tokens=comp, completion_mask=cmask)
+
+
+def packed_attention_mask(segments: jax.Array, positions: jax.Array) -> jax.Array:
+    """bool [B, T, T]: query i sees key j iff both are real, j is in the prompt or in i's own
+    segment, and pos_j <= pos_i. Padding queries see themselves so no softmax row is empty."""
+    valid = segments >= 0
+    same = (segments[:, None, :] == 0) | (segments[:, None, :] == segments[:, :, None])
+    causal = positions[:, None, :] <= positions[:, :, None]
+    mask = valid[:, :, None] & valid[:, None, :] & same & causal
+    return mask | jnp.eye(segments.shape[1], dtype=bool)[None]
+
+
+def token_scores(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """log softmax(z)[target] and self-certainty logsumexp(z) - mean(z), over the last axis."""
+    logits = logits.astype(jnp.float32)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return picked - lse, lse - jnp.mean(logits, axis=-1)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _score_packed(graphdef, state, packed: PackedGroup) -> GroupScores:
+    model = nnx.merge(graphdef, state)
+    mask = packed_attention_mask(packed.segments, packed.positions)
+    hidden, _ = model.hidden_states(packed.tokens, packed.positions, mask)
+    b, k, l = packed.completion_tokens.shape
+    p = packed.tokens.shape[1] - k * l
+    # Row of the logits that predicts completion token (k, j): the prompt's last token for
+    # j = 0, otherwise token j-1 of the same completion block.
+    block = p + jnp.arange(k)[:, None] * l + jnp.arange(l)[None, :] - 1
+    rows = jnp.where(jnp.arange(l)[None, None, :] == 0,
+                     packed.prompt_lengths[:, None, None] - 1, block[None])
+    # Only these K*L rows go through the LM head (not the prompt's P rows).
+    picked = jnp.take_along_axis(hidden, rows.reshape(b, k * l)[..., None], axis=1)
+    logits = model.logits_from_hidden(picked)
+    logp, certainty = token_scores(logits.reshape(b, k, l, -1), packed.completion_tokens)
+    m = packed.completion_mask
+    logp, certainty = jnp.where(m, logp, 0.0), jnp.where(m, certainty, 0.0)
+    return GroupScores(sequence_logprobs=logp.sum(-1), token_logprobs=logp, mask=m,
+                       self_certainty=certainty)
+
+
+def score_packed(model: nnx.Module, packed: PackedGroup) -> GroupScores:
+    """Teacher-forced scores of every packed completion in one decoder pass (jit-compiled)."""
+    graphdef, state = nnx.split(model)
+    return _score_packed(graphdef, state, jax.tree.map(jnp.asarray, packed))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _sequence_logprobs(graphdef, state, tokens, mask):
+    model = nnx.merge(graphdef, state)
+    mask = mask.astype(bool)
+    positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
+    t = tokens.shape[1]
+    causal = jnp.tril(jnp.ones((t, t), bool))[None]
+    attn = (causal & mask[:, None, :] & mask[:, :, None]) | jnp.eye(t, dtype=bool)[None]
+    logits, _ = model(tokens, positions, attn)
+    logp, certainty = token_scores(logits[:, :-1], tokens[:, 1:])
+    scored = mask[:, 1:] & mask[:, :-1]
+    pad = jnp.zeros((tokens.shape[0], 1), jnp.float32)
+    logp = jnp.concatenate([pad, jnp.where(scored, logp, 0.0)], axis=1)
+    certainty = jnp.concatenate([pad, jnp.where(scored, certainty, 0.0)], axis=1)
+    return logp, certainty
+
+
+def sequence_logprobs(model: nnx.Module, tokens: jax.Array,
+                      mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Plain causal scoring of a batch: (log pi(x_t | x_<t), self-certainty), both [B, T].
+
+    `mask` [B, T] marks real tokens (left or right padding). Entry t scores token t from the
+    logits at t-1; entries without a real predecessor (t = 0, the first real token) and padding
+    are 0. Positions count real tokens, so padding does not shift RoPE.
+    """
+    graphdef, state = nnx.split(model)
+    return _sequence_logprobs(graphdef, state, jnp.asarray(tokens), jnp.asarray(mask))
+
+
+def candidate_distribution(sequence_logprobs: jax.Array, valid: jax.Array | None = None,
+                           temperature: float = 1.0) -> jax.Array:
+    """Item-mode policy log pi~(c | x) = log softmax_c(log pi(o_c | x) / temperature) [B, C].
+
+    `valid` [B, C] masks padding candidates (log-prob -inf). This is the propensity definition
+    the bandit logs use.
+    """
+    z = sequence_logprobs / temperature
+    if valid is not None:
+        z = jnp.where(valid, z, -jnp.inf)
+    return jax.nn.log_softmax(z, axis=-1)
+
+
+def candidate_log_policy(model: nnx.Module, tokenizer: Any, prompts: Sequence[str],
+                         candidates: Sequence[Sequence[str]], temperature: float = 1.0,
+                         append_eos: bool = True, prompt_multiple: int = 64,
+                         completion_multiple: int = 8,
+                         return_scores: bool = False) -> jax.Array | tuple[jax.Array, GroupScores]:
+    """log pi~(candidate | prompt) [B, C] for chat-templated prompt strings and per-prompt
+    candidate completion strings (e.g. `<item_id>ID</item_id>`).
+
+    Each completion is tokenized whole and followed by eos (the full response, as in the trie);
+    padded lengths are rounded up to `prompt_multiple` / `completion_multiple` so batches of
+    similar prompts share one compiled program. Prompts with fewer candidates than the widest get
+    padding candidates with log-prob -inf. With `return_scores` also returns the
+    :class:`GroupScores` (per-token log-probs and self-certainty).
+    """
+    prompt_ids = [tokenizer.encode(p) for p in prompts]
+    comp_ids = [candidate_token_sequences(tokenizer, cs, append_eos) for cs in candidates]
+    packed = pack_group(
+        prompt_ids, comp_ids,
+        prompt_len=bucket(max(map(len, prompt_ids)), prompt_multiple),
+        completion_len=bucket(max(len(o) for cs in comp_ids for o in cs), completion_multiple),
+        pad_id=getattr(tokenizer, "pad_id", 0) or 0)
+    scores = score_packed(model, packed)
+    logp = candidate_distribution(scores.sequence_logprobs, scores.mask.any(-1), temperature)
+    return (logp, scores) if return_scores else logp
