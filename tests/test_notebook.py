@@ -1,0 +1,95 @@
+"""launch/colab_demo.ipynb runs headless (nbclient) on CPU, install skipped, demo on a tiny config.
+
+Test-only dependencies: nbclient, nbformat, ipykernel.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+NOTEBOOK = ROOT / "launch" / "colab_demo.ipynb"
+# a 1x1 PNG (what matters to the plots cell is only that it is a PNG file)
+PNG_1PX = bytes.fromhex(
+    "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489"
+    "0000000d49444154789c6360000002000001e221bc330000000049454e44ae426082")
+
+
+def _load():
+    return nbformat.read(NOTEBOOK, as_version=4)
+
+
+def _tagged(nb, tag: str) -> int:
+    hits = [i for i, c in enumerate(nb.cells) if tag in c.get("metadata", {}).get("tags", [])]
+    assert len(hits) == 1, f"expected one cell tagged {tag!r}"
+    return hits[0]
+
+
+def _env(monkeypatch, run_dir: pathlib.Path, demo_args: str) -> None:
+    monkeypatch.setenv("ABPO_NOTEBOOK_SKIP_INSTALL", "1")
+    monkeypatch.setenv("ABPO_NOTEBOOK_RUN_DIR", str(run_dir))
+    monkeypatch.setenv("ABPO_NOTEBOOK_DEMO_ARGS", demo_args)
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+
+
+def _outputs_text(cell) -> str:
+    return "".join(o.get("text", "") for o in cell.get("outputs", []))
+
+
+def test_notebook_is_valid_clean_and_ordered():
+    nb = _load()
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), "strip outputs"
+    order = [_tagged(nb, t) for t in ("parameters", "install", "devices", "demo", "plots")]
+    assert order == sorted(order)
+    # jax must not be imported before the install cell may replace it (jax[tpu])
+    before_install = "".join(c.source for c in nb.cells[:order[1] + 1] if c.cell_type == "code")
+    assert "import jax" not in before_install
+    install = nb.cells[order[1]].source
+    assert '"bash", "launch/install.sh"' in install and '["--tpu"] if on_tpu()' in install
+    assert '"-m", "abpo_jax", "demo"' in nb.cells[order[3]].source
+
+
+@pytest.mark.slow
+def test_notebook_cells_run_and_plots_render(tmp_path, monkeypatch):
+    """Every cell but the demo executes on CPU; the plots cell renders PNGs of the run dir."""
+    _env(monkeypatch, tmp_path / "run", "--config.rounds.num_rounds=1")
+    nb = _load()
+    demo = _tagged(nb, "demo")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics_per_round.png").write_bytes(PNG_1PX)
+    (tmp_path / "run" / "not_a_plot.txt").write_text("x")
+    nb.cells = [c for i, c in enumerate(nb.cells) if i != demo]
+    # started in a subdirectory of the checkout: the notebook must find the checkout above it
+    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                                     resources={"metadata": {"path": str(ROOT / "launch")}})
+    client.execute()
+    cells = {t: nb.cells[_tagged(nb, t)] for t in ("install", "devices", "plots")}
+    assert "ABPO_NOTEBOOK_SKIP_INSTALL=1" in _outputs_text(cells["install"])
+    assert f"checkout: {ROOT}\n" in _outputs_text(cells["install"])
+    assert "backend: cpu" in _outputs_text(cells["devices"])
+    images = [o for o in cells["plots"].outputs if "image/png" in o.get("data", {})]
+    assert len(images) == 1 and "metrics_per_round.png" in _outputs_text(cells["plots"])
+
+
+@pytest.mark.slow
+def test_notebook_runs_top_to_bottom_with_tiny_demo(tmp_path, monkeypatch):
+    if not (ROOT / "abpo_jax/train/rounds.py").exists() or not (ROOT / "configs/tiny.py").exists():
+        pytest.skip("needs abpo_jax/train/rounds.py and configs/tiny.py (train engineer)")
+    _env(monkeypatch, tmp_path / "run",
+         f"--config={ROOT / 'configs' / 'tiny.py'} --config.rounds.num_rounds=1")
+    nb = _load()
+    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                                     resources={"metadata": {"path": str(ROOT)}})
+    client.execute()
+    plots = nb.cells[_tagged(nb, "plots")]
+    assert any("image/png" in o.get("data", {}) for o in plots.outputs), _outputs_text(plots)
+    assert list((tmp_path / "run").glob("*.png"))
