@@ -325,6 +325,15 @@ def _amazon2018_files(path: PathLike | Sequence[PathLike]) -> tuple[list[pathlib
     return csvs, (matching or infos or [None])[0]
 
 
+def _append_window(seq: list[tuple[str, int, float]],
+                   window: list[tuple[str, int, float]]) -> None:
+    """Append the part of ``window`` past its longest overlap with the end of ``seq``."""
+    for k in range(min(len(seq), len(window)), -1, -1):
+        if all(seq[len(seq) - k + j][:2] == window[j][:2] for j in range(k)):
+            seq.extend(window[k:])
+            return
+
+
 def _literal_list(text: str, column: str) -> list:
     value = ast.literal_eval(text)
     if not isinstance(value, list):
@@ -338,10 +347,11 @@ def load_amazon2018_csv(path: PathLike | Sequence[PathLike], *,
     """Amazon Reviews 2018 in the ReRe / MiniOneRec preprocessed CSV format.
 
     ``path`` is one CSV, a list of them, or a directory whose ``*.csv`` (train/valid/test) are all
-    read. Each row holds a user's next item and its last (up to 10) items before it; the
-    interactions are rebuilt as the union of all rows' windows: an interaction is keyed by (user,
-    asin, timestamp) and occurs as many times as in the window that holds it most often (the
-    preprocessing keeps repeated purchases). Titles come from the item table ``*_info.txt``
+    read (train, valid, test: the splits are consecutive in time). Each row holds a user's next
+    item and the (up to 10) items right before it, in sequence order. A user's sequence is
+    rebuilt by appending each row's window after its longest overlap (on (asin, timestamp))
+    with the sequence so far, so repeated purchases keep their order; interactions that no
+    loaded row covers are absent. Titles come from the item table ``*_info.txt``
     (``title<TAB>item_id``, found beside the CSVs or given as ``info_path``) and otherwise from
     the CSV's title columns.
     """
@@ -349,8 +359,7 @@ def load_amazon2018_csv(path: PathLike | Sequence[PathLike], *,
     info = read_item_table(info_path or found_info) if (info_path or found_info) else {}
     prefix = csvs[0].stem.rsplit("_", 1)[0] if csvs[0].stem.rsplit("_", 1)[-1] in _SPLIT_ORDER \
         else csvs[0].stem
-    # (user, asin, ts) -> [count, rating]; dict order = first appearance = sequence order.
-    seen: dict[tuple[str, str, int], list] = {}
+    sequences: dict[str, list[tuple[str, int, float]]] = {}  # user -> [(asin, ts, rating)]
     titles: dict[str, str] = {}
     total = Counter()
     for csv_path in csvs:
@@ -387,12 +396,9 @@ def load_amazon2018_csv(path: PathLike | Sequence[PathLike], *,
                         (has_titles and len(row_titles) != len(asins)):
                     skips.add("empty user_id or history lists of unequal length", lineno)
                     continue
-                window = Counter()
+                window = [(str(a), t, r) for a, t, r in zip(asins, stamps, rates)]
+                _append_window(sequences.setdefault(row["user_id"], []), window)
                 for k, asin in enumerate(asins):
-                    key = (row["user_id"], str(asin), stamps[k])
-                    window[key] += 1
-                    entry = seen.setdefault(key, [0, rates[k]])
-                    entry[0] = max(entry[0], window[key])
                     if asin not in titles:
                         if has_ids and ids[k] in info:
                             titles[asin] = info[ids[k]]
@@ -401,11 +407,12 @@ def load_amazon2018_csv(path: PathLike | Sequence[PathLike], *,
         skips.report(csv_path)
         total.update(skips.counts)
     users, items, stamps_out, rates_out = [], [], [], []
-    for (user, asin, ts), (count, rating) in seen.items():
-        users += [user] * count
-        items += [asin] * count
-        stamps_out += [ts] * count
-        rates_out += [rating] * count
+    for user, seq in sequences.items():
+        users += [user] * len(seq)
+        for asin, ts, rating in seq:
+            items.append(asin)
+            stamps_out.append(ts)
+            rates_out.append(rating)
     return _build(name or f"amazon2018:{prefix}", users, items, stamps_out, rates_out, titles,
                   total, csvs[0] if len(csvs) == 1 else csvs[0].parent)
 
