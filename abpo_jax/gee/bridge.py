@@ -5,7 +5,7 @@ each shown item a in A becomes one record
 
     request_id          "gee:<strategy>:r<r>:i<i>:s<slot>"  (unique per displayed item)
     round               r
-    policy_revision     r (the pool is the deployed "policy"; it changes once per round)
+    policy_revision     "<strategy>@r<r>" (the pool is the deployed policy; it changes per round)
     user_id             p (persona index into the run's persona list)
     context_item_ids    the other K-1 items shown beside a, in slot order
     candidate_item_ids  the N items of the pool in round r (a is always one of them)
@@ -52,47 +52,26 @@ def round_records(result: "RoundResult", *, strategy: str, slate_size: int) -> l
         for s in range(slate_size):
             records.append({
                 "request_id": f"gee:{strategy}:r{r}:i{i}:s{s}", "round": r,
-                "policy_revision": r, "user_id": int(persona[i]),
+                "policy_revision": f"{strategy}@r{r}", "user_id": int(persona[i]),
                 "context_item_ids": slate[:s] + slate[s + 1:],
                 "candidate_item_ids": candidates, "exposed_item_id": slate[s],
                 "propensity": propensity, "outcome": int(outcome[i, s]),
-                "timestamp": r * n_interactions + i})
+                "timestamp": float(r * n_interactions + i)})
     return records
 
 
 def write_bandit_log(out_dir: pathlib.Path | str, rounds: Sequence["RoundResult"], *,
                      strategy: str, slate_size: int, persona_names: Sequence[str]) -> pathlib.Path:
-    """Write every round of a strategy as a bandit log under `out_dir`; returns its path.
+    """Write every round of a strategy as validated bandit-log rounds (ArrayRecord + manifest,
+    `abpo_jax.data.log_store`) under `out_dir`, plus personas.json (user_id -> persona name)."""
+    from abpo_jax.data import log_store
 
-    Uses the logs module's writer (`abpo_jax.data.logs`) when it is available, else JSONL
-    (one record per line) plus personas.json mapping user_id -> persona name.
-    """
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "personas.json").write_text(json.dumps(list(persona_names)))
-    per_round = [round_records(r, strategy=strategy, slate_size=slate_size) for r in rounds]
-    writer = _logs_writer()
-    if writer is not None:
-        return writer(out_dir, per_round)
-    path = out_dir / "bandit_log.jsonl"
-    with open(path, "w") as f:
-        for recs in per_round:
-            for rec in recs:
-                f.write(json.dumps(rec) + "\n")
-    return path
-
-
-def _logs_writer():
-    """The logs engineer's round writer adapted to (dir, per-round dicts), or None if absent."""
-    try:
-        from abpo_jax.data import logs
-    except ImportError:
-        return None
-    if not hasattr(logs, "LogRecord") or not hasattr(logs, "write_round"):
-        return None
-
-    def write(out_dir: pathlib.Path, per_round: list[list[dict]]) -> pathlib.Path:
-        for r, recs in enumerate(per_round):
-            logs.write_round(out_dir, r, [logs.LogRecord(**rec) for rec in recs])
-        return out_dir
-    return write
+    n_items = 1 + max(int(np.max(r.item_ids)) for r in rounds)
+    for r in rounds:
+        log_store.write_round(round_records(r, strategy=strategy, slate_size=slate_size), out_dir,
+                              r.record["round"], source=f"gee-{strategy}", catalogue=n_items,
+                              num_users=len(persona_names), overwrite=True, report=None)
+    return out_dir

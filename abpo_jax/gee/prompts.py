@@ -16,8 +16,8 @@ import re
 from abpo_jax.gee.personas import Persona
 
 ANSWER_PREFIX = "New Question:"
-_QUESTION_RE = re.compile(r"new question\s*:\s*(.*)", re.IGNORECASE)
-_TOPIC_RE = re.compile(r"^\s*topic\s*:\s*(.*)$", re.IGNORECASE | re.MULTILINE)
+_QUESTION_RE = re.compile(r"new question[ \t]*:[ \t]*(.*)", re.IGNORECASE)
+_TOPIC_RE = re.compile(r"^[ \t]*topic[ \t]*:[ \t]*(.*)$", re.IGNORECASE | re.MULTILINE)
 _FORMAT = f"Answer in exactly this format:\n{ANSWER_PREFIX} <the question>"
 _FORMAT_TOPIC = _FORMAT + "\nTopic: <two or three words naming what the question is about>"
 MAX_ITEM_CHARS = 300

@@ -10,8 +10,8 @@
   asked for an uncovered topic) and one *exploit* generation on the topic of the best-CTR item
   whose topic holds fewer than `max_per_topic` items.
 
-Pool size: a dropping strategy drops `len(pool) + len(requests) - N` items (at least one when the
-pool is full), so the pool stays at N; explore-exploit thus drops the two worst items when it
+Pool size: a dropping strategy drops `len(pool) + len(requests) - N` items (one for a full pool
+and one request), so the pool stays at N; explore-exploit thus drops the two worst items when it
 requests two generations (set `fixed_pool=False` to drop only the worst and let it grow), and a
 round whose generation failed every retry is made up by dropping fewer next round.
 """
@@ -86,11 +86,11 @@ def plan_round(strategy: str, pool: list[Item], archive: list[Item], *, topic: s
 
     if strategy in ("full-ctr", "random-ctr", "no-drop"):
         request = Request("ctr", prompts.ctr_prompt(topic, [(it.text, ctr[it.id]) for it in archive]))
-        n_drop = 0 if strategy == "no-drop" else max(len(pool) + 1 - pool_size, 1)
+        n_drop = 0 if strategy == "no-drop" else max(len(pool) + 1 - pool_size, 0)
         return Plan(tuple(_lowest(pool, ctr, n_drop)), (request,))
 
     if strategy == "partial-ctr":
-        drop = _lowest(pool, ctr, max(len(pool) + 1 - pool_size, 1))
+        drop = _lowest(pool, ctr, max(len(pool) + 1 - pool_size, 0))
         rest = [it.text for it in pool if it.id not in drop]
         return Plan(tuple(drop), (Request("pool", prompts.pool_prompt(topic, rest)),))
 
@@ -107,7 +107,7 @@ def plan_round(strategy: str, pool: list[Item], archive: list[Item], *, topic: s
                                                           candidates[0].topic),
                         topic=candidates[0].topic)] if candidates else [])
     if fixed_pool:
-        n_drop = min(max(len(pool) + 1 + len(exploit) - pool_size, 1), len(pool) - 1)
+        n_drop = min(max(len(pool) + 1 + len(exploit) - pool_size, 0), len(pool) - 1)
         target = {candidates[0].id} if candidates else set()
         drop = _lowest([it for it in pool if it.id not in target], ctr, n_drop)
         rest = [it for it in pool if it.id not in drop]
