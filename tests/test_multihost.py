@@ -139,6 +139,19 @@ def test_v5e32_config_validates_and_fills_the_slice():
     assert config.data.dataset == "ml-1m" and config.rounds.num_rounds == 5   # from ml1m.py
 
 
+@pytest.mark.slow
+def test_v5e32_config_user_slices_fit_movielens_1m():
+    import importlib.machinery
+
+    from abpo_jax.data.splits import prepare_data
+
+    path = ROOT / "configs" / "ml1m_gemma3_1b_v5e32.py"
+    config = importlib.machinery.SourceFileLoader("v5e32", str(path)).load_module().get_config()
+    slices = prepare_data(config).slices      # raises when the users do not suffice
+    assert len(slices.rounds) == 5 and all(len(r) == 960 for r in slices.rounds)
+    assert len(slices.test) == 1000 and len(slices.warm) > 0
+
+
 def _round_worker(workdir: pathlib.Path) -> None:
     """One process of a one-round tiny continual run (needs rounds.py and configs/tiny.py)."""
     import importlib.util
