@@ -20,12 +20,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from abpo_jax.losses.advantages import anchored_advantages
-from abpo_jax.losses.certainty import normalize_certainty_batch
-from abpo_jax.losses.registry import get_policy_loss
-from abpo_jax.losses.rewards import anchor_reward
+from abpo_jax.losses.certainty import CertaintyStats
+from abpo_jax.losses.objective import AnchorTerms, abpo_objective, anchor_terms
 from abpo_jax.losses.settings import LossSettings
-from abpo_jax.losses.snips import snips_weights
 from abpo_jax.train.policy import CandidateBatch, score_candidates
 from abpo_jax.train.state import ModelSplit
 
@@ -89,6 +86,13 @@ def rollout_rewards(rollouts: jax.Array, batch: RLBatch, r0: jax.Array,
     return r
 
 
+def init_step_state(params: Any, opt_state: Any) -> dict:
+    """The train-state pytree the steps donate: params, optimizer state, counters, running
+    self-certainty extremes."""
+    return {"params": params, "opt": opt_state, "step": jnp.int32(0), "skipped": jnp.int32(0),
+            "cert": CertaintyStats.init()}
+
+
 def _take(x: jax.Array, idx: jax.Array) -> jax.Array:
     """x [..., C] at idx [..., K] -> [..., K]."""
     return jnp.take_along_axis(x, idx, axis=-1)
@@ -113,6 +117,7 @@ def _finite_update(state: dict, grads: Any, loss: jax.Array, tx: optax.GradientT
         "opt": keep(new_opt, state["opt"]),
         "step": state["step"] + 1,
         "skipped": state["skipped"] + (~finite).astype(jnp.int32),
+        "cert": state["cert"],
     }, finite
 
 
@@ -120,10 +125,10 @@ def make_policy_step(split: ModelSplit, tx: optax.GradientTransformation,
                      settings: LossSettings, certainty_on: str = "item") -> Callable:
     """Pure policy-gradient step `(state, frozen, ref_params, batch, round_key) -> (state, metrics)`.
 
-    `state` = {"params", "opt", "step", "skipped"}; `ref_params` are pi_ref's trainable params
-    (pi_{k-1}); `settings` already reflect the method (see `method_settings`).
+    `state` = {"params", "opt", "step", "skipped", "cert"} ("cert": running self-certainty
+    extremes for certainty_norm=running); `ref_params` are pi_ref's trainable params (pi_{k-1});
+    `settings` already reflect the method (see `method_settings`).
     """
-    loss_fn_registered = get_policy_loss(settings.name)
     G = settings.num_generations
 
     def score(params, frozen, cands):
@@ -133,49 +138,43 @@ def make_policy_step(split: ModelSplit, tx: optax.GradientTransformation,
     def step(state, frozen, ref_params, batch: RLBatch, round_key):
         key = jax.random.fold_in(round_key, state["step"])
         params = jax.lax.stop_gradient(state["params"])
-        old_logp, cert = _scan_micro(lambda c: score(params, frozen, c), batch.cands)
-        old_logp, cert = jax.lax.stop_gradient((old_logp, cert))
+        old_logp, cert = jax.lax.stop_gradient(
+            _scan_micro(lambda c: score(params, frozen, c), batch.cands))
         if settings.beta != 0.0:
-            ref_logp, _ = _scan_micro(lambda c: score(ref_params, frozen, c), batch.cands)
-            ref_logp = jax.lax.stop_gradient(ref_logp)
+            ref_logp = jax.lax.stop_gradient(
+                _scan_micro(lambda c: score(ref_params, frozen, c), batch.cands)[0])
         else:
             ref_logp = old_logp
-        A, b, C = old_logp.shape
+        A, b, _ = old_logp.shape
         valid = batch.valid.astype(jnp.float32)
 
-        # Global (whole-batch) statistics: exact under accumulation.
+        # Whole-batch quantities (SNIPS mean, certainty min/max): exact under accumulation.
+        anchor_old = _take(old_logp, batch.exposed[..., None])[..., 0]
+        terms = anchor_terms(
+            settings, outcome=batch.outcome,
+            self_certainty=_take(cert, batch.exposed[..., None])[..., 0],
+            target_prob=jnp.exp(anchor_old), propensity=batch.propensity, mask=valid,
+            stats=state["cert"] if settings.certainty_norm == "running" else None)
         rollouts = jax.random.categorical(key, old_logp[..., None, :], axis=-1,
                                           shape=(A, b, G))
-        anchor_cert_raw = _take(cert, batch.exposed[..., None])[..., 0]
-        c = normalize_certainty_batch(anchor_cert_raw, valid)
-        r0 = anchor_reward(batch.outcome, c, settings)
-        rewards = rollout_rewards(rollouts, batch, r0, settings)
+        rewards = rollout_rewards(rollouts, batch, terms.reward, settings)
         rollout_mask = jnp.broadcast_to(valid[..., None], rewards.shape)
-        adv, anchor_adv = anchored_advantages(rewards, r0, settings,
-                                              rollout_mask=rollout_mask, anchor_mask=valid)
-        if settings.anchor == "full" and settings.snips == "on":
-            target_prob = jnp.exp(_take(old_logp, batch.exposed[..., None])[..., 0])
-            weight = snips_weights(target_prob, batch.propensity, valid, clip=settings.snips_clip)
-        else:
-            weight = valid
 
         def micro_loss(p, i):
             logp, _ = score(p, frozen, jax.tree.map(lambda x: x[i], batch.cands))
             roll = rollouts[i]
-            return loss_fn_registered(
-                settings,
+            anchor_i = AnchorTerms(terms.reward[i], terms.weight[i], terms.certainty[i], None)
+            out = abpo_objective(
+                settings, rollout_rewards=rewards[i],
                 logp=_take(logp, roll)[..., None],
                 old_logp=_take(old_logp[i], roll)[..., None],
                 ref_logp=_take(ref_logp[i], roll)[..., None],
-                mask=rollout_mask[i][..., None],
-                advantages=adv[i],
-                anchor_logp=_take(logp, batch.exposed[i][..., None]),
-                anchor_mask=valid[i][..., None],
-                anchor_advantage=anchor_adv[i],
-                anchor_weight=weight[i],
-                certainty=c[i])
+                mask=rollout_mask[i][..., None], rollout_mask=rollout_mask[i],
+                anchor=anchor_i, anchor_logp=_take(logp, batch.exposed[i][..., None]),
+                anchor_mask=valid[i][..., None], anchor_row_mask=valid[i])
+            return _split_aux(out)
 
-        grad_fn = jax.grad(lambda p, i: _split_aux(micro_loss(p, i)), has_aux=True)
+        grad_fn = jax.grad(micro_loss, has_aux=True)
 
         def accumulate(carry, i):
             g_acc, s_acc, d_acc, m_acc = carry
@@ -186,22 +185,33 @@ def make_policy_step(split: ModelSplit, tx: optax.GradientTransformation,
         zeros_g = jax.tree.map(jnp.zeros_like, state["params"])
         _, (_, _, m_shape) = jax.eval_shape(grad_fn, state["params"], 0)
         zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
-        (g_sum, loss_sum, denom, m_sum), _ = jax.lax.scan(
-            accumulate, (zeros_g, jnp.float32(0), jnp.float32(0), zeros_m), jnp.arange(A))
+        (g_sum, loss_sum, denom), m_sum = _sum_scan(accumulate, zeros_g, zeros_m, A)
         denom = jnp.maximum(denom, 1e-8)
         grads = jax.tree.map(lambda g: g / denom, g_sum)
         loss = loss_sum / denom
         new_state, finite = _finite_update(state, grads, loss, tx)
+        if settings.certainty_norm == "running":
+            new_state["cert"] = terms.stats
+        else:
+            new_state["cert"] = state["cert"]
         metrics = {k: v / A for k, v in m_sum.items()}
+        n = jnp.maximum(jnp.sum(valid), 1.0)
         metrics.update(
-            loss=loss, finite=finite.astype(jnp.float32),
-            grad_norm=optax.global_norm(grads),
+            loss=loss, finite=finite.astype(jnp.float32), grad_norm=optax.global_norm(grads),
             reward=jnp.sum(rewards * rollout_mask) / jnp.maximum(jnp.sum(rollout_mask), 1.0),
-            anchor_reward=jnp.sum(r0 * valid) / jnp.maximum(jnp.sum(valid), 1.0),
-            snips_weight=jnp.sum(weight * valid) / jnp.maximum(jnp.sum(valid), 1.0))
+            anchor_reward=jnp.sum(terms.reward * valid) / n,
+            snips_weight=jnp.sum(terms.weight * valid) / n)
         return new_state, metrics
 
     return step
+
+
+def _sum_scan(accumulate: Callable, zeros_g: Any, zeros_m: Any, num_micro: int
+              ) -> tuple[tuple, Any]:
+    """Run `accumulate` over micro-batch indices; ((grad_sum, loss_sum, denom), metric sums)."""
+    (g, s, d, m), _ = jax.lax.scan(
+        accumulate, (zeros_g, jnp.float32(0), jnp.float32(0), zeros_m), jnp.arange(num_micro))
+    return (g, s, d), m
 
 
 def _split_aux(out: tuple) -> tuple[jax.Array, tuple]:
@@ -211,32 +221,30 @@ def _split_aux(out: tuple) -> tuple[jax.Array, tuple]:
 
 
 def make_sft_step(split: ModelSplit, tx: optax.GradientTransformation) -> Callable:
-    """Pure SFT step `(state, frozen, cands [A, b, ...], weight [A, b]) -> (state, metrics)`.
+    """Pure SFT step `(state, frozen, cands [A, b, ...], index [A, b], weight [A, b])`.
 
-    loss = - sum_{b,t} w_b m_bt log pi_theta(o_b,t | x_b) / sum_{b,t} w_b m_bt, the token-mean
-    NLL of each row's first packed completion (the next item for round-0 SFT; the logged item
-    with w = 1[positive] for `sft_positive`). Accumulated exactly as (sum, denom).
+    loss = - sum_b w_b log pi_theta(o_{b, index_b} | x_b) / sum_b w_b |o_{b, index_b}|: the
+    token-mean NLL of one packed completion per row (the next item for round-0 SFT; the logged
+    item with w = 1[positive] for `sft_positive`). Accumulated exactly as (sum, denom).
     """
 
-    def micro(p, frozen, cands, weight):
+    def micro(p, frozen, cands, index, weight):
         _, seq_logp, _ = score_candidates(split.merge(p, frozen), cands)
-        # seq_logp sums token log-probs of each completion; the first completion is the target.
-        tokens = jnp.sum(cands.packed.completion_mask[:, 0], axis=-1).astype(jnp.float32)
-        loss_sum = -jnp.sum(weight * seq_logp[:, 0])
-        return loss_sum, (loss_sum, jnp.sum(weight * tokens))
+        tokens = jnp.sum(cands.packed.completion_mask, axis=-1).astype(jnp.float32)
+        loss_sum = -jnp.sum(weight * _take(seq_logp, index[:, None])[:, 0])
+        return loss_sum, (loss_sum, jnp.sum(weight * _take(tokens, index[:, None])[:, 0]))
 
     grad_fn = jax.grad(micro, has_aux=True)
 
-    def step(state, frozen, cands: CandidateBatch, weight):
+    def step(state, frozen, cands: CandidateBatch, index, weight):
         def accumulate(carry, xs):
             g_acc, s_acc, d_acc = carry
-            p_i, w_i = xs
-            g, (s, d) = grad_fn(state["params"], frozen, p_i, w_i)
+            g, (s, d) = grad_fn(state["params"], frozen, *xs)
             return (jax.tree.map(jnp.add, g_acc, g), s_acc + s, d_acc + d), None
 
         zeros_g = jax.tree.map(jnp.zeros_like, state["params"])
         (g_sum, loss_sum, denom), _ = jax.lax.scan(
-            accumulate, (zeros_g, jnp.float32(0), jnp.float32(0)), (cands, weight))
+            accumulate, (zeros_g, jnp.float32(0), jnp.float32(0)), (cands, index, weight))
         denom = jnp.maximum(denom, 1e-8)
         grads = jax.tree.map(lambda g: g / denom, g_sum)
         loss = loss_sum / denom
@@ -247,15 +255,3 @@ def make_sft_step(split: ModelSplit, tx: optax.GradientTransformation) -> Callab
     return step
 
 
-def jit_step(step: Callable, state_sharding: Any, frozen_sharding: Any, batch_sharding: Any,
-             replicated: Any, num_extra: int) -> Callable:
-    """jax.jit with explicit in/out shardings and the state donated.
-
-    Arguments: (state, frozen, *extra) where extra are `num_extra` batch-like pytrees sharded by
-    `batch_sharding` (a pytree prefix per argument).
-    """
-    return jax.jit(
-        step,
-        in_shardings=(state_sharding, frozen_sharding, *batch_sharding),
-        out_shardings=(state_sharding, replicated),
-        donate_argnums=0)
