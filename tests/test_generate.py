@@ -1,5 +1,7 @@
 """KV-cache sampler vs no-cache teacher-forced references, trie constraint, HF logits warpers."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,12 +23,19 @@ def model():
     return Decoder(ModelConfig.tiny(V), rngs=nnx.Rngs(1))
 
 
-def _full_logits(model, seq):
-    """No-cache logits [T, V] of one unpadded sequence."""
-    t = len(seq)
-    logits, _ = model(jnp.asarray(seq, jnp.int32)[None], jnp.arange(t)[None],
-                      jnp.tril(jnp.ones((t, t), bool))[None])
-    return np.asarray(logits[0], np.float64)
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(graphdef, state, tokens):
+    t = tokens.shape[1]
+    logits, _ = nnx.merge(graphdef, state)(tokens, jnp.arange(t)[None],
+                                            jnp.tril(jnp.ones((t, t), bool))[None])
+    return logits
+
+
+def _full_logits(model, seq, pad_to=16):
+    """No-cache causal logits [T, V] of one sequence (right padding cannot affect them)."""
+    tokens = np.zeros((1, pad_to), np.int32)
+    tokens[0, :len(seq)] = seq
+    return np.asarray(_forward(*nnx.split(model), tokens)[0, :len(seq)], np.float64)
 
 
 def _log_softmax(z):

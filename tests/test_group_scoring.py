@@ -19,11 +19,14 @@ def model():
     return Decoder(ModelConfig.tiny(V), rngs=nnx.Rngs(0))
 
 
-def _reference_scores(model, prompt, completion):
-    """Score prompt+completion alone, unpadded, with the plain causal scorer."""
-    seq = np.array([list(prompt) + list(completion)], np.int32)
-    logp, cert = gs.sequence_logprobs(model, seq, np.ones_like(seq, bool))
-    return np.asarray(logp[0, len(prompt):]), np.asarray(cert[0, len(prompt):])
+def _reference_scores(model, prompt, completion, pad_to=40):
+    """Score prompt+completion on its own with the plain causal scorer (right padding is
+    inert, tested below; a fixed length keeps to one compilation)."""
+    n = len(prompt) + len(completion)
+    seq = np.zeros((1, pad_to), np.int32)
+    seq[0, :n] = list(prompt) + list(completion)
+    logp, cert = gs.sequence_logprobs(model, seq, np.arange(pad_to)[None] < n)
+    return np.asarray(logp[0, len(prompt):n]), np.asarray(cert[0, len(prompt):n])
 
 
 def test_sequence_logprobs_matches_direct_forward_and_ignores_padding(model):
