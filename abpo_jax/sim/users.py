@@ -34,6 +34,9 @@ import optax
 NUM_QUANTILES = 101
 
 
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["user_factors", "item_factors", "item_bias", "quantiles"],
+                   meta_fields=[])
 @dataclasses.dataclass(frozen=True, eq=False)
 class Preferences:
     """Fitted ground truth: factors, item biases, and raw-score quantiles for the 1..10 map."""
@@ -59,6 +62,7 @@ def raw_scores(prefs: Preferences, users: jax.Array, items: jax.Array) -> jax.Ar
     return jnp.sum(u * v, -1) + jnp.asarray(prefs.item_bias)[jnp.asarray(items)]
 
 
+@jax.jit
 def preference_scores(prefs: Preferences, users: jax.Array, items: jax.Array) -> jax.Array:
     """Scores on the GEE 1..10 scale: 1 + 9 * empirical CDF of the raw score. [..., K]."""
     levels = jnp.linspace(0.0, 1.0, NUM_QUANTILES)
@@ -78,6 +82,7 @@ def mnl_click_probabilities(scores: jax.Array, temperature: float,
     return jax.nn.softmax(jnp.concatenate([scores, outside], -1) / temperature, axis=-1)
 
 
+@jax.jit
 def click_probability(scores: jax.Array, temperature: float, rejection_score: float,
                       external_ignore: float) -> jax.Array:
     """P(y=1) when each item is shown alone: (1 - e) * e^{r/T} / (e^{RS/T} + e^{r/T})."""
@@ -118,13 +123,20 @@ class UserSimulator:
 
     def sample_outcomes(self, key: jax.Array, users: jax.Array, items: jax.Array) -> jax.Array:
         """Outcome (1 click / 0 no response) of showing `items` [B] to `users` [B]: int32 [B]."""
-        p = self.click_probs(jnp.asarray(users), jnp.asarray(items)[:, None])[:, 0]
-        return jax.random.bernoulli(key, p).astype(jnp.int32)
+        return _sample_outcomes(key, self.prefs, users, items, self.temperature,
+                                self.rejection_score, self.external_ignore)
 
     def true_ctr(self, users: jax.Array, candidates: jax.Array,
                  policy_probs: jax.Array) -> jax.Array:
         """Mean true CTR of a policy with probabilities [B, C] over `candidates` [B, C]."""
         return jnp.mean(policy_ctr(policy_probs, self.click_probs(users, candidates)))
+
+
+@jax.jit
+def _sample_outcomes(key, prefs, users, items, temperature, rejection_score, external_ignore):
+    scores = preference_scores(prefs, users, jnp.asarray(items)[:, None])[:, 0]
+    p = click_probability(scores, temperature, rejection_score, external_ignore)
+    return jax.random.bernoulli(key, p).astype(jnp.int32)
 
 
 # --- fitting -----------------------------------------------------------------------------------
