@@ -44,6 +44,7 @@ options:
   --log-dir DIR           local directory for the per-worker logs (default: tpu_logs/NAME)
   --skip-sync             do not update the code on the workers
   --skip-install          do not (re)install on the workers
+  --setup-only            create / sync / install, but do not start training
   --dry-run               print every command instead of running it
   -h, --help              this help
 EOF
@@ -69,6 +70,7 @@ create=0
 spot=0
 skip_sync=0
 skip_install=0
+setup_only=0
 dry_run=0
 overrides=()
 
@@ -110,6 +112,7 @@ while [ "$#" -gt 0 ]; do
     --spot) spot=1; shift ;;
     --skip-sync) skip_sync=1; shift ;;
     --skip-install) skip_install=1; shift ;;
+    --setup-only) setup_only=1; shift ;;
     --dry-run) dry_run=1; shift ;;
     --) shift
         for arg in "$@"; do
@@ -170,7 +173,10 @@ on_all_workers() {
 
 # 1. create
 if [ "$create" = 1 ]; then
-  create_flags=(--accelerator-type="$accelerator_type" --version="$runtime_version")
+  # cloud-platform scope: the workers read/write GCS (checkpoints, model) as the VM's service
+  # account; what it may touch is still decided by that account's IAM roles.
+  create_flags=(--accelerator-type="$accelerator_type" --version="$runtime_version"
+                --scopes=https://www.googleapis.com/auth/cloud-platform)
   [ "$spot" = 0 ] || create_flags+=(--spot)
   run "${gcloud_tpu[@]}" create "$tpu" "${where[@]}" "${create_flags[@]}"
 fi
@@ -200,6 +206,11 @@ if [ "$skip_install" = 0 ]; then
   # Orbax reaches gs:// through etils.epath -> fsspec -> gcsfs
   [[ "$ckpt_dir" != gs://* && "$run_dir" != gs://* ]] || extra=' && python -m pip install --quiet gcsfs'
   on_all_workers "set -euo pipefail; cd $remote_dir; command -v $q_python >/dev/null || { sudo apt-get update -qq && sudo apt-get install -y -qq $q_python $q_python-venv; }; [ -x .venv/bin/python ] || $q_python -m venv .venv; . .venv/bin/activate; bash launch/install.sh --tpu$extra"
+fi
+
+if [ "$setup_only" = 1 ]; then
+  [ "$dry_run" = 1 ] || echo "tpu_train.sh: setup done (--setup-only); rerun without it to train"
+  exit 0
 fi
 
 # 4. train on all workers at once

@@ -57,7 +57,7 @@ def test_dry_run_create_clone_install_train_commands():
     cmds = _commands(out)
     assert cmds[0] == ["gcloud", "compute", "tpus", "tpu-vm", "create", "my-tpu", *WHERE,
                        "--accelerator-type=v5litepod-32", "--version=v2-alpha-tpuv5-lite",
-                       "--spot"]
+                       "--scopes=https://www.googleapis.com/auth/cloud-platform", "--spot"]
     ssh = [c for c in cmds if c[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh"]]
     assert len(ssh) == 3   # clone, install, train
     for c in ssh:
@@ -71,6 +71,13 @@ def test_dry_run_create_clone_install_train_commands():
            'tee -a "logs/train-$(hostname).log"' in train
     assert _option(ssh[2], "--output-directory") == "tpu_logs/my-tpu"
     assert ["mkdir", "-p", "tpu_logs/my-tpu"] in cmds
+
+
+def test_setup_only_stops_before_training():
+    cmds = _commands(_run(["--dry-run", *BASE, "--repo", "u", "--setup-only"]).stdout)
+    commands = [_option(c, "--command") for c in cmds if c[4] == "ssh"]
+    assert len(commands) == 2 and "install.sh" in commands[1]
+    assert not any("abpo-jax" in c for c in commands)
 
 
 def test_dry_run_local_copy_uses_scp_recurse_to_all_workers():
