@@ -1,0 +1,265 @@
+"""Tokenizers: a thin wrapper over `tokenizers.Tokenizer` for HF directories, GGUF metadata and
+the word-level item-id vocabulary of a from-scratch decoder.
+
+Chat templates shipped with a model (`tokenizer_config.json` / GGUF `tokenizer.chat_template`)
+are rendered with jinja2 the way transformers does; without one, a built-in format is chosen by
+family (ChatML, Llama-3, Gemma, or plain `ids_only` for item tokenizers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any, Sequence
+
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer as HFTokenizer
+
+# GGUF token types (llama.cpp `llama_token_type`).
+_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
+
+# llama.cpp pre-tokenizer regexes (src/llama-vocab.cpp), keyed by `tokenizer.ggml.pre`.
+_GPT2_REGEX = (r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+")
+_LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}"
+                 r"\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+"
+                r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def _split(regex: str) -> pre_tokenizers.PreTokenizer:
+    return pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False)
+
+
+def gguf_pre_tokenizer(pre: str | None) -> pre_tokenizers.PreTokenizer:
+    """The `tokenizers` pre-tokenizer equivalent to llama.cpp's handling of `tokenizer.ggml.pre`.
+
+    smollm / starcoder / refact: single digits split off, then GPT-2 byte-level regex (this is
+    also what SmolLM2's own tokenizer.json declares: Digits(individual) + ByteLevel).
+    """
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    raw_bytes = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    if pre in (None, "default", "gpt2", "gpt-2"):
+        return byte_level
+    if pre in ("smollm", "starcoder", "refact", "codeshell"):
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    if pre in ("llama-bpe", "llama3", "smaug-bpe"):
+        return pre_tokenizers.Sequence([_split(_LLAMA3_REGEX), raw_bytes])
+    if pre in ("qwen2", "deepseek-r1-qwen"):
+        return pre_tokenizers.Sequence([_split(_QWEN2_REGEX), raw_bytes])
+    raise ValueError(f"GGUF tokenizer.ggml.pre={pre!r} is not supported (smollm, gpt2, "
+                     "llama-bpe, qwen2); load the model's tokenizer.json instead")
+
+
+class Tokenizer:
+    """`encode`/`decode` (no special tokens added), ids of eos/pad/bos, chat templating."""
+
+    def __init__(self, backend: HFTokenizer, *, eos_id: int, pad_id: int | None = None,
+                 bos_id: int | None = None, chat_template: str | None = None,
+                 family: str = "chatml", default_system: str | None = None):
+        self.backend = backend
+        self.eos_id = eos_id
+        self.pad_id = eos_id if pad_id is None else pad_id
+        self.bos_id = bos_id
+        self.chat_template = chat_template
+        self.family = family
+        self.default_system = default_system
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`; special tokens written in the text are recognised."""
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.backend.token_to_id(token)
+
+    def id_to_token(self, token_id: int) -> str | None:
+        return self.backend.id_to_token(int(token_id))
+
+    def _token(self, token_id: int | None) -> str:
+        return "" if token_id is None else (self.id_to_token(token_id) or "")
+
+    def apply_chat_template(self, messages: Sequence[dict[str, str]],
+                            add_generation_prompt: bool = True) -> str:
+        """Render role/content messages as the model's prompt text."""
+        if self.chat_template:
+            return _render_jinja(self.chat_template, messages, add_generation_prompt,
+                                 bos_token=self._token(self.bos_id),
+                                 eos_token=self._token(self.eos_id))
+        return builtin_chat_format(self.family, messages, add_generation_prompt,
+                                   bos=self._token(self.bos_id),
+                                   default_system=self.default_system)
+
+    # --- constructors -----------------------------------------------------------------------
+    @classmethod
+    def from_hf_dir(cls, directory: str | os.PathLike) -> "Tokenizer":
+        """From `tokenizer.json` (+ `tokenizer_config.json` for special tokens and template)."""
+        d = pathlib.Path(directory)
+        path = d / "tokenizer.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: missing (an HF tokenizer directory needs it)")
+        backend = HFTokenizer.from_file(str(path))
+        cfg_path = d / "tokenizer_config.json"
+        cfg: dict[str, Any] = {}
+        if cfg_path.exists():
+            try:
+                cfg = json.loads(cfg_path.read_text())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{cfg_path}:{e.lineno}: invalid JSON ({e.msg})") from e
+        template = cfg.get("chat_template")
+        jinja_path = d / "chat_template.jinja"
+        if template is None and jinja_path.exists():
+            template = jinja_path.read_text()
+        if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
+            template = next((t["template"] for t in template if t.get("name") == "default"),
+                            template[0]["template"])
+
+        def tok_id(key: str) -> int | None:
+            value = cfg.get(key)
+            if isinstance(value, dict):
+                value = value.get("content")
+            return backend.token_to_id(value) if value else None
+
+        eos_id = tok_id("eos_token")
+        if eos_id is None:
+            raise ValueError(f"{cfg_path}: eos_token is missing or not in the vocabulary")
+        return cls(backend, eos_id=eos_id, pad_id=tok_id("pad_token"), bos_id=tok_id("bos_token"),
+                   chat_template=template, family=_family_from_template(template))
+
+    @classmethod
+    def from_gguf(cls, path: str | os.PathLike, reader: Any = None) -> "Tokenizer":
+        """Byte-level BPE tokenizer rebuilt from GGUF metadata (`tokenizer.ggml.*`)."""
+        import gguf
+
+        from abpo_jax.models.loaders import gguf_field
+
+        path = str(path)
+        reader = reader or gguf.GGUFReader(path)
+        kind = gguf_field(reader, "tokenizer.ggml.model")
+        if kind != "gpt2":
+            raise ValueError(f"{path}: GGUF tokenizer.ggml.model={kind!r}; only byte-level BPE "
+                             "('gpt2') is supported")
+        tokens = gguf_field(reader, "tokenizer.ggml.tokens")
+        merges = gguf_field(reader, "tokenizer.ggml.merges") or []
+        types = gguf_field(reader, "tokenizer.ggml.token_type") or [_NORMAL] * len(tokens)
+        vocab = {t: i for i, t in enumerate(tokens)}
+        bpe = models.BPE(vocab=vocab, merges=[tuple(m.split(" ", 1)) for m in merges],
+                         fuse_unk=False, byte_fallback=False)
+        backend = HFTokenizer(bpe)
+        backend.pre_tokenizer = gguf_pre_tokenizer(gguf_field(reader, "tokenizer.ggml.pre"))
+        backend.decoder = decoders.ByteLevel()
+        # Control tokens are special; user-defined ones are matched in text but kept on decode.
+        added = [AddedToken(tokens[i], special=(t == _CONTROL), normalized=False)
+                 for i, t in enumerate(types) if t in (_CONTROL, _USER_DEFINED)]
+        backend.add_tokens(added)
+        eos = gguf_field(reader, "tokenizer.ggml.eos_token_id")
+        if eos is None:
+            raise ValueError(f"{path}: GGUF metadata tokenizer.ggml.eos_token_id is missing")
+        template = gguf_field(reader, "tokenizer.chat_template")
+        return cls(backend, eos_id=int(eos),
+                   pad_id=gguf_field(reader, "tokenizer.ggml.padding_token_id"),
+                   bos_id=gguf_field(reader, "tokenizer.ggml.bos_token_id"),
+                   chat_template=template, family=_family_from_template(template))
+
+
+# --- item-id vocabulary ---------------------------------------------------------------------
+
+ITEM_SPECIALS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]")
+# Same strings as `abpo_jax.data.prompts.IDS_ONLY_TAGS` (models/ does not import data/).
+ITEM_TAGS = ("<history>", "</history>", "<candidates>", "</candidates>", "<item_id>",
+             "</item_id>")
+
+
+def item_tokenizer(short_ids: Sequence[str], tags: Sequence[str] = ITEM_TAGS) -> Tokenizer:
+    """Word-level tokenizer over [PAD] [UNK] [BOS] [EOS], `tags`, then one token per short id.
+
+    Tags are matched anywhere (so `<item_id>7</item_id>` splits into three tokens); other text
+    splits on whitespace; unknown words map to [UNK]. Ids: [PAD]=0, [UNK]=1, [BOS]=2, [EOS]=3.
+    """
+    words = list(ITEM_SPECIALS) + list(tags) + [str(s) for s in short_ids]
+    if len(set(words)) != len(words):
+        dup = sorted({w for w in words if words.count(w) > 1})
+        raise ValueError(f"item_tokenizer: duplicate vocabulary entries {dup[:5]}")
+    bad = [s for s in short_ids if not str(s) or any(ch.isspace() for ch in str(s))]
+    if bad:
+        raise ValueError(f"item_tokenizer: short ids must be non-empty without spaces: {bad[:5]}")
+    backend = HFTokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                for t in ITEM_SPECIALS])
+    backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in tags])
+    return Tokenizer(backend, eos_id=3, pad_id=0, bos_id=2, family="ids_only")
+
+
+# --- chat formats -----------------------------------------------------------------------------
+
+def _family_from_template(template: str | None) -> str:
+    if not template or "<|im_start|>" in template:
+        return "chatml"
+    if "<|start_header_id|>" in template:
+        return "llama3"
+    if "<start_of_turn>" in template:
+        return "gemma"
+    return "chatml"
+
+
+def builtin_chat_format(family: str, messages: Sequence[dict[str, str]],
+                        add_generation_prompt: bool = True, bos: str = "",
+                        default_system: str | None = None) -> str:
+    """Chat prompt without a jinja template: chatml | llama3 | gemma | ids_only."""
+    msgs = list(messages)
+    if family == "ids_only":
+        text = bos + " " + " ".join(m["content"] for m in msgs)
+        return text + (" " if add_generation_prompt else "")
+    if family == "chatml":
+        if default_system and (not msgs or msgs[0]["role"] != "system"):
+            msgs = [{"role": "system", "content": default_system}] + msgs
+        text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in msgs)
+        return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+    if family == "llama3":
+        text = bos + "".join(f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n"
+                             f"{m['content'].strip()}<|eot_id|>" for m in msgs)
+        return text + ("<|start_header_id|>assistant<|end_header_id|>\n\n"
+                       if add_generation_prompt else "")
+    if family == "gemma":
+        # Gemma has no system role: the system text is prepended to the first user turn.
+        system = ""
+        if msgs and msgs[0]["role"] == "system":
+            system, msgs = msgs[0]["content"] + "\n\n", msgs[1:]
+        parts = []
+        for i, m in enumerate(msgs):
+            role = "model" if m["role"] == "assistant" else m["role"]
+            content = (system if i == 0 else "") + m["content"].strip()
+            parts.append(f"<start_of_turn>{role}\n{content}<end_of_turn>\n")
+        return bos + "".join(parts) + ("<start_of_turn>model\n" if add_generation_prompt else "")
+    raise ValueError(f"chat format {family!r} is not known (chatml, llama3, gemma, ids_only)")
+
+
+def _render_jinja(template: str, messages: Sequence[dict[str, str]], add_generation_prompt: bool,
+                  **special: str) -> str:
+    """Render an HF chat template the way transformers does (sandboxed, trim/lstrip blocks)."""
+    try:
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError:  # pragma: no cover - jinja2 is a listed dependency
+        raise ImportError("rendering the model's chat template needs jinja2: "
+                          "pip install 'jinja2>=3.1'") from None
+
+    def raise_exception(message: str) -> None:
+        raise ValueError(f"chat template: {message}")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=["jinja2.ext.loopcontrols"])
+    env.globals["raise_exception"] = raise_exception
+    env.filters["tojson"] = lambda x, **kw: json.dumps(x, ensure_ascii=False, **kw)
+    return env.from_string(template).render(messages=list(messages),
+                                            add_generation_prompt=add_generation_prompt,
+                                            **special)
