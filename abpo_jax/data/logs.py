@@ -136,17 +136,23 @@ def decode_raw(raw: bytes | str | Mapping[str, Any] | LogRecord) -> dict[str, An
 
 
 def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    return type(v) is int   # not bool, not float: ids and flags must be exact integers
+
+
+def _is_int_list(v: Any) -> bool:
+    return isinstance(v, (list, tuple)) and (not v or set(map(type, v)) == {int})
+
+
+_TYPE_CHECKS = {
+    "str": lambda v: isinstance(v, str),
+    "int": _is_int,
+    "float": lambda v: type(v) in (int, float),
+    "int_list": _is_int_list,
+}
 
 
 def _check_type(name: str, kind: str, v: Any) -> None:
-    ok = {
-        "str": lambda: isinstance(v, str),
-        "int": lambda: _is_int(v),
-        "float": lambda: isinstance(v, (int, float)) and not isinstance(v, bool),
-        "int_list": lambda: isinstance(v, (list, tuple)) and all(_is_int(x) for x in v),
-    }[kind]()
-    if not ok:
+    if not _TYPE_CHECKS[kind](v):
         raise BadRecord(WRONG_TYPE, f"field {name!r} must be {kind}, got {v!r:.80}")
 
 
