@@ -127,6 +127,24 @@ def test_amazon2018_rebuilds_sequences_with_repeats(tmp_path):
     assert ds.load_amazon2018_csv(tmp_path / "Toy_test.csv").item_titles[0] == "title A"
 
 
+def test_amazon2018_rere_folder_layout(tmp_path):
+    """ReRe/MiniOneRec keep {train,valid,test}/<name>.csv and info/<name>.txt."""
+    ids = {"A": 0, "B": 1, "C": 2}
+    name = "Office_Products_5_2016-10-2018-11"
+    for split, row in (("test", _row("u1", ["A", "B"], "C", [1, 2, 3], ids)),
+                       ("train", _row("u1", ["A"], "B", [1, 2], ids))):
+        (tmp_path / split).mkdir()
+        (tmp_path / split / f"{name}.csv").write_text(_HEADER + row)
+    (tmp_path / "info").mkdir()
+    (tmp_path / "info" / f"{name}.txt").write_text("Pen\t0\nInk\t1\nPad\t2\n")
+    paths = ",".join(str(tmp_path / s / f"{name}.csv") for s in ("test", "train"))
+    cfg = ml_collections.ConfigDict({"dataset": "amazon2018", "path": paths})
+    inter = ds.load_dataset(cfg)
+    assert inter.name == f"amazon2018:{name}"
+    assert inter.item_titles == ("Pen", "Ink", "Pad") and inter.num_interactions == 3
+    np.testing.assert_array_equal(inter.timestamp, [1, 2, 3])   # train read before test
+
+
 def test_amazon2018_bad_files(tmp_path):
     with pytest.raises(ds.DataError, match="nope.csv: file or directory not found"):
         ds.load_amazon2018_csv(tmp_path / "nope.csv")

@@ -297,30 +297,39 @@ def read_item_table(path: PathLike) -> dict[int, str]:
     return table
 
 
+def _split_and_prefix(f: pathlib.Path) -> tuple[int, str]:
+    """(position of the file's split in train < valid < test < other, dataset prefix): from a
+    ``<prefix>_<split>.csv`` name or a ``<split>/<prefix>.csv`` folder (ReRe/MiniOneRec)."""
+    head, _, tail = f.stem.rpartition("_")
+    if head and tail in _SPLIT_ORDER:
+        return _SPLIT_ORDER[tail], head
+    return _SPLIT_ORDER.get(f.parent.name, len(_SPLIT_ORDER)), f.stem
+
+
 def _amazon2018_files(path: PathLike | Sequence[PathLike]) -> tuple[list[pathlib.Path],
                                                                     pathlib.Path | None]:
-    """CSV files to read (train, valid, test order) and the item table beside them, if any."""
+    """CSV files to read (train, valid, test order) and their item table, if one is found:
+    ``<prefix>_info.txt`` beside them or ``../info/<prefix>.txt`` (ReRe/MiniOneRec layout)."""
     if isinstance(path, (str, pathlib.Path)):
         p = pathlib.Path(path)
         if p.is_dir():
             csvs = list(p.glob("*.csv"))
             if not csvs:
-                raise DataError("directory holds no *.csv files", p)
+                raise DataError("directory holds no *.csv files (pass the CSV files, comma-"
+                                "separated, for a train/valid/test folder layout)", p)
         elif p.is_file():
             csvs = [p]
         else:
             raise DataError("file or directory not found", p)
     else:
         csvs = [pathlib.Path(x) for x in path]
-
-    def split_of(f: pathlib.Path) -> int:
-        return next((v for k, v in _SPLIT_ORDER.items() if f.stem.endswith(k)), 3)
-
-    csvs.sort(key=lambda f: (split_of(f), f.name))
-    infos = sorted({i for f in csvs for i in f.parent.glob("*_info.txt")})
-    prefixes = {f.stem.rsplit("_", 1)[0] for f in csvs}
-    matching = [i for i in infos if i.stem[: -len("_info")] in prefixes]
-    return csvs, (matching or infos or [None])[0]
+    csvs.sort(key=lambda f: (_split_and_prefix(f)[0], f.name))
+    for f in csvs:
+        prefix = _split_and_prefix(f)[1]
+        for info in (f.parent / f"{prefix}_info.txt", f.parent.parent / "info" / f"{prefix}.txt"):
+            if info.is_file():
+                return csvs, info
+    return csvs, None
 
 
 def _append_window(seq: list[tuple[str, int, float]],
@@ -349,14 +358,13 @@ def load_amazon2018_csv(path: PathLike | Sequence[PathLike], *,
     item and the (up to 10) items right before it, in sequence order. A user's sequence is
     rebuilt by appending each row's window after its longest overlap (on (asin, timestamp))
     with the sequence so far, so repeated purchases keep their order; interactions that no
-    loaded row covers are absent. Titles come from the item table ``*_info.txt``
-    (``title<TAB>item_id``, found beside the CSVs or given as ``info_path``) and otherwise from
-    the CSV's title columns.
+    loaded row covers are absent. Titles come from the item table (``title<TAB>item_id``:
+    ``<prefix>_info.txt`` beside the CSVs, ``../info/<prefix>.txt``, or ``info_path``) and
+    otherwise from the CSV's title columns.
     """
     csvs, found_info = _amazon2018_files(path)
     info = read_item_table(info_path or found_info) if (info_path or found_info) else {}
-    prefix = csvs[0].stem.rsplit("_", 1)[0] if csvs[0].stem.rsplit("_", 1)[-1] in _SPLIT_ORDER \
-        else csvs[0].stem
+    prefix = _split_and_prefix(csvs[0])[1]
     sequences: dict[str, list[tuple[str, int, float]]] = {}  # user -> [(asin, ts, rating)]
     titles: dict[str, str] = {}
     total = Counter()
@@ -497,7 +505,9 @@ def _amazon2023_paths(path: str) -> tuple[pathlib.Path, pathlib.Path | None]:
 def load_dataset(data_config: Any) -> Interactions:
     """Load ``config.data`` (or the whole config): dispatch on ``dataset`` with ``path``.
 
-    amazon2018: ``path`` = a CSV, or a directory of ``*_{train,valid,test}.csv`` + ``*_info.txt``.
+    amazon2018: ``path`` = a directory of ``<prefix>_{train,valid,test}.csv`` (+
+    ``<prefix>_info.txt``), or CSV files, comma-separated (e.g. the ReRe/MiniOneRec
+    ``{train,valid,test}/<prefix>.csv`` with ``info/<prefix>.txt``).
     amazon2023: ``path`` = ``REVIEWS.jsonl[,META.jsonl]`` or a directory holding
     ``<Category>.jsonl`` and ``meta_<Category>.jsonl``.
     """
@@ -511,7 +521,7 @@ def load_dataset(data_config: Any) -> Interactions:
         raise DataError(f"config.data.dataset={name!r} reads user-supplied files: set "
                         "config.data.path")
     if name == "amazon2018":
-        return load_amazon2018_csv(path)
+        return load_amazon2018_csv([p.strip() for p in path.split(",")] if "," in path else path)
     if name == "amazon2023":
         return load_amazon2023_jsonl(*_amazon2023_paths(path))
     raise DataError(f"config.data.dataset={name!r} is unknown; choose one of: ml-1m, ml-100k, "
