@@ -68,6 +68,7 @@ def test_gini_hand_values():
     assert float(m.gini([0, 0, 0, 10])) == pytest.approx(3 / 4)
     # [1, 2, 3]: sum (2i-n-1) x = -2*1 + 0*2 + 2*3 = 4 ; / (3 * 6) = 2/9
     assert float(m.gini([3, 1, 2])) == pytest.approx(2 / 9)
+    assert float(m.gini([0, 0, 0])) == 0.0          # no recommendations: defined, not NaN
 
 
 def test_average_recommendation_popularity():

@@ -20,7 +20,7 @@ from jax.typing import ArrayLike
 def rank_of_target(scores: ArrayLike, target_index: ArrayLike) -> Array:
     """1-based rank of the target in each row: 1 + #{c: s_c > s_t} + #{c < t: s_c == s_t}.
 
-    scores [N, C], target_index [N] -> int32 [N].
+    scores [N, C], target_index [N] in [0, C) -> int32 [N].
     """
     scores = jnp.asarray(scores)
     scores = jnp.where(jnp.isnan(scores), -jnp.inf, scores)
@@ -72,11 +72,13 @@ def coverage(recommended_items: ArrayLike, num_items: int) -> Array:
 def gini(counts: ArrayLike) -> Array:
     """Gini coefficient of a count (or popularity) vector, zeros included:
     G = sum_i (2i - n - 1) x_(i) / (n sum_i x_i), x sorted ascending, i = 1..n.
-    0 = every item equally often, (n-1)/n = one item takes everything."""
+    0 = every item equally often (or no counts at all), (n-1)/n = one item takes everything."""
     x = jnp.sort(jnp.asarray(counts, dtype=jnp.float32))
     n = x.shape[0]
     i = jnp.arange(1, n + 1, dtype=jnp.float32)
-    return jnp.sum((2 * i - n - 1) * x) / (n * jnp.sum(x))
+    total = jnp.sum(x)
+    return jnp.where(total > 0, jnp.sum((2 * i - n - 1) * x) / (n * jnp.where(total > 0, total, 1)),
+                     0.0)
 
 
 def average_recommendation_popularity(recommended: ArrayLike, item_popularity: ArrayLike) -> Array:
