@@ -36,8 +36,8 @@ def test_full_messages():
 
 def test_ids_only_messages():
     messages = pr.render_messages(EXAMPLE, TITLES, SHORT, style="ids_only")
-    assert messages == [{"role": "user",
-                         "content": "<history> 14 10 </history> <candidates> 13 12 11 </candidates>"}]
+    content = "<history> 14 10 </history> <candidates> 13 12 11 </candidates>"
+    assert messages == [{"role": "user", "content": content}]
     vocab = set(pr.IDS_ONLY_TAGS) | set(SHORT)
     assert set(messages[0]["content"].split()) <= vocab
     assert set(pr.render_completion("12").replace(">", "> ").replace("<", " <").split()) <= vocab

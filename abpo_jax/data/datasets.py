@@ -1,4 +1,4 @@
-"""Interaction datasets: MovieLens (from installed packages), Amazon Reviews 2018 CSV and 2023 JSONL.
+"""Interaction datasets: MovieLens (installed packages), Amazon Reviews 2018 CSV and 2023 JSONL.
 
 Every loader returns an :class:`Interactions`: one row per interaction with dense int32 user and
 item indices, in source-file order. Dense indices follow the sorted raw ids (numerically when every

@@ -77,8 +77,8 @@ def gini(counts: ArrayLike) -> Array:
     n = x.shape[0]
     i = jnp.arange(1, n + 1, dtype=jnp.float32)
     total = jnp.sum(x)
-    return jnp.where(total > 0, jnp.sum((2 * i - n - 1) * x) / (n * jnp.where(total > 0, total, 1)),
-                     0.0)
+    safe_total = jnp.where(total > 0, total, 1.0)
+    return jnp.where(total > 0, jnp.sum((2 * i - n - 1) * x) / (n * safe_total), 0.0)
 
 
 def average_recommendation_popularity(recommended: ArrayLike, item_popularity: ArrayLike) -> Array:
