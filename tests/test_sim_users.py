@@ -116,3 +116,19 @@ def test_bpr_recovers_structure_and_caches(tmp_path, monkeypatch):
 def test_fit_rejects_bad_ids():
     with pytest.raises(ValueError, match="dense indices"):
         su.fit_preferences(np.array([0, 5]), np.array([0, 1]), 3, 2, steps=1)
+
+
+@pytest.mark.parametrize("preference", ["cooc"])   # mf: test_bpr_recovers_structure_and_caches
+def test_simulator_from_config_recovers_groups(tmp_path, preference):
+    from abpo_jax.config import base_config
+
+    c = base_config()
+    c.sim.preference, c.sim.mf_dim, c.sim.mf_steps = preference, 4, 150
+    users, items = two_group_data()
+    sim = su.simulator_from_config(c, users, items, 40, 20, cache_dir=tmp_path)
+    assert (sim.temperature, sim.rejection_score, sim.external_ignore) == (1.5, 11.0, 0.2)
+    p = np.asarray(sim.click_probs(np.arange(40), np.tile(np.arange(20), (40, 1))))
+    in_group = np.where(np.arange(40)[:, None] < 20, np.arange(20) < 10, np.arange(20) >= 10)
+    assert p[in_group].min() > p[~in_group].max()
+    assert p.max() <= 0.8 / (1 + np.exp(1 / 1.5)) + 1e-6   # score <= 10: (1-e) sigmoid(-1/T)
+    assert [f.name.split("-")[1] for f in tmp_path.iterdir()] == [preference]

@@ -1,4 +1,5 @@
-"""Simulated users: ground-truth preferences (BPR matrix factorisation) and the GEE click model.
+"""Simulated users: ground-truth preferences (BPR matrix factorisation or item co-occurrence)
+and the GEE click model.
 
 Preferences are fitted once on the FULL interaction data (train and held-out alike: the
 simulator plays the real users) and cached as `.npz` keyed by a fingerprint of the data and the
@@ -197,12 +198,49 @@ def fit_preferences(user_ids: np.ndarray, item_ids: np.ndarray, num_users: int, 
     prefs = Preferences(np.asarray(params["user"], np.float32),
                         np.asarray(params["item"], np.float32),
                         np.asarray(params["bias"], np.float32), np.zeros(NUM_QUANTILES, np.float32))
-    # Quantiles of raw scores over random (user, item) pairs define the 1..10 map.
+    return _with_quantiles(prefs, seed), np.asarray(losses)
+
+
+def _with_quantiles(prefs: Preferences, seed: int, n: int = 200_000) -> Preferences:
+    """Set the 1..10 map: quantiles of raw scores over random (user, item) pairs."""
     rng = np.random.default_rng(seed)
-    n = 200_000
-    sample = raw_scores(prefs, rng.integers(0, num_users, n), rng.integers(0, num_items, (n, 1)))
+    sample = raw_scores(prefs, rng.integers(0, prefs.num_users, n),
+                        rng.integers(0, prefs.num_items, (n, 1)))
     quantiles = np.quantile(np.asarray(sample)[:, 0], np.linspace(0, 1, NUM_QUANTILES))
-    return dataclasses.replace(prefs, quantiles=quantiles.astype(np.float32)), np.asarray(losses)
+    return dataclasses.replace(prefs, quantiles=quantiles.astype(np.float32))
+
+
+MAX_COOC_ITEMS = 12_000   # the co-occurrence matrix is dense [I, I] float32
+
+
+def fit_cooccurrence(user_ids: np.ndarray, item_ids: np.ndarray, num_users: int,
+                     num_items: int, *, dim: int = 32, seed: int = 0) -> Preferences:
+    """Item co-occurrence preferences in factor form (no training).
+
+    PPMI_ij = max(0, log(C_ij N / (c_i c_j))) with C = X^T X the co-occurrence counts of the
+    binary user-item matrix X; item factors V = top-`dim` eigenvectors of PPMI scaled by
+    sqrt(eigenvalue); a user's factor is the mean of V over the items they interacted with, so
+    raw(u, i) = mean_{j in hist(u)} (V V^T)_ji, the rank-`dim` smoothed co-occurrence with the
+    user's history.
+    """
+    if num_items > MAX_COOC_ITEMS:
+        raise ValueError(f"sim.preference=cooc builds a dense [{num_items}, {num_items}] "
+                         f"matrix; use sim.preference=mf above {MAX_COOC_ITEMS} items")
+    x = np.zeros((num_users, num_items), np.float32)
+    x[np.asarray(user_ids), np.asarray(item_ids)] = 1.0
+    x = jnp.asarray(x)
+    counts = x.T @ x
+    pop = jnp.diag(counts)
+    total = jnp.sum(pop)
+    pmi = jnp.log(jnp.maximum(counts * total, 1e-12) / jnp.maximum(jnp.outer(pop, pop), 1e-12))
+    ppmi = jnp.where(counts > 0, jnp.maximum(pmi, 0.0), 0.0) * (1.0 - jnp.eye(num_items))
+    eigvals, eigvecs = jnp.linalg.eigh(ppmi)               # ascending
+    top = slice(num_items - 1, max(num_items - 1 - dim, -1), -1)
+    v = eigvecs[:, top] * jnp.sqrt(jnp.maximum(eigvals[top], 0.0))
+    u = (x @ v) / jnp.maximum(jnp.sum(x, 1, keepdims=True), 1.0)
+    prefs = Preferences(np.asarray(u, np.float32), np.asarray(v, np.float32),
+                        np.zeros(num_items, np.float32), np.zeros(NUM_QUANTILES, np.float32))
+    return _with_quantiles(prefs, seed)
 
 
 def dataset_fingerprint(user_ids: np.ndarray, item_ids: np.ndarray, num_users: int,
@@ -216,23 +254,32 @@ def dataset_fingerprint(user_ids: np.ndarray, item_ids: np.ndarray, num_users: i
 
 def load_or_fit_preferences(user_ids: np.ndarray, item_ids: np.ndarray, num_users: int,
                             num_items: int, *, cache_dir: str | os.PathLike | None,
-                            **settings: Any) -> Preferences:
-    """`fit_preferences`, cached in `<cache_dir>/prefs-<key>.npz` (atomic write).
+                            method: str = "mf", **settings: Any) -> Preferences:
+    """`fit_preferences` (mf) or `fit_cooccurrence` (cooc), cached in
+    `<cache_dir>/prefs-<method>-<key>.npz` (atomic write).
 
     The key hashes the dataset fingerprint and every setting, so a changed dataset or setting
     never reuses a stale fit. `cache_dir=None` disables the cache.
     """
-    if cache_dir is None:
+    def fit() -> Preferences:
+        if method == "cooc":
+            return fit_cooccurrence(user_ids, item_ids, num_users, num_items, **settings)
         return fit_preferences(user_ids, item_ids, num_users, num_items, **settings)[0]
+
+    if method not in ("mf", "cooc"):
+        raise ValueError(f"unknown preference method {method!r} (config sim.preference): "
+                         "mf | cooc")
+    if cache_dir is None:
+        return fit()
     fingerprint = dataset_fingerprint(user_ids, item_ids, num_users, num_items)
-    key = hashlib.sha256(json.dumps({"data": fingerprint, "method": "bpr", **settings},
+    key = hashlib.sha256(json.dumps({"data": fingerprint, "method": method, **settings},
                                     sort_keys=True).encode()).hexdigest()[:24]
-    path = pathlib.Path(cache_dir) / f"prefs-{key}.npz"
+    path = pathlib.Path(cache_dir) / f"prefs-{method}-{key}.npz"
     if path.is_file():
         with np.load(path) as z:
             return Preferences(z["user_factors"], z["item_factors"], z["item_bias"],
                                z["quantiles"])
-    prefs, _ = fit_preferences(user_ids, item_ids, num_users, num_items, **settings)
+    prefs = fit()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
@@ -245,14 +292,13 @@ def load_or_fit_preferences(user_ids: np.ndarray, item_ids: np.ndarray, num_user
 
 def simulator_from_config(config, user_ids: np.ndarray, item_ids: np.ndarray, num_users: int,
                           num_items: int, *, cache_dir: str | os.PathLike | None) -> UserSimulator:
-    """UserSimulator from `config.sim` (preference, mf_dim, mf_steps, temperature,
-    rejection_score, external_ignore) and `config.seed`."""
-    if config.sim.preference != "mf":
-        raise NotImplementedError(f"config.sim.preference={config.sim.preference!r}: only 'mf' "
-                                  "is implemented")
+    """UserSimulator from `config.sim` (preference, mf_dim -- also the cooc rank --, mf_steps,
+    temperature, rejection_score, external_ignore) and `config.seed`."""
+    settings = dict(dim=config.sim.mf_dim, seed=config.seed)
+    if config.sim.preference == "mf":
+        settings["steps"] = config.sim.mf_steps
     prefs = load_or_fit_preferences(user_ids, item_ids, num_users, num_items,
-                                    cache_dir=cache_dir, dim=config.sim.mf_dim,
-                                    steps=config.sim.mf_steps, seed=config.seed)
+                                    cache_dir=cache_dir, method=config.sim.preference, **settings)
     return UserSimulator(prefs, temperature=config.sim.temperature,
                          rejection_score=config.sim.rejection_score,
                          external_ignore=config.sim.external_ignore)
