@@ -158,11 +158,12 @@ def _open_text(path: pathlib.Path, newline: str | None = "") -> Any:
     return open(path, encoding="utf-8", newline=newline)
 
 
-def _number(text: str, kind: type = float) -> float:
+def _number(text: str) -> float:
+    """float(text), refusing NaN and infinities."""
     value = float(text)
     if not np.isfinite(value):
         raise ValueError(f"not finite: {text!r}")
-    return kind(value)
+    return value
 
 
 # --- RecBole atomic files (MovieLens) --------------------------------------------------------

@@ -46,19 +46,18 @@ def _dataset_rows(inter: Interactions) -> list[tuple[str, str]]:
 
 def _slice_rows(prep: PreparedData) -> list[tuple[str, str]]:
     split = prep.split
-    order = np.argsort(split.users)
-    test_time = split.test_times()
+    test_time = split.test_times()  # aligned with split.users, which is sorted
 
     def span(users: np.ndarray) -> str:
         if len(users) == 0:
-            return "0 users"
-        t = test_time[order[np.searchsorted(split.users, users, sorter=order)]]
+            return "0"
+        t = test_time[np.searchsorted(split.users, users)]
         return f"{len(users):,} ({_date(int(t.min()))} .. {_date(int(t.max()))})"
 
-    lengths = split.sequences.lengths
+    # every interaction except the valid and test targets of evaluable users is train
+    train = int(split.sequences.lengths.sum()) - 2 * len(split.users)
     rows = [("evaluable users (>= 3 items)", f"{len(split.users):,}"),
-            ("train interactions (seq[:-2])",
-             f"{int(np.maximum(lengths - 2, 0)[split.users].sum()):,}"),
+            ("train interactions (seq[:-2])", f"{train:,}"),
             ("users used (data.max_users)", f"{len(prep.ordered_users):,}"),
             ("round 0 (warm start)", span(prep.slices.warm))]
     rows += [(f"round {k} (fresh users)", span(users))
