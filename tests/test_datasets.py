@@ -68,6 +68,18 @@ def test_missing_package_names_pip_command(monkeypatch):
         ds.load_movielens_1m()
 
 
+def test_package_without_data_files(monkeypatch, tmp_path):
+    class Spec:  # an installed package whose dataset folder is missing
+        submodule_search_locations = [str(tmp_path)]
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: Spec() if name == "recbole" else real(name, *a))
+    with pytest.raises(ds.DataError, match=r"ml-100k\.inter: the installed package has no "
+                                           r"ml-100k interaction file.*recbole==1\.2\.1"):
+        ds.load_movielens_100k()
+
+
 def test_atomic_file_bad_header_and_rows(tmp_path):
     bad_header = tmp_path / "a.inter"
     bad_header.write_text("user_id:token\titem:token\trating:float\ttimestamp:float\n1\t2\t3\t4\n")
