@@ -201,7 +201,7 @@ def validate_record(raw: bytes | str | Mapping[str, Any] | LogRecord, *,
     p = d["propensity"]
     if not (0.0 < p <= 1.0):   # also catches NaN (every comparison with NaN is False)
         raise BadRecord(BAD_PROPENSITY, f"propensity={p!r} is not in (0, 1]")
-    if not _is_int(d["outcome"]) or d["outcome"] not in (0, 1):
+    if d["outcome"] not in (0, 1):
         raise BadRecord(BAD_OUTCOME, f"outcome={d['outcome']!r} is not 0 or 1")
     unknown = _unknown(list(d["context_item_ids"]) + candidates + [d["exposed_item_id"]],
                        catalogue)
