@@ -96,6 +96,8 @@ def test_round_slices_are_disjoint_and_time_ordered(ml1m):
     np.testing.assert_array_equal(np.concatenate(parts), ordered[:1000])   # disjoint, in order
     with pytest.raises(ValueError, match=r"num_test_users=100.*users_per_round=400"):
         sp.user_slices(ordered[:1000], 100, 400, 3)
+    with pytest.raises(ValueError, match=r"config\.data\.users_per_round=-1 must be >= 0"):
+        sp.user_slices(ordered[:1000], 100, -1, 3)
 
 
 def test_candidates_contain_target_once_and_no_interacted_item(ml1m):

@@ -163,6 +163,11 @@ def user_slices(ordered_users: np.ndarray, num_test_users: int, users_per_round:
                 num_rounds: int) -> UserSlices:
     """Split time-ordered users: last ``num_test_users`` = test, the ``num_rounds`` slices of
     ``users_per_round`` before them = round k's fresh users, the rest = warm start."""
+    for field, value in (("data.num_test_users", num_test_users),
+                         ("data.users_per_round", users_per_round),
+                         ("rounds.num_rounds", num_rounds)):
+        if value < 0:
+            raise ValueError(f"config.{field}={value} must be >= 0")
     n, deployed = len(ordered_users), num_rounds * users_per_round
     if num_test_users + deployed > n:
         raise ValueError(
