@@ -125,7 +125,7 @@ def test_candidate_log_policy_strings(model):
     prompts = ["user likes 12 and 7. pick:", "hi"]
     cands = [["<i>12</i>", "<i>7</i>", "<i>123</i>"], ["<i>5</i>", "<i>55</i>"]]
     logp, scores = gs.candidate_log_policy(model, tok, prompts, cands, temperature=0.5,
-                                           return_scores=True)
+                                           batch_multiple=4, return_scores=True)
     assert logp.shape == (2, 3)
     for b, (x, cs) in enumerate(zip(prompts, cands)):
         seq_lp = [_reference_scores(model, tok.encode(x), tok.encode(c) + [EOS])[0].sum()

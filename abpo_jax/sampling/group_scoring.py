@@ -191,7 +191,7 @@ def candidate_distribution(sequence_logprobs: jax.Array, valid: jax.Array | None
 def candidate_log_policy(model: nnx.Module, tokenizer: Any, prompts: Sequence[str],
                          candidates: Sequence[Sequence[str]], temperature: float = 1.0,
                          append_eos: bool = True, prompt_multiple: int = 64,
-                         completion_multiple: int = 8,
+                         completion_multiple: int = 8, batch_multiple: int = 1,
                          return_scores: bool = False) -> jax.Array | tuple[jax.Array, GroupScores]:
     """log pi~(candidate | prompt) [B, C] for chat-templated prompt strings and per-prompt
     candidate completion strings (e.g. `<item_id>ID</item_id>`).
@@ -199,9 +199,17 @@ def candidate_log_policy(model: nnx.Module, tokenizer: Any, prompts: Sequence[st
     Each completion is tokenized whole and followed by eos (the full response, as in the trie);
     padded lengths are rounded up to `prompt_multiple` / `completion_multiple` so batches of
     similar prompts share one compiled program. Prompts with fewer candidates than the widest get
-    padding candidates with log-prob -inf. With `return_scores` also returns the
-    :class:`GroupScores` (per-token log-probs and self-certainty).
+    padding candidates with log-prob -inf. The batch is padded (with copies of the first prompt,
+    dropped from the outputs) to a multiple of `batch_multiple`. With `return_scores` also
+    returns the :class:`GroupScores` (per-token log-probs and self-certainty).
     """
+    if len(prompts) != len(candidates) or not prompts:
+        raise ValueError(f"candidate_log_policy: {len(prompts)} prompts but {len(candidates)} "
+                         "candidate lists (need the same number, at least one)")
+    n = len(prompts)
+    extra = bucket(n, batch_multiple) - n
+    prompts, candidates = list(prompts) + [prompts[0]] * extra, list(candidates) + \
+        [candidates[0]] * extra
     prompt_ids = [tokenizer.encode(p) for p in prompts]
     comp_ids = [candidate_token_sequences(tokenizer, cs, append_eos) for cs in candidates]
     packed = pack_group(
@@ -209,6 +217,6 @@ def candidate_log_policy(model: nnx.Module, tokenizer: Any, prompts: Sequence[st
         prompt_len=bucket(max(map(len, prompt_ids)), prompt_multiple),
         completion_len=bucket(max(len(o) for cs in comp_ids for o in cs), completion_multiple),
         pad_id=getattr(tokenizer, "pad_id", 0) or 0)
-    scores = score_packed(model, packed)
+    scores = jax.tree.map(lambda x: x[:n], score_packed(model, packed))
     logp = candidate_distribution(scores.sequence_logprobs, scores.mask.any(-1), temperature)
     return (logp, scores) if return_scores else logp
