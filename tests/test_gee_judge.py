@@ -92,3 +92,16 @@ def test_personas(tmp_path):
     with pytest.raises(ValueError, match="num_personas=99"):
         load_personas(count=99)
     assert math.isclose(len(prompts.judge_prompt("q?", DEFAULT_PERSONAS[0], "x")) > 0, True)
+
+
+def test_exclusive_label_logprobs_splits_prefix_labels():
+    from abpo_jax.gee.judge import exclusive_label_logprobs
+
+    # labels "1", "2", "10" as digit tokens: P("1")=0.5 includes P("1","0")=0.2
+    tokens = [[1], [2], [1, 0]]
+    lp = np.log([[0.5, 0.3, 0.2]])
+    np.testing.assert_allclose(np.exp(exclusive_label_logprobs(lp, tokens)), [[0.3, 0.3, 0.2]])
+    # nested chain: "1" < "10" < "100": only the direct extension is subtracted
+    tokens = [[1], [1, 0], [1, 0, 0]]
+    lp = np.log([[0.6, 0.25, 0.05]])
+    np.testing.assert_allclose(np.exp(exclusive_label_logprobs(lp, tokens)), [[0.35, 0.2, 0.05]])

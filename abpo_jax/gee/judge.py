@@ -48,6 +48,26 @@ def score_from_logprobs(logprobs: np.ndarray, mode: str = "expected") -> np.ndar
     return (p * values).sum(-1) / p.sum(-1)
 
 
+def exclusive_label_logprobs(sequence_logprobs: np.ndarray,
+                             label_tokens: Sequence[Sequence[int]]) -> np.ndarray:
+    """log P(the answer is label l and not a longer label) from teacher-forced label log-probs.
+
+    When label l's tokens are a prefix of other labels' tokens (e.g. "1" of "10" when digits are
+    single tokens), P(tokens of l) also counts the longer answers, so
+    P_excl(l) = P(tokens_l) - sum over direct extensions l' of P(tokens_l').  [B, L] in and out.
+    """
+    lp = np.asarray(sequence_logprobs, np.float64)
+    seqs = [tuple(t) for t in label_tokens]
+    extends = lambda a, b: len(a) > len(b) and a[:len(b)] == b        # a strictly extends b
+    mass = np.exp(lp)
+    out = mass.copy()
+    for i, short in enumerate(seqs):
+        longer = [j for j, s in enumerate(seqs) if extends(s, short)]
+        direct = [j for j in longer if not any(extends(seqs[j], seqs[k]) for k in longer)]
+        out[:, i] -= mass[:, direct].sum(-1)
+    return np.log(np.maximum(out, 1e-30))
+
+
 class LMJudge:
     """Judge backed by a language model's label probabilities (one batched scoring per call)."""
 
