@@ -379,7 +379,8 @@ def load_amazon2018_csv(path: PathLike | Sequence[PathLike], *,
                                 f"{reader.fieldnames}); expected the ReRe/MiniOneRec columns "
                                 f"{list(_AMAZON2018_REQUIRED)}", csv_path, 1)
             has_ids = "history_item_id" in reader.fieldnames and "item_id" in reader.fieldnames
-            has_titles = ("history_item_title" in reader.fieldnames
+            # Title lists are the slowest column to parse; skip them when the table has titles.
+            has_titles = (not info and "history_item_title" in reader.fieldnames
                           and "item_title" in reader.fieldnames)
             for row in reader:
                 lineno = reader.line_num
