@@ -25,14 +25,19 @@ AGGREGATIONS = {"grpo": "sequence_mean", "bnpo": "token_mean", "dapo": "token_me
                 "dr_grpo": "constant"}
 
 
-@pytest.fixture(scope="module")
-def trainer(tmp_path_factory):
+def build_trl_trainer(workdir: str, *, batch_size: int, num_generations: int,
+                      max_completion_length: int, **grpo_config):
+    """A TRL GRPOTrainer around a tiny random LlamaForCausalLM (vocab 32), offline.
+
+    Also used by `benchmarks/bench_losses.py` as the TRL peer.
+    """
+    import os
+
     from datasets import Dataset
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
     from trl import GRPOConfig, GRPOTrainer
 
-    assert trl.__version__ == TRL_VERSION, f"parity recorded for trl {TRL_VERSION}, found {trl.__version__}"
     vocab = {f"t{i}": i for i in range(30)} | {"<pad>": 30, "<eos>": 31}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -42,20 +47,29 @@ def trainer(tmp_path_factory):
         vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
         num_attention_heads=2, num_key_value_heads=1, pad_token_id=30, eos_token_id=31,
         bos_token_id=None))
-    path = str(tmp_path_factory.mktemp("tiny_llama"))
+    # a path, not the module: TRL builds its reference model from the path when beta != 0
+    path = os.path.join(workdir, "tiny_llama")
     model.save_pretrained(path)
     tok.save_pretrained(path)
-    args = GRPOConfig(output_dir=str(tmp_path_factory.mktemp("trl_out")), report_to="none",
-                      use_cpu=True, per_device_train_batch_size=B * G, num_generations=G,
-                      max_completion_length=MAX_COMPLETION, beta=0.04, epsilon=0.2,
-                      epsilon_high=0.28, use_bias_correction_kl=False, save_strategy="no",
-                      logging_strategy="no")
+    args = GRPOConfig(output_dir=os.path.join(workdir, "trl_out"), report_to="none",
+                      use_cpu=True, per_device_train_batch_size=batch_size,
+                      num_generations=num_generations,
+                      max_completion_length=max_completion_length, save_strategy="no",
+                      logging_strategy="no", **grpo_config)
     tr = GRPOTrainer(model=path, args=args, processing_class=tok,
                      reward_funcs=lambda completions, **kw: [0.0] * len(completions),
                      train_dataset=Dataset.from_dict({"prompt": ["t1 t2", "t3 t4"]}))
     tr.model.train()
     tr.current_gradient_accumulation_steps = 1  # set by Trainer's loop, which we do not run
     return tr
+
+
+@pytest.fixture(scope="module")
+def trainer(tmp_path_factory):
+    assert trl.__version__ == TRL_VERSION, f"parity recorded for trl {TRL_VERSION}, found {trl.__version__}"
+    return build_trl_trainer(str(tmp_path_factory.mktemp("trl")), batch_size=B * G,
+                             num_generations=G, max_completion_length=MAX_COMPLETION, beta=0.04,
+                             epsilon=0.2, epsilon_high=0.28, use_bias_correction_kl=False)
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +120,7 @@ def _ours(settings, logps, inputs):
     return float(value), np.asarray(grad).reshape(B * G, T), metrics
 
 
-def _trl(trainer, inputs, logps):
+def trl_loss_and_grad(trainer, inputs, logps):
     """TRL's loss and its gradient w.r.t. the per-token log-probs (its model forward replaced by
     the leaf tensor holding the log-probs that forward returned)."""
     leaf = logps.detach().clone().requires_grad_(True)
@@ -118,7 +132,7 @@ def _trl(trainer, inputs, logps):
         loss.backward()
     finally:
         trainer._get_per_token_logps_and_entropies = original
-    return float(loss), leaf.grad.numpy(), dict(trainer._metrics["train"])
+    return float(loss.detach()), leaf.grad.numpy(), dict(trainer._metrics["train"])
 
 
 @pytest.mark.parametrize("loss_type", list(AGGREGATIONS))
@@ -127,7 +141,7 @@ def test_grpo_loss_matches_trl(trainer, batch, loss_type, estimator_correction):
     inputs, logps, _ = batch
     trainer.loss_type = loss_type
     trainer.args.use_bias_correction_kl = estimator_correction
-    trl_value, trl_grad, trl_metrics = _trl(trainer, inputs, logps)
+    trl_value, trl_grad, trl_metrics = trl_loss_and_grad(trainer, inputs, logps)
     settings = LossSettings(anchor="off", beta=0.04, kl_estimator="k3", epsilon_low=0.2,
                             epsilon_high=0.28, aggregation=AGGREGATIONS[loss_type],
                             max_completion_length=MAX_COMPLETION,

@@ -1,0 +1,158 @@
+"""ABPO / GRPO loss + gradient throughput vs TRL's `GRPOTrainer._compute_loss` (CPU, f32).
+
+    python benchmarks/bench_losses.py           # ~1 min on a 2-core CPU
+    abpo-jax bench --config.bench.only=losses
+
+Work: the loss and its gradient w.r.t. the per-token log-probs of B prompts x G rollouts x T
+tokens (the model forward is excluded on both sides: TRL's log-prob helper is replaced by a leaf
+tensor, as in `tests/test_losses_trl_parity.py`). Ours is jitted (compile excluded by a warm-up
+call); TRL runs eagerly in torch, as it does in training. A second row times the full ABPO
+objective (anchor terms, SNIPS, certainty) with no peer, a third the self-certainty reduction over
+a SmolLM2-sized vocabulary.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import tempfile
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from abpo_jax.losses import (LossSettings, abpo_objective, anchor_terms, policy_loss,
+                             token_self_certainty)
+
+DEFAULTS = {"num_prompts": 16, "num_generations": 8, "completion_len": 64, "anchor_len": 8,
+            "vocab": 49152, "certainty_tokens": 256, "repeats": 5}
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _best_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    fn()  # warm-up / compile
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _inputs(b: int, g: int, t: int, ta: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    logp = -rng.uniform(0.05, 4.0, (b, g, t)).astype(np.float32)
+    lengths = rng.integers(1, t + 1, (b, g, 1))
+    return {
+        "logp": logp, "mask": (np.arange(t) < lengths).astype(np.float32),
+        "old_logp": logp + rng.uniform(-0.3, 0.3, logp.shape).astype(np.float32),
+        "ref_logp": logp + rng.uniform(-0.3, 0.3, logp.shape).astype(np.float32),
+        "rewards": rng.integers(0, 3, (b, g)).astype(np.float32),
+        "anchor_logp": -rng.uniform(0.05, 4.0, (b, ta)).astype(np.float32),
+        "outcome": rng.integers(0, 2, b), "sc": rng.uniform(0, 5, b).astype(np.float32),
+        "target": rng.uniform(0.05, 1, b).astype(np.float32),
+        "propensity": rng.uniform(0.05, 1, b).astype(np.float32),
+    }
+
+
+def _trl_peer(x: dict[str, np.ndarray], settings: LossSettings, repeats: int) -> tuple[float, str]:
+    """Seconds per TRL loss+backward (loss_type dapo = our token_mean), or (nan, reason)."""
+    try:
+        import torch
+        spec = importlib.util.spec_from_file_location(
+            "trl_parity", ROOT / "tests" / "test_losses_trl_parity.py")
+        parity = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(parity)
+    except Exception as err:  # torch / trl are test-only extras
+        return float("nan"), f"TRL peer unavailable: {err}"
+    b, g, t = x["logp"].shape
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = parity.build_trl_trainer(
+            tmp, batch_size=b * g, num_generations=g, max_completion_length=t,
+            beta=settings.beta, epsilon=settings.epsilon_low, epsilon_high=settings.epsilon_high,
+            use_bias_correction_kl=False, loss_type="dapo")
+        mask = torch.tensor(x["mask"].reshape(b * g, t), dtype=torch.long)
+        inputs = {"prompt_ids": torch.zeros(b * g, 1, dtype=torch.long),
+                  "prompt_mask": torch.ones(b * g, 1, dtype=torch.long),
+                  "completion_ids": torch.zeros(b * g, t, dtype=torch.long),
+                  "completion_mask": mask, "num_items_in_batch": mask.sum(),
+                  "advantages": torch.tensor(np.asarray(
+                      jax.device_get(_group_adv(x["rewards"]))).reshape(-1)),
+                  "old_per_token_logps": torch.tensor(x["old_logp"].reshape(b * g, t)),
+                  "ref_per_token_logps": torch.tensor(x["ref_logp"].reshape(b * g, t))}
+        logps = torch.tensor(x["logp"].reshape(b * g, t))
+        seconds = _best_seconds(lambda: parity.trl_loss_and_grad(trainer, inputs, logps), repeats)
+    return seconds, f"trl {parity.TRL_VERSION} loss_type=dapo, eager torch CPU"
+
+
+def _group_adv(rewards: np.ndarray) -> jax.Array:
+    from abpo_jax.losses import group_advantages
+    return group_advantages(jnp.asarray(rewards))
+
+
+def run(config: Any) -> list[dict]:
+    bench_cfg = dict(config.get("bench", {}).get("losses", {})) if "bench" in config else {}
+    p = {**DEFAULTS, **bench_cfg}
+    b, g, t, ta = p["num_prompts"], p["num_generations"], p["completion_len"], p["anchor_len"]
+    x = _inputs(b, g, t, ta)
+    settings = LossSettings.from_mapping(config.loss).replace(max_completion_length=t)
+    grpo = settings.replace(anchor="off")
+    tokens = float(x["mask"].sum())
+    adv = _group_adv(x["rewards"])
+    j = {k: jnp.asarray(v) for k, v in x.items()}
+
+    @jax.jit
+    def grpo_grad(logp):
+        def loss(lp):
+            s, d, _ = policy_loss(grpo, logp=lp, old_logp=j["old_logp"], ref_logp=j["ref_logp"],
+                                  mask=j["mask"], advantages=adv)
+            return s / d
+        return jax.value_and_grad(loss)(logp)
+
+    @jax.jit
+    def abpo_grad(logp, anchor_logp):
+        terms = anchor_terms(settings, outcome=j["outcome"], self_certainty=j["sc"],
+                             target_prob=j["target"], propensity=j["propensity"])
+
+        def loss(lp, alp):
+            s, d, _ = abpo_objective(settings, rollout_rewards=j["rewards"], logp=lp,
+                                     old_logp=j["old_logp"], ref_logp=j["ref_logp"],
+                                     mask=j["mask"], anchor=terms, anchor_logp=alp,
+                                     anchor_mask=jnp.ones_like(alp))
+            return s / d
+        return jax.value_and_grad(loss, (0, 1))(logp, anchor_logp)
+
+    ours_grpo = _best_seconds(lambda: jax.block_until_ready(grpo_grad(j["logp"])), p["repeats"])
+    peer, peer_note = _trl_peer(x, grpo, p["repeats"])
+    ours_abpo = _best_seconds(
+        lambda: jax.block_until_ready(abpo_grad(j["logp"], j["anchor_logp"])), p["repeats"])
+
+    v, n = p["vocab"], p["certainty_tokens"]
+    logits = jax.random.normal(jax.random.PRNGKey(0), (n, v), jnp.float32)
+    sc = jax.jit(token_self_certainty)
+    ours_sc = _best_seconds(lambda: jax.block_until_ready(sc(logits)), p["repeats"])
+
+    shape = f"B={b} G={g} T={t}"
+    peer_tps = None if np.isnan(peer) else tokens / peer
+    return [
+        {"benchmark": "losses/grpo_loss_grad", "metric": "tokens/s", "ours": tokens / ours_grpo,
+         "peer": peer_tps, "peer_name": "TRL _compute_loss+backward" if peer_tps else None,
+         "ratio": (peer / ours_grpo) if peer_tps else None,
+         "notes": f"{shape}, {tokens:.0f} valid tokens, token_mean, k3; {peer_note} "
+                  "(TRL time includes its per-call metric logging)"},
+        {"benchmark": "losses/abpo_objective_grad", "metric": "tokens/s",
+         "ours": (tokens + b * ta) / ours_abpo, "peer": None, "peer_name": None, "ratio": None,
+         "notes": f"{shape} Ta={ta}; anchor terms + SNIPS + advantages + loss + grad"},
+        {"benchmark": "losses/self_certainty", "metric": "tokens/s", "ours": n / ours_sc,
+         "peer": None, "peer_name": None, "ratio": None,
+         "notes": f"{n} tokens x V={v} logits, logsumexp - mean, jit"},
+    ]
+
+
+if __name__ == "__main__":
+    from abpo_jax.bench import format_table
+    from abpo_jax.config import base_config
+
+    print(format_table(run(base_config())))
