@@ -69,6 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.sim.temperature = 1.5           # GEE MNL temperature T
     c.sim.rejection_score = 11.0      # GEE outside-option score RS (on the 1..10 score scale)
     c.sim.external_ignore = 0.2       # P(no response for an external reason)
+    c.sim.cache_dir = ""              # fitted-preference cache (default <run_dir>/sim)
 
     # --- loss (ABPO; GRPO when anchor=off) -------------------------------------------------
     c.loss = ml_collections.ConfigDict()

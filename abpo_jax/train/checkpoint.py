@@ -13,7 +13,7 @@ import logging
 import os
 import pathlib
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
@@ -67,16 +67,19 @@ class Checkpointer:
         out = self.manager.restore(step, args=ocp.args.Composite(**items))
         return out["state"], out["meta"]
 
-    def restore_latest(self, abstract_state_for, data_iter: Any = None
+    def restore_latest(self, abstract_state_for: Callable[[dict], Any],
+                       iterator_for: Callable[[dict], Any] | None = None
                        ) -> tuple[int, Any, dict] | None:
         """Newest restorable checkpoint as (step, state, meta); None when there is none.
 
-        `abstract_state_for(meta)` gives the abstract tree for that checkpoint's metadata.
+        `abstract_state_for(meta)` gives the abstract tree for that checkpoint's metadata;
+        `iterator_for(meta)` the grain iterator to restore in place (or None: not saved).
         Unreadable checkpoints are skipped with a warning (and the next-older one is tried).
         """
         for step in reversed(self.steps()):
             try:
                 meta = self.restore_meta(step)
+                data_iter = iterator_for(meta) if iterator_for is not None else None
                 state, meta = self.restore(step, abstract_state_for(meta), data_iter)
                 jax.block_until_ready(state)
                 return step, state, meta

@@ -168,4 +168,4 @@ def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str],
     for r in rows:
         table.add_row(*[f"{r.get(c):.4f}" if isinstance(r.get(c), float) else str(r.get(c, "-"))
                         for c in ["round", "method", *columns]])
-    Console().print(table)
+    Console(width=200).print(table)

@@ -2,14 +2,13 @@
 
 The model is an NNX module split into (graphdef, trainable params, frozen rest). The trainable
 part is `nnx.LoRAParam` when `model.lora.rank > 0`, else every `nnx.Param`. Shardings come from
-the variables' logical-axis annotations through `nnx.get_named_sharding` under the model
-engineer's rules table; nothing big is materialised on device 0 (big_vision pattern:
-abstract shapes first, then a jitted init / device_put with explicit out_shardings).
+the variables' logical-axis annotations (`models.sharding`); models are built born sharded
+there (`create_sharded`, sharded loaders) and the optimizer state here with a jitted init whose
+out_shardings follow the params (big_vision pattern).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from typing import Any, Callable
 
@@ -20,31 +19,14 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-MESH_AXES = ("data", "fsdp", "tensor")
-
-
-def mesh_shape(config, num_devices: int) -> tuple[int, int, int]:
-    """(data, fsdp, tensor) from `config.mesh`; one axis may be -1 = fill the remaining devices."""
-    dims = [int(config.mesh.data), int(config.mesh.fsdp), int(config.mesh.tensor)]
-    if dims.count(-1) > 1:
-        raise ValueError(f"config.mesh: at most one axis may be -1, got {dims}")
-    known = int(np.prod([d for d in dims if d != -1]))
-    if -1 in dims:
-        if num_devices % known:
-            raise ValueError(f"config.mesh={dims}: {num_devices} devices are not divisible by "
-                             f"{known}")
-        dims[dims.index(-1)] = num_devices // known
-    if int(np.prod(dims)) != num_devices:
-        raise ValueError(f"config.mesh={dims} needs {int(np.prod(dims))} devices, "
-                         f"have {num_devices}")
-    return tuple(dims)  # type: ignore[return-value]
+from abpo_jax.models.sharding import make_mesh, state_shardings
 
 
 def build_mesh(config, devices: list | None = None) -> Mesh:
-    """The ("data", "fsdp", "tensor") mesh over `devices` (default: all) sized by `config.mesh`."""
-    devices = list(jax.devices() if devices is None else devices)
-    shape = mesh_shape(config, len(devices))
-    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+    """The ("data", "fsdp", "tensor") mesh over `devices` (default: all) sized by `config.mesh`
+    (one axis may be -1 = fill)."""
+    return make_mesh(int(config.mesh.data), int(config.mesh.fsdp), int(config.mesh.tensor),
+                     devices=devices)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -103,14 +85,6 @@ class ModelSplit:
         return nnx.merge(self.graphdef, params, frozen)
 
 
-def state_shardings(abstract_state: Any, mesh: Mesh, rules: Any = None) -> Any:
-    """NamedShardings from the variables' logical-axis metadata under `rules` (unannotated
-    variables are replicated)."""
-    ctx = nnx.logical_axis_rules(rules) if rules is not None else contextlib.nullcontext()
-    with ctx:
-        return nnx.get_named_sharding(abstract_state, mesh)
-
-
 def split_model(model: nnx.Module, config) -> tuple[ModelSplit, Any, Any]:
     """(ModelSplit, trainable params State, frozen State) of a built model."""
     trainable = trainable_filter(config)
@@ -139,28 +113,10 @@ def init_opt_state(tx: optax.GradientTransformation, params: Any, mesh: Mesh) ->
     return jax.jit(tx.init, out_shardings=out_sh)(params)
 
 
-def create_model_state(make_model: Callable[[], nnx.Module], config, mesh: Mesh,
-                       rules: Any = None) -> tuple[ModelSplit, Any, Any]:
-    """Build `make_model()` born sharded: eval_shape for shapes, jitted init with out_shardings.
-
-    Returns (ModelSplit, trainable params, frozen state), each leaf a sharded jax.Array.
-    """
-    abstract = nnx.eval_shape(make_model)
-    split, abs_params, abs_frozen = split_model(abstract, config)
-    sh_params = state_shardings(abs_params, mesh, rules)
-    sh_frozen = state_shardings(abs_frozen, mesh, rules)
-
-    def init():
-        _, p, f = split_model(make_model(), config)
-        return p, f
-
-    params, frozen = jax.jit(init, out_shardings=(sh_params, sh_frozen))()
-    return split, params, frozen
-
-
-def place_model_state(model: nnx.Module, config, mesh: Mesh, rules: Any = None
-                      ) -> tuple[ModelSplit, Any, Any]:
-    """Split an already-built model (e.g. loaded weights) and put it on the mesh."""
+def place_model(model: nnx.Module, config, mesh: Mesh, rules: Any = None
+                ) -> tuple[ModelSplit, Any, Any]:
+    """Split a built model into (ModelSplit, trainable params, frozen rest), each leaf placed
+    with the sharding of its logical axes (models.sharding rules)."""
     split, params, frozen = split_model(model, config)
     params = shard_like(params, state_shardings(params, mesh, rules))
     frozen = shard_like(frozen, state_shardings(frozen, mesh, rules))
