@@ -48,6 +48,24 @@ def init_cache(config: ModelConfig, batch: int, max_len: int, dtype: Any = jnp.f
                    index=jnp.zeros((), jnp.int32))
 
 
+CACHE_AXES = ("layers", "batch", "cache_length", "kv_heads", "head_dim")
+
+
+def cache_shardings(config: ModelConfig, mesh: Any, batch: int, max_len: int,
+                    rules: Any = None) -> KVCache:
+    """NamedShardings for a KVCache on `mesh` (batch over data/fsdp, kv heads over tensor)."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from abpo_jax.models.sharding import as_auto_mesh, logical_to_spec
+
+    mesh = as_auto_mesh(mesh)
+    shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
+    kv = NamedSharding(mesh, logical_to_spec(CACHE_AXES, shape, dict(mesh.shape), rules))
+    pos = NamedSharding(mesh, logical_to_spec(("batch", "cache_length"), (batch, max_len),
+                                              dict(mesh.shape), rules))
+    return KVCache(k=kv, v=kv, positions=pos, index=NamedSharding(mesh, PartitionSpec()))
+
+
 def causal_mask(positions_q: Array, positions_k: Array) -> Array:
     """bool[B,T,S]: query t may attend key s iff pos_k[s] <= pos_q[t]."""
     return positions_k[:, None, :] <= positions_q[:, :, None]
