@@ -44,11 +44,9 @@ class SmolLMBackend:
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> "SmolLMBackend":
         """Load `config.model` (smollm2 | hf | gguf) and its tokenizer."""
-        from abpo_jax.models import loaders, tokenizer as tokenizer_lib
+        from abpo_jax.sampling.recommend import load_policy
 
-        model, _ = loaders.load_model(config.model.source, config.model.path,
-                                      dtype=config.model.dtype)
-        tok = tokenizer_lib.load_tokenizer(config.model.source, config.model.path)
+        model, tok = load_policy(config)
         name = f"{config.model.source}:{config.model.path}" if config.model.path else \
             config.model.source
         return cls(model, tok, name=name, top_p=config.gee.gen_top_p,
