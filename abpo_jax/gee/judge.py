@@ -78,10 +78,10 @@ class LMJudge:
 
     def score(self, items: list[str], personas: Sequence[Persona]) -> np.ndarray:
         pairs = [prompts.judge_prompt(i, p, self.topic) for i in items for p in personas]
-        logprobs = [self.scorer.label_logprobs(pairs[s:s + self.batch_size], SCORE_LABELS)
-                    for s in range(0, len(pairs), self.batch_size)]
         if not pairs:
             return np.zeros((len(items), len(personas)))
+        logprobs = [self.scorer.label_logprobs(pairs[s:s + self.batch_size], SCORE_LABELS)
+                    for s in range(0, len(pairs), self.batch_size)]
         out = score_from_logprobs(np.concatenate(logprobs), self.mode)
         return out.reshape(len(items), len(personas))
 

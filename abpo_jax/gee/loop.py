@@ -191,9 +191,8 @@ def validate_gee(cfg: ml_collections.ConfigDict) -> None:
                   "max_per_topic", "judge_batch_size"):
         if cfg[field] < 1:
             raise bad(field, "is out of range; it must be >= 1")
-    for field in ("temperature",):
-        if not cfg[field] > 0:
-            raise bad(field, "is out of range; it must be > 0")
+    if not cfg.temperature > 0:
+        raise bad("temperature", "is out of range; it must be > 0")
     if cfg.max_retries < 0 or cfg.num_personas < 0 or cfg.gen_temperature < 0:
         raise ConfigError("config.gee.max_retries, num_personas and gen_temperature must be >= 0")
     if not 0 <= cfg.random_ctr_max <= 1:

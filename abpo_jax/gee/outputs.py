@@ -1,4 +1,5 @@
-"""GEE run outputs: history JSONL, results table (text + terminal), CTR-per-round plot (PNG)."""
+"""GEE run outputs: history JSONL, results table (text + terminal), CTR-per-round plot (PNG),
+TensorBoard scalars."""
 
 from __future__ import annotations
 
@@ -78,6 +79,21 @@ def write_all(run_dir: pathlib.Path, results: dict[str, list["RoundResult"]], *,
                                             for s, r in results.items()})
     paths["summary"].write_text(json.dumps(summary, indent=1))
     plot_ctr(results, paths["plot"])
+    write_scalars(run_dir / "tensorboard", results)
     print(text)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return paths
+
+
+def write_scalars(log_dir: pathlib.Path, results: dict[str, list["RoundResult"]]) -> None:
+    """TensorBoard scalars gee/<strategy>/{pool_ctr,expected_pool_ctr} with step = round."""
+    from tensorboardX import SummaryWriter
+
+    with SummaryWriter(str(log_dir)) as writer:
+        for strategy, rounds in results.items():
+            for r in rounds:
+                rec = r.record
+                writer.add_scalar(f"gee/{strategy}/pool_ctr", rec["pool_ctr"], rec["round"])
+                if rec["expected_pool_ctr"] is not None:
+                    writer.add_scalar(f"gee/{strategy}/expected_pool_ctr",
+                                      rec["expected_pool_ctr"], rec["round"])
