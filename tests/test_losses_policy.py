@@ -87,3 +87,19 @@ def test_settings_mirror_config_and_registry():
     with pytest.raises(ValueError, match="already registered"):
         register_policy_loss("abpo")(half)
     assert {f.name for f in dataclasses.fields(LossSettings)} >= set(loss_cfg.keys())
+
+
+def test_losses_layer_imports_nothing_of_the_package():
+    """losses/ is the bottom layer: only jax/numpy/stdlib and abpo_jax.losses itself."""
+    import ast
+    import pathlib
+
+    import abpo_jax.losses as pkg
+    for path in pathlib.Path(pkg.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert not name.startswith("abpo_jax") or name.startswith("abpo_jax.losses"), (
+                    f"{path.name}:{node.lineno} imports {name}")
+                assert name.split(".")[0] not in ("torch", "transformers", "trl", "flax"), name
