@@ -163,3 +163,23 @@ def test_bad_gee_config_is_named():
         loop.validate_gee(_config(slate_size=6).gee)
     with pytest.raises(ConfigError, match="judge_score='mode'"):
         loop.validate_gee(_config(judge_score="mode").gee)
+
+
+def test_cli_runs_gee_with_overrides(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "abpo_jax", "gee", "--config.gee.backend=scripted",
+           "--config.gee.rounds=2", "--config.gee.interactions=100",
+           "--config.gee.strategies=('partial-ctr','explore-exploit')",
+           f"--config.run_dir={tmp_path}"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=""))
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [json.loads(l) for l in open(tmp_path / "history.jsonl")]
+    assert {l["strategy"] for l in lines} == {"partial-ctr", "explore-exploit"}
+    bad = subprocess.run(cmd[:4] + ["--config.gee.slate_size=9", f"--config.run_dir={tmp_path}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=""))
+    assert bad.returncode != 0 and "config.gee.slate_size=9" in bad.stderr
