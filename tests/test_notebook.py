@@ -84,8 +84,12 @@ def test_notebook_cells_run_and_plots_render(tmp_path, monkeypatch):
 def test_notebook_runs_top_to_bottom_with_tiny_demo(tmp_path, monkeypatch):
     if not (ROOT / "abpo_jax/train/rounds.py").exists() or not (ROOT / "configs/tiny.py").exists():
         pytest.skip("needs abpo_jax/train/rounds.py and configs/tiny.py (train engineer)")
-    _env(monkeypatch, tmp_path / "run",
-         f"--config={ROOT / 'configs' / 'tiny.py'} --config.rounds.num_rounds=1")
+    _env(monkeypatch, tmp_path / "run", " ".join([
+        f"--config={ROOT / 'configs' / 'tiny.py'}", "--config.rounds.num_rounds=1",
+        "\"--config.rounds.methods=('abpo', 'no_update')\"", "--config.data.max_users=200",
+        "--config.data.users_per_round=16", "--config.data.num_test_users=16",
+        "--config.train.batch_size=8", "--config.train.sft_steps=4", "--config.sim.mf_steps=20",
+        "--config.eval.batch_size=16", "--config.outputs.progress=False"]))
     nb = _load()
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": str(ROOT)}})
