@@ -84,8 +84,9 @@ def policy_loss(settings: LossSettings, *, logp: jax.Array, old_logp: jax.Array,
     mean_certainty, mean_advantage, anchor_advantage.
     """
     m = as_mask(mask, logp)
-    # Masked positions may hold garbage (-inf, NaN); zero them before any exp.
-    logp = jnp.where(m > 0, logp, 0.0)
+    # Masked positions may hold garbage (-inf, NaN); zero them before any exp. The loss runs in
+    # float32 whatever the model's compute dtype (bf16 ratios near 1 are too coarse to clip).
+    logp = jnp.where(m > 0, logp.astype(jnp.float32), 0.0)
     old_logp = jnp.where(m > 0, jax.lax.stop_gradient(old_logp), 0.0)
     adv = jax.lax.stop_gradient(jnp.asarray(advantages, jnp.float32))[..., None]
 
@@ -122,7 +123,7 @@ def policy_loss(settings: LossSettings, *, logp: jax.Array, old_logp: jax.Array,
         if anchor_logp is None or anchor_advantage is None:
             raise ValueError("loss.anchor='full' needs anchor_logp and anchor_advantage")
         am = as_mask(anchor_mask, anchor_logp)
-        a_logp = jnp.where(am > 0, anchor_logp, 0.0)
+        a_logp = jnp.where(am > 0, anchor_logp.astype(jnp.float32), 0.0)
         a_adv = jax.lax.stop_gradient(jnp.asarray(anchor_advantage, jnp.float32))
         weight = (jnp.ones_like(a_adv) if anchor_weight is None
                   else jax.lax.stop_gradient(jnp.asarray(anchor_weight, jnp.float32)))
