@@ -322,7 +322,7 @@ def test_two_processes_run_one_tiny_round(tmp_path):
     # process 0 alone writes the run's plain files: one row per (round, method), not two
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == len({(r.get("round"), r.get("method")) for r in rows})
-    assert list(run.glob("*.png"))
+    assert list(run.rglob("*.png"))
 
 
 # stderr signature -> the defect, reported to the train engineer; remove once fixed
