@@ -44,9 +44,9 @@ def test_logits_match_transformers_gguf(smollm2):
         want = hf(torch.tensor([ids])).logits.numpy()
     pos = jnp.arange(len(ids))[None]
     got, _ = model(jnp.asarray([ids]), pos, causal_mask(pos, pos))
-    # Same dequantized float32 weights; 30 layers of f32 reassociation differences stay < 1e-3
-    # on logits of magnitude ~20 (measured max diff is reported on failure).
-    np.testing.assert_allclose(np.asarray(got), want, atol=1e-3, rtol=0)
+    # Same dequantized float32 weights; 30 layers of f32 reassociation differences: measured max
+    # |diff| 1.2e-4 on logits of magnitude ~38 (relative 3e-6), so the bound is 5e-4 here.
+    np.testing.assert_allclose(np.asarray(got), want, atol=5e-4, rtol=0)
     assert np.abs(want).max() > 5
 
 

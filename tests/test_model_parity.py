@@ -151,3 +151,18 @@ def test_pickle_checkpoints_refused(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04")
     with pytest.raises(loaders.CheckpointError, match="convert to safetensors"):
         loaders.safetensors_files(tmp_path)
+
+
+def test_export_roundtrip_loads_in_transformers(pair, tmp_path):
+    """save_hf_checkpoint -> transformers.from_pretrained and our loader reproduce the logits."""
+    family, hf, ours, config, _ = pair
+    loaders.save_hf_checkpoint(ours, tmp_path)
+    tokens, positions = _inputs()
+    want = _hf_logits(hf, tokens)
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    np.testing.assert_allclose(_hf_logits(again, tokens), want, atol=1e-4, rtol=0)
+    reloaded, config2 = loaders.load_hf_checkpoint(tmp_path)
+    assert config2 == config
+    got, _ = reloaded(jnp.asarray(tokens), jnp.asarray(positions),
+                      causal_mask(jnp.asarray(positions), jnp.asarray(positions)))
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-4, rtol=0)

@@ -342,3 +342,66 @@ def load_model(source: str, path: str = "", mesh: Mesh | None = None, rules: Rul
     if source == "gguf":
         return load_gguf(path, mesh, rules, dtype, param_dtype, **config_overrides)
     raise ValueError(f"config.model.source={source!r}: loaders handle smollm2, hf, gguf")
+
+
+# --- export -----------------------------------------------------------------------------------
+
+def hf_state_dict(model: Decoder) -> dict[str, np.ndarray]:
+    """The model's weights under Hugging Face names and (out, in) layout (merge LoRA first)."""
+    out: dict[str, np.ndarray] = {}
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        *module, kind = (str(p) for p in path)
+        if any(p.startswith("lora_") for p in (*module, kind)):
+            raise CheckpointError("model has LoRA adapters: call lora.merge_lora(model) first")
+        value = np.asarray(jax.device_get(var.get_value()))
+        if kind == "kernel":
+            value = value.T
+        name = ".".join(module) + (".bias" if kind == "bias" else ".weight")
+        out[name if module[0] == "lm_head" else "model." + name] = np.ascontiguousarray(value)
+    return out
+
+
+def hf_config_dict(config: ModelConfig) -> dict[str, Any]:
+    """A transformers 5 `config.json` dict describing `config` (inverse of from_hf_config)."""
+    c = config
+    full = {"rope_type": "default", "rope_theta": c.rope_theta, **(c.rope_scaling or {})}
+    d: dict[str, Any] = dict(
+        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads,
+        num_key_value_heads=c.num_kv_heads, head_dim=c.head_dim, rms_norm_eps=c.rms_norm_eps,
+        tie_word_embeddings=c.tie_embeddings, max_position_embeddings=c.max_position_embeddings,
+        bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id, pad_token_id=c.pad_token_id,
+        layer_types=["sliding_attention" if t == "sliding" else "full_attention"
+                     for t in c.layer_types])
+    if c.family == "gemma3":
+        local = {"rope_type": "default", "rope_theta": c.rope_local_base_freq or c.rope_theta}
+        d.update(model_type="gemma3_text", architectures=["Gemma3ForCausalLM"],
+                 hidden_activation="gelu_pytorch_tanh", sliding_window=c.sliding_window,
+                 query_pre_attn_scalar=c.query_pre_attn_scalar or c.head_dim,
+                 attn_logit_softcapping=c.attn_logit_softcapping,
+                 final_logit_softcapping=c.final_logit_softcapping,
+                 rope_parameters={"full_attention": full, "sliding_attention": local})
+        return d
+    act = "silu" if c.activation == "silu" else "gelu_pytorch_tanh"
+    d.update(hidden_act=act, rope_parameters=full, attention_bias=c.qkv_bias)
+    if c.family == "qwen2":
+        d.update(model_type="qwen2", architectures=["Qwen2ForCausalLM"],
+                 use_sliding_window=c.sliding_window is not None,
+                 sliding_window=c.sliding_window)
+    else:
+        if c.sliding_window is not None:
+            raise CheckpointError("llama-family export has no sliding-window layers")
+        d.update(model_type="llama", architectures=["LlamaForCausalLM"])
+        d.pop("layer_types")
+    return d
+
+
+def save_hf_checkpoint(model: Decoder, directory: str | os.PathLike) -> pathlib.Path:
+    """Write `config.json` + `model.safetensors` loadable by transformers and by us."""
+    from safetensors.numpy import save_file
+
+    d = pathlib.Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.json").write_text(json.dumps(hf_config_dict(model.config), indent=2))
+    save_file(hf_state_dict(model), str(d / "model.safetensors"), metadata={"format": "pt"})
+    return d

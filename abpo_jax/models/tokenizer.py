@@ -8,6 +8,7 @@ family (ChatML, Llama-3, Gemma, or plain `ids_only` for item tokenizers).
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import pathlib
@@ -259,6 +260,8 @@ def _render_jinja(template: str, messages: Sequence[dict[str, str]], add_generat
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                         extensions=["jinja2.ext.loopcontrols"])
     env.globals["raise_exception"] = raise_exception
+    # Llama-3 templates stamp the date; transformers exposes this helper for them.
+    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
     env.filters["tojson"] = lambda x, **kw: json.dumps(x, ensure_ascii=False, **kw)
     return env.from_string(template).render(messages=list(messages),
                                             add_generation_prompt=add_generation_prompt,
