@@ -91,6 +91,16 @@ def normalise(text: str) -> str:
     return " ".join(re.sub(r"[^a-z0-9]+", " ", text.lower()).split())
 
 
+def _first_line(text: str) -> str:
+    """First non-empty line (models sometimes put the item on the line after the prefix),
+    stripped of quotes; stops at a `Topic:` line."""
+    for line in text.split("\n"):
+        line = line.strip().strip("\"'` ").strip()
+        if line:
+            return "" if _TOPIC_RE.match(line) else line
+    return ""
+
+
 def parse_generation(text: str, existing: set[str] = frozenset()) -> Parsed:
     """Read `New Question: ...` (and optional `Topic: ...`) from a generation.
 
@@ -99,7 +109,9 @@ def parse_generation(text: str, existing: set[str] = frozenset()) -> Parsed:
     m = _QUESTION_RE.search(text)
     if not m:
         return Parsed(None, None, f"no '{ANSWER_PREFIX}' line")
-    item = m.group(1).split("\n")[0].strip().strip("\"'` ").strip()
+    item = _first_line(m.group(1) + "\n" + text[m.end():])
+    while (again := _QUESTION_RE.match(item)):     # "New Question: New question: ..." (echoed)
+        item = _first_line(again.group(1))
     if not normalise(item):
         return Parsed(None, None, "empty item")
     if len(item) > MAX_ITEM_CHARS:
