@@ -215,9 +215,10 @@ class ContinualRun:
                                    dtype=dtype, param_dtype=param_dtype, remat=remat)
         if int(c.model.lora.rank) > 0:
             from abpo_jax.models import lora
-            model = lora.apply_lora(model, rank=int(c.model.lora.rank),
-                                    alpha=float(c.model.lora.alpha),
-                                    targets=tuple(c.model.lora.targets), seed=c.seed)
+            from flax import nnx
+            model = lora.apply_lora(model, int(c.model.lora.rank), float(c.model.lora.alpha),
+                                    tuple(c.model.lora.targets),
+                                    rngs=nnx.Rngs(c.seed + 1), mesh=self.mesh)
         self.model_config = mc
         self.split, self.init_params, self.frozen = st.place_model(model, c, self.mesh)
 

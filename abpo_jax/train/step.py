@@ -89,8 +89,11 @@ def rollout_rewards(rollouts: jax.Array, batch: RLBatch, r0: jax.Array,
 def init_step_state(params: Any, opt_state: Any) -> dict:
     """The train-state pytree the steps donate: params, optimizer state, counters, running
     self-certainty extremes."""
-    return {"params": params, "opt": opt_state, "step": jnp.int32(0), "skipped": jnp.int32(0),
-            "cert": CertaintyStats.init()}
+    # Counters live on the params' mesh (replicated), so the step's shardings are one mesh.
+    sharding = jax.tree.leaves(params)[0].sharding
+    replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    scalars = {"step": jnp.int32(0), "skipped": jnp.int32(0), "cert": CertaintyStats.init()}
+    return {"params": params, "opt": opt_state, **jax.device_put(scalars, replicated)}
 
 
 def _take(x: jax.Array, idx: jax.Array) -> jax.Array:
@@ -155,8 +158,9 @@ def make_policy_step(split: ModelSplit, tx: optax.GradientTransformation,
             self_certainty=_take(cert, batch.exposed[..., None])[..., 0],
             target_prob=jnp.exp(anchor_old), propensity=batch.propensity, mask=valid,
             stats=state["cert"] if settings.certainty_norm == "running" else None)
-        rollouts = jax.random.categorical(key, old_logp[..., None, :], axis=-1,
-                                          shape=(A, b, G))
+        # Drawn over the flat global batch, so the draws do not depend on grad_accum.
+        rollouts = jax.random.categorical(
+            key, old_logp.reshape(A * b, 1, -1), axis=-1, shape=(A * b, G)).reshape(A, b, G)
         rewards = rollout_rewards(rollouts, batch, terms.reward, settings)
         rollout_mask = jnp.broadcast_to(valid[..., None], rewards.shape)
 

@@ -1,0 +1,204 @@
+"""The jitted train steps: method switches, exact accumulation, non-finite skip, sharding.
+
+A tiny random decoder over a 40-token vocabulary; batches of 8 prompts with 4 candidates each.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from abpo_jax.config import base_config
+from abpo_jax.losses.settings import LossSettings
+from abpo_jax.models.config import ModelConfig
+from abpo_jax.models.decoder import Decoder
+from abpo_jax.models.sharding import create_sharded
+from abpo_jax.train import state as st
+from abpo_jax.train.policy import item_span_mask, pack_candidates, score_candidates, stack_micro
+from abpo_jax.train.step import (RLBatch, init_step_state, make_policy_step, make_sft_step,
+                                 method_settings)
+
+B, C, G = 8, 4, 4
+
+
+def _config(mesh=(1, 1, 1), optimizer="sgd"):
+    c = base_config()
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh
+    c.train.optimizer = optimizer  # plain SGD: updates are linear in the gradients
+    c.train.learning_rate = 1e-1
+    c.loss.num_generations = G
+    return c
+
+
+_MODELS: dict = {}
+_STEPS: dict = {}
+
+
+def _model_state(config, devices):
+    """(mesh, split, params, frozen) — built once per mesh shape; fresh param copies."""
+    key = (tuple(config.mesh.values()), len(devices))
+    if key not in _MODELS:
+        mesh = st.build_mesh(config, devices)
+        mc = ModelConfig.tiny(40, hidden_size=32, num_layers=1, num_heads=4, num_kv_heads=2,
+                              intermediate_size=64)
+        model = create_sharded(lambda: Decoder(mc, rngs=nnx.Rngs(0)), mesh)
+        _MODELS[key] = (mesh, *st.place_model(model, config, mesh))
+    mesh, split, params, frozen = _MODELS[key]
+    return mesh, split, jax.tree.map(jnp.copy, params), frozen
+
+
+def _host_batch(seed=0, accum=1):
+    rng = np.random.default_rng(seed)
+    prompts = [list(rng.integers(5, 40, size=rng.integers(3, 7))) for _ in range(B)]
+    comps = [[[1, int(c), 2, 3] for c in rng.choice(np.arange(5, 40), C, replace=False)]
+             for _ in range(B)]
+    cands = pack_candidates(prompts, comps, prompt_len=8, completion_len=4, num_candidates=C)
+    batch = RLBatch(cands=cands, exposed=rng.integers(0, C, B).astype(np.int32),
+                    propensity=rng.uniform(0.1, 0.6, B).astype(np.float32),
+                    outcome=np.array([1, 0] * (B // 2), np.int32),
+                    target=rng.integers(0, C, B).astype(np.int32),
+                    sim_reward=np.zeros((B, C), np.float32), valid=np.ones(B, np.float32))
+    return jax.tree.map(lambda x: np.asarray(x).reshape((accum, -1) + np.shape(x)[1:]), batch)
+
+
+def _run_policy(config, method, batch, devices, steps=1):
+    """Run `steps` policy steps; returns (state as numpy, metrics of the last step)."""
+    mesh, split, params, frozen = _model_state(config, devices)
+    tx = st.make_optimizer(config, config.train.learning_rate, 10)
+    state = init_step_state(params, st.init_opt_state(tx, params, mesh))
+    ref = jax.tree.map(jnp.copy, params)
+    key = (method, tuple(config.mesh.values()), config.train.optimizer, config.loss.rewards)
+    if key not in _STEPS:  # one compiled step per (method, mesh, optimizer)
+        settings = method_settings(LossSettings.from_mapping(config.loss), method)
+        _STEPS[key] = jax.jit(make_policy_step(split, tx, settings), donate_argnums=0)
+    micro = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, ("data", "fsdp")))
+    batch = jax.tree.map(lambda x: jax.device_put(x, micro), batch)
+    rng = jax.random.fold_in(jax.random.key(0), 1)
+    with jax.set_mesh(mesh):
+        for _ in range(steps):
+            state, metrics = _STEPS[key](state, frozen, ref, batch, rng)
+    return jax.tree.map(np.asarray, state), jax.device_get(metrics)
+
+
+def _leaves(state):
+    return [np.asarray(x) for x in jax.tree.leaves(state["params"])]
+
+
+def _assert_close(a, b, **tol):
+    for x, y in zip(_leaves(a), _leaves(b)):
+        np.testing.assert_allclose(x, y, **tol)
+
+
+ONE = jax.devices()[:1]
+
+
+def test_item_span_mask_skips_shared_tag_tokens():
+    comps = [[[1, 7, 8, 2, 3], [1, 9, 2, 3]]]
+    m = item_span_mask(comps, 2, 6)
+    np.testing.assert_array_equal(m[0, 0], [0, 1, 1, 0, 0, 0])
+    np.testing.assert_array_equal(m[0, 1], [0, 1, 0, 0, 0, 0])
+
+
+def test_grpo_ignores_propensities():
+    cfg = _config()
+    b1 = _host_batch()
+    b2 = _host_batch()
+    b2.propensity[...] = np.float32(0.9) - b1.propensity  # very different logged propensities
+    s1, m1 = _run_policy(cfg, "grpo", b1, ONE)
+    s2, m2 = _run_policy(cfg, "grpo", b2, ONE)
+    assert m1["finite"] == 1.0 and m1["grad_norm"] > 0
+    _assert_close(s1, s2, rtol=0, atol=0)
+    # ABPO does use them: the same change moves its update.
+    a1, _ = _run_policy(cfg, "abpo", b1, ONE)
+    a2, _ = _run_policy(cfg, "abpo", b2, ONE)
+    assert max(np.abs(x - y).max() for x, y in zip(_leaves(a1), _leaves(a2))) > 1e-6
+
+
+def test_anchor_no_snips_equals_abpo_with_unit_weights():
+    cfg = _config()
+    batch = _host_batch()
+    # Propensities equal to pi_old(a|x) make every SNIPS weight exactly w~ = 1.
+    mesh, split, params, frozen = _model_state(cfg, ONE)
+    cands = jax.tree.map(lambda x: x[0], batch.cands)
+    logp, _, _ = jax.jit(lambda p, f, c: score_candidates(split.merge(p, f), c))(
+        params, frozen, cands)
+    batch.propensity[0] = np.exp(np.take_along_axis(np.asarray(logp), batch.exposed[0][:, None],
+                                                    -1)[:, 0])
+    abpo, m_abpo = _run_policy(cfg, "abpo", batch, ONE)
+    plain, m_plain = _run_policy(cfg, "anchor_no_snips", batch, ONE)
+    np.testing.assert_allclose(m_abpo["snips_weight"], 1.0, atol=1e-5)
+    np.testing.assert_allclose(m_abpo["loss"], m_plain["loss"], rtol=1e-5)
+    _assert_close(abpo, plain, rtol=1e-4, atol=1e-6)
+
+
+def test_gradient_accumulation_is_exact():
+    cfg = _config()
+    whole, m1 = _run_policy(cfg, "abpo", _host_batch(accum=1), ONE)
+    split2, m2 = _run_policy(cfg, "abpo", _host_batch(accum=2), ONE)
+    np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
+    np.testing.assert_allclose(m1["grad_norm"], m2["grad_norm"], rtol=1e-5)
+    _assert_close(whole, split2, rtol=1e-4, atol=2e-6)  # float32 summation order only
+
+
+def test_non_finite_update_is_skipped_and_counted():
+    cfg = _config()
+    cfg.loss.rewards = ("format", "anchor_match", "simulator")
+    batch = _host_batch()
+    batch.sim_reward[0, 0, :] = np.nan  # a corrupt reward poisons the group's advantages
+    mesh, split, params, frozen = _model_state(cfg, ONE)
+    before = [np.asarray(x) for x in jax.tree.leaves(params)]
+    state, metrics = _run_policy(cfg, "abpo", batch, ONE)
+    assert metrics["finite"] == 0.0 and int(state["skipped"]) == 1 and int(state["step"]) == 1
+    for x, y in zip(before, _leaves(state)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_sft_step_reduces_target_nll():
+    cfg = _config()
+    mesh, split, params, frozen = _model_state(cfg, ONE)
+    tx = st.make_optimizer(cfg, 1.0, 10)
+    state = init_step_state(params, st.init_opt_state(tx, params, mesh))
+    batch = _host_batch()
+    fn = jax.jit(make_sft_step(split, tx), donate_argnums=0)
+    losses = []
+    for _ in range(5):
+        state, m = fn(state, frozen, batch.cands, batch.target, np.ones((1, B), np.float32))
+        losses.append(float(m["loss"]))
+    assert losses[-1] < losses[0] - 0.1, losses
+
+
+def test_sharded_step_equals_single_device_and_fsdp_divides_state():
+    batch = _host_batch(accum=1)
+    single, m1 = _run_policy(_config(), "abpo", batch, ONE, steps=2)
+    sharded, m8 = _run_policy(_config((2, 2, 2)), "abpo", batch, jax.devices()[:8], steps=2)
+    np.testing.assert_allclose(m1["loss"], m8["loss"], rtol=1e-4, atol=1e-6)
+    _assert_close(single, sharded, rtol=1e-4, atol=1e-5)
+
+    # Params + optimizer state per device under pure FSDP (1, 8, 1) ~ total / 8.
+    fsdp_cfg = _config((1, 8, 1), optimizer="adamw")
+    mesh, split, params, frozen = _model_state(fsdp_cfg, jax.devices()[:8])
+    tx = st.make_optimizer(fsdp_cfg, 1e-2, 10)
+    state = init_step_state(params, st.init_opt_state(tx, params, mesh))
+    total = sum(x.nbytes for x in jax.tree.leaves(state))
+    per_device = st.bytes_per_device(state)
+    assert per_device <= total / 8 * 1.25, (per_device, total)
+    settings = LossSettings.from_mapping(fsdp_cfg.loss)
+    micro = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, ("data", "fsdp")))
+    sh_state = jax.tree.map(lambda x: x.sharding, state)
+    placed = jax.tree.map(lambda x: jax.device_put(x, micro), batch)
+    fn = jax.jit(make_policy_step(split, tx, settings), donate_argnums=0,
+                 in_shardings=(sh_state, jax.tree.map(lambda x: x.sharding, frozen), sh_state[
+                     "params"], micro, st.replicated(mesh)),
+                 out_shardings=(sh_state, st.replicated(mesh)))
+    with jax.set_mesh(mesh):
+        compiled = fn.lower(state, frozen, params, placed,
+                            jax.random.key(0)).compile()
+    stats = compiled.memory_analysis()
+    if stats is None:
+        pytest.skip("backend gives no memory analysis")
+    state_bytes = total + sum(x.nbytes for x in jax.tree.leaves(params))  # state + ref params
+    batch_bytes = sum(np.asarray(x).nbytes for x in jax.tree.leaves(batch))
+    # Arguments per device: ~1/8 of (state + ref) plus this device's slice of the batch.
+    assert stats.argument_size_in_bytes <= state_bytes / 8 * 1.3 + batch_bytes / 8 * 1.3 + 4096, (
+        stats.argument_size_in_bytes, state_bytes, batch_bytes)
