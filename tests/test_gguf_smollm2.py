@@ -56,10 +56,12 @@ def greedy(model, tok, prompt_ids, max_new: int = 12):
     s_max = n + max_new
     cache = init_cache(model.config, 1, s_max)
     slots = jnp.arange(s_max)[None]
-    step = nnx.jit(lambda m, t, p, mask, c: m(t, p, mask, c))
+    graphdef, state = nnx.split(model)
+    # plain jax.jit over the state: nnx.jit re-walks the 30-layer graph on every call
+    step = jax.jit(lambda s, t, p, mask, c: nnx.merge(graphdef, s)(t, p, mask, c))
     pos = jnp.arange(n)[None]
     mask = causal_mask(pos, slots) & (slots[:, None, :] < n)
-    logits, cache = step(model, jnp.asarray([prompt_ids]), pos, mask, cache)
+    logits, cache = step(state, jnp.asarray([prompt_ids]), pos, mask, cache)
     out = []
     for i in range(n, s_max):
         nxt = int(jnp.argmax(logits[0, -1]))
@@ -67,7 +69,7 @@ def greedy(model, tok, prompt_ids, max_new: int = 12):
             break
         out.append(nxt)
         pos = jnp.full((1, 1), i)
-        logits, cache = step(model, jnp.asarray([[nxt]]), pos, slots[:, None, :] <= i, cache)
+        logits, cache = step(state, jnp.asarray([[nxt]]), pos, slots[:, None, :] <= i, cache)
     return tok.decode(out)
 
 
