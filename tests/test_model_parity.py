@@ -166,3 +166,52 @@ def test_export_roundtrip_loads_in_transformers(pair, tmp_path):
     got, _ = reloaded(jnp.asarray(tokens), jnp.asarray(positions),
                       causal_mask(jnp.asarray(positions), jnp.asarray(positions)))
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-4, rtol=0)
+
+
+# Released configs in the transformers 4.x layout (top-level rope_theta / rope_scaling).
+RELEASED_CONFIGS = {
+    "llama-3.2-1b": {
+        "model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192,
+        "num_attention_heads": 32, "num_hidden_layers": 16, "num_key_value_heads": 8,
+        "head_dim": 64, "rms_norm_eps": 1e-05, "rope_theta": 500000.0,
+        "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                         "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+        "tie_word_embeddings": True, "vocab_size": 128256, "hidden_act": "silu",
+        "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009],
+        "max_position_embeddings": 131072},
+    "gemma-3-1b": {
+        "model_type": "gemma3_text", "hidden_size": 1152, "intermediate_size": 6912,
+        "num_attention_heads": 4, "num_hidden_layers": 26, "num_key_value_heads": 1,
+        "head_dim": 256, "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06,
+        "rope_local_base_freq": 10000.0, "rope_scaling": None, "rope_theta": 1000000.0,
+        "sliding_window": 512, "sliding_window_pattern": 6, "vocab_size": 262144,
+        "hidden_activation": "gelu_pytorch_tanh", "final_logit_softcapping": None,
+        "attn_logit_softcapping": None, "eos_token_id": [1, 106], "bos_token_id": 2,
+        "pad_token_id": 0, "max_position_embeddings": 32768},
+    "qwen2.5-0.5b": {
+        "model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864,
+        "num_attention_heads": 14, "num_hidden_layers": 24, "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 32768,
+        "use_sliding_window": False, "max_window_layers": 21, "tie_word_embeddings": True,
+        "vocab_size": 151936, "hidden_act": "silu", "rope_scaling": None,
+        "bos_token_id": 151643, "eos_token_id": 151645, "max_position_embeddings": 32768},
+}
+
+
+@pytest.mark.parametrize("name", sorted(RELEASED_CONFIGS))
+def test_released_configs_read_like_transformers(name):
+    """4.x-layout config.json == the same config after transformers 5 normalises it."""
+    from abpo_jax.models.config import ModelConfig
+
+    raw = RELEASED_CONFIGS[name]
+    ours = ModelConfig.from_hf_config(raw)
+    hf_dict = transformers.AutoConfig.for_model(**raw).to_dict()
+    assert ModelConfig.from_hf_config(hf_dict) == ours
+    if name.startswith("gemma"):
+        assert ours.layer_types[:6] == ("sliding",) * 5 + ("full",)
+        assert ours.rope_local_base_freq == 10000.0 and ours.rope_scaling is None
+        assert ours.tie_embeddings and ours.activation == "gelu_tanh"
+    if name.startswith("llama"):
+        assert ours.rope_scaling["factor"] == 32.0 and ours.eos_ids == (128001, 128008, 128009)
+    if name.startswith("qwen"):
+        assert ours.qkv_bias and ours.sliding_window is None and ours.head_dim == 64
