@@ -416,7 +416,7 @@ class ContinualRun:
             state = {key: mstate[key] for key in ("params", "opt", "step", "skipped", "cert")}
             fn = self._jit_step("sft_positive", make_sft_step(self.split, tx), state, 3)
         ref = mstate["ref"]
-        hist = []
+        hist = list(meta.get("train_hist", [])) if start else []  # steps before a resume
         for s in progress(range(start, steps), f"update r{k} {method}", total=steps - start,
                           enabled=c.outputs.progress):
             host = next(data_iter)
@@ -427,14 +427,14 @@ class ContinualRun:
                 else:
                     state, m = fn(state, self.frozen, batch.cands, batch.exposed,
                                   batch.outcome.astype(jnp.float32))
-            hist.append(jax.device_get(m))
+            hist.append({key: float(v) for key, v in jax.device_get(m).items()})
             kill_point("update")
             every = int(c.checkpoint.every_steps)
             if every and (s + 1) % every == 0 and s + 1 < steps:
                 methods_tree[method] = {**state, "ref": ref}
                 self._save({"methods": methods_tree},
-                           {**meta, "round": k, "method_index": mi, "phase": "update",
-                            "step": s + 1}, data_iter)
+                           {"round": k, "method_index": mi, "phase": "update",
+                            "step": s + 1, "train_hist": hist}, data_iter)
         self.train_metrics[(k, method)] = {
             f"train/{key}": float(np.mean([h[key] for h in hist])) for key in (hist[0] if hist
                                                                               else {})}
