@@ -107,7 +107,8 @@ def run_strategy(strategy: str, initial: Sequence[tuple[str, str | None]], *,
         new = []
         for text, topic in texts_topics:
             item_id = len(archive)
-            item = Item(item_id, text, _topic_key(topic or f"topic of item {item_id}"), round_idx)
+            # An item without a parsed topic is its own topic (the exploit prompt then reads well).
+            item = Item(item_id, text, _topic_key(topic or text), round_idx)
             archive.append(item)
             new.append(item)
         if new:
