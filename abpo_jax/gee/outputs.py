@@ -40,6 +40,7 @@ def plot_ctr(results: dict[str, list["RoundResult"]], path: pathlib.Path) -> Non
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for strategy, rounds in results.items():
@@ -50,6 +51,7 @@ def plot_ctr(results: dict[str, list["RoundResult"]], path: pathlib.Path) -> Non
                if r["expected_pool_ctr"] is not None]
         if exp:
             ax.plot(*zip(*exp), ls=":", color=line.get_color())
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("pool CTR (%)")
     ax.set_title("GEE: pool CTR per round (dotted: analytic expectation)")
