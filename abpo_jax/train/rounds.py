@@ -43,6 +43,7 @@ from abpo_jax.sim.logging_policy import log_round
 from abpo_jax.sim.users import simulator_from_config
 from abpo_jax.train import state as st
 from abpo_jax.train.checkpoint import Checkpointer, checkpoint_dir
+from abpo_jax.train.distributed import initialize_distributed
 from abpo_jax.train.faults import kill_point
 from abpo_jax.train.outputs import MetricsWriter, is_main_process, plot_metrics, print_table, \
     progress
@@ -568,11 +569,7 @@ class ContinualRun:
 
 def main(config) -> list[dict]:
     """`abpo-jax demo` / `abpo-jax train`: run (or resume) the continual rounds."""
-    try:
-        from abpo_jax.train.distributed import initialize_distributed
-        initialize_distributed(config)
-    except ImportError:
-        pass
+    initialize_distributed(config)  # multi-host: before anything touches the devices
     return ContinualRun(config).run()
 
 
