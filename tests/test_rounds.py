@@ -87,3 +87,14 @@ def test_no_update_keeps_params_and_others_move(finished):
     by = {(r["round"], r["method"]): r for r in rows}
     for key in ("hr@1", "hr@5", "ndcg@5", "sim_ctr"):
         assert by[(0, "no_update")][key] == by[(2, "no_update")][key]
+
+
+def test_eval_command_reproduces_final_row(finished):
+    from abpo_jax.train.rounds import evaluate_run
+    run, rows, _ = finished
+    rows_eval = {r["method"]: r for r in evaluate_run(run.config)}
+    final = {r["method"]: r for r in rows if r["round"] == 2}
+    for m in METHODS:
+        assert rows_eval[m]["round"] == 2
+        for key in ("hr@1", "hr@5", "ndcg@5", "sim_ctr"):
+            np.testing.assert_allclose(rows_eval[m][key], final[m][key], rtol=1e-6)

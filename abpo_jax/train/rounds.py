@@ -299,7 +299,8 @@ class ContinualRun:
         return {"methods": {m: one for m in self.methods}}
 
     def _save(self, tree: dict, meta: dict, data_iter: Any = None) -> None:
-        self._ckpt_id += 1
+        # Past every existing step, including an unreadable newest one we fell back from.
+        self._ckpt_id = max([self._ckpt_id, *self.ckpt.steps()]) + 1
         self.ckpt.save(self._ckpt_id, tree, meta, data_iter)
 
     # -- phases ----------------------------------------------------------------------------------
