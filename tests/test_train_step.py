@@ -15,7 +15,7 @@ from abpo_jax.models.config import ModelConfig
 from abpo_jax.models.decoder import Decoder
 from abpo_jax.models.sharding import create_sharded
 from abpo_jax.train import state as st
-from abpo_jax.train.policy import item_span_mask, pack_candidates, score_candidates, stack_micro
+from abpo_jax.train.policy import item_span_mask, pack_candidates, score_candidates
 from abpo_jax.train.step import (RLBatch, init_step_state, make_policy_step, make_sft_step,
                                  method_settings)
 

@@ -41,7 +41,9 @@ def policy_metrics(log_probs: np.ndarray, candidates: np.ndarray, target_index: 
     np.add.at(policy_mass, candidates.ravel(), probs.ravel())
     exposed = np.asarray(exposed_items, np.int64).ravel()
     exposure_counts = np.asarray(item_counts(exposed, num_items)) if exposed.size else None
-    out["exposed_share"] = (float(np.isin(top, exposed).mean()) if exposed.size else 0.0)
+    out["exposed_share"] = (float(exposure_share(top, np.broadcast_to(exposed, (len(top),
+                                                                            exposed.size))))
+                            if exposed.size else 0.0)
     out["kl_exposure"] = (float(kl_divergence(policy_mass, exposure_counts))
                           if exposure_counts is not None else float("nan"))
     out["coverage"] = float(coverage(top, num_items))

@@ -94,8 +94,3 @@ def score_candidates(model: Any, batch: CandidateBatch, certainty_on: str = "ite
     certainty = (jnp.sum(scores.self_certainty * m, axis=-1)
                  / jnp.maximum(jnp.sum(m, axis=-1), 1.0))
     return cand_logp, scores.sequence_logprobs, certainty
-
-
-def stack_micro(batches: Sequence[Any]) -> Any:
-    """Stack equally shaped host batches along a new leading micro-batch axis [A, ...]."""
-    return jax.tree.map(lambda *xs: np.stack(xs), *batches)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import pathlib
 import time
 from typing import Any, Sequence
@@ -47,7 +46,7 @@ from abpo_jax.train.distributed import initialize_distributed
 from abpo_jax.train.faults import kill_point
 from abpo_jax.train.outputs import MetricsWriter, is_main_process, plot_metrics, print_table, \
     progress
-from abpo_jax.train.policy import CandidateBatch, pack_candidates, score_candidates, stack_micro
+from abpo_jax.train.policy import CandidateBatch, pack_candidates, score_candidates
 from abpo_jax.train.step import (POLICY_METHODS, RLBatch, init_step_state, make_policy_step,
                                  make_sft_step, method_settings)
 
@@ -138,7 +137,7 @@ class ContinualRun:
         self.run_dir = pathlib.Path(config.run_dir)
         self.methods = tuple(config.rounds.methods)
         self.mesh = st.build_mesh(config, list(devices) if devices is not None else None)
-        self.data_sharding = NamedSharding(self.mesh, P(("data", "fsdp")))
+        self.data_sharding = st.batch_sharding(self.mesh)
         self.micro_sharding = NamedSharding(self.mesh, P(None, ("data", "fsdp")))
         self.replicated = st.replicated(self.mesh)
         self.batch_ways = self.mesh.shape["data"] * self.mesh.shape["fsdp"]

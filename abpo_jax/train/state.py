@@ -10,10 +10,9 @@ out_shardings follow the params (big_vision pattern).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -140,9 +139,3 @@ def bytes_per_device(tree: Any) -> int:
         for shard in x.addressable_shards:
             per_device[shard.device] = per_device.get(shard.device, 0) + shard.data.nbytes
     return max(per_device.values()) if per_device else 0
-
-
-def cast_floating(tree: Any, dtype: Any) -> Any:
-    """Cast float leaves to `dtype` (bf16 compute), leaving ints alone."""
-    return jax.tree.map(
-        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
