@@ -92,7 +92,7 @@ def test_no_update_keeps_params_and_others_move(finished):
 def test_eval_command_reproduces_final_row(finished):
     from abpo_jax.train.rounds import evaluate_run
     run, rows, _ = finished
-    rows_eval = {r["method"]: r for r in evaluate_run(run.config)}
+    rows_eval = {r["method"]: r for r in evaluate_run(run.config, jax.devices()[:1])}
     final = {r["method"]: r for r in rows if r["round"] == 2}
     for m in METHODS:
         assert rows_eval[m]["round"] == 2

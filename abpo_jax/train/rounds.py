@@ -573,9 +573,9 @@ def main(config) -> list[dict]:
     return ContinualRun(config).run()
 
 
-def evaluate_run(config) -> list[dict]:
+def evaluate_run(config, devices: Sequence[jax.Device] | None = None) -> list[dict]:
     """`abpo-jax eval`: evaluate the newest checkpoint of each method (or the base model)."""
-    run = ContinualRun(config)
+    run = ContinualRun(config, devices)
     restored = run.ckpt.restore_latest(run._abstract)
     rows = []
     if restored is None or "methods" not in restored[1]:
