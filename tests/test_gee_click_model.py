@@ -16,12 +16,12 @@ def test_click_probabilities_closed_form():
     e = [math.exp(10 / t), math.exp(7 / t), math.exp(3 / t)]
     den = math.exp(rs / t) + sum(e)
     want = [x / den for x in e] + [math.exp(rs / t) / den]
-    got = cm.click_probabilities(np.array([10.0, 7.0, 3.0]), t, rs)
-    np.testing.assert_allclose(got, want, rtol=1e-12)
-    got_jax = cm.click_probabilities(jax.numpy.array([[10.0, 7.0, 3.0]]), t, rs)
-    np.testing.assert_allclose(np.asarray(got_jax)[0], want, rtol=1e-5)
+    # gee reuses the simulator's MNL (float32), so float32 tolerance.
+    got = cm.click_probabilities(np.array([[10.0, 7.0, 3.0]]), t, rs)
+    np.testing.assert_allclose(np.asarray(got)[0], want, rtol=1e-5)
     # All-equal scores at the rejection level: every option equally likely.
-    np.testing.assert_allclose(cm.click_probabilities(np.full(3, 11.0), 2.0, 11.0), [0.25] * 4)
+    np.testing.assert_allclose(cm.click_probabilities(np.full(3, 11.0), 2.0, 11.0), [0.25] * 4,
+                               rtol=1e-6)
 
 
 def _brute_expected(scores, weights, k, t, rs):
@@ -49,8 +49,8 @@ def test_expected_ctr_matches_explicit_enumeration():
     pool, items = cm.expected_ctr(scores, weights, slate_size=3, temperature=1.5,
                                   rejection_score=11.0)
     want_pool, want_items = _brute_expected(scores, weights, 3, 1.5, 11.0)
-    assert pool == pytest.approx(want_pool, rel=1e-10)
-    np.testing.assert_allclose(items, want_items, rtol=1e-10)
+    assert pool == pytest.approx(want_pool, rel=1e-5)
+    np.testing.assert_allclose(items, want_items, rtol=1e-5)
 
 
 def test_simulated_ctr_matches_analytic_expectation():

@@ -19,25 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from abpo_jax.sim.users import mnl_click_probabilities
+
 NO_CLICK = -1  # `clicked` value for an interaction that ended without a click
 
 
-def click_probabilities(slate_scores, temperature: float, rejection_score: float):
-    """Choice probabilities over a slate plus the outside option.
-
-    P(q) = e^{r_q/T} / (e^{RS/T} + sum_A e^{r/T});  P(no click) = e^{RS/T} / (same).
-
-    Args:
-      slate_scores: [..., K] relevance scores of the shown items; a NumPy array is computed in
-        NumPy (float64, no device dispatch), anything else in jax.numpy.
-    Returns:
-      [..., K + 1]: the K item probabilities, then the no-click probability last.
-    """
-    xp = np if isinstance(slate_scores, np.ndarray) else jnp
-    outside = xp.full(slate_scores.shape[:-1] + (1,), rejection_score, slate_scores.dtype)
-    logits = xp.concatenate([slate_scores, outside], -1) / temperature
-    e = xp.exp(logits - logits.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
+# One MNL click model for the project: the simulator's (float32, jax.numpy).
+click_probabilities = mnl_click_probabilities
 
 
 def _pad_bucket(n: int) -> int:
@@ -112,8 +100,8 @@ def expected_ctr(scores: np.ndarray, persona_weights: np.ndarray, *, slate_size:
     w = np.asarray(persona_weights, np.float64)
     w = w / w.sum()
     subsets = np.array(list(itertools.combinations(range(n_items), slate_size)))  # [M, K]
-    probs = click_probabilities(scores[subsets].transpose(0, 2, 1),              # [M, P, K]
-                                temperature, rejection_score)
+    probs = np.asarray(click_probabilities(scores[subsets].transpose(0, 2, 1),  # [M, P, K]
+                                           temperature, rejection_score), np.float64)
     probs = np.einsum("mpk,p->mk", probs, w)                                      # [M, K+1]
     pool_ctr = float(1.0 - probs[:, -1].mean())
     item_clicks = np.zeros(n_items)
