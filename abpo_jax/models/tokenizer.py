@@ -201,6 +201,30 @@ def item_tokenizer(short_ids: Sequence[str], tags: Sequence[str] = ITEM_TAGS) ->
     return Tokenizer(backend, eos_id=3, pad_id=0, bos_id=2, family="ids_only")
 
 
+TOKENIZER_SOURCES = ("smollm2", "hf", "gguf", "tiny")
+
+
+def load_tokenizer(source: str, path: str | None = None,
+                   short_ids: Sequence[str] | None = None) -> Tokenizer:
+    """The tokenizer of a `config.model.source`: the bundled SmolLM2 GGUF's (`smollm2`), an HF
+    directory's (`hf`, path), a GGUF file's (`gguf`, path), or the item-id vocabulary over
+    `short_ids` (`tiny`)."""
+    if source == "tiny":
+        if short_ids is None:
+            raise ValueError("load_tokenizer: model.source=tiny needs short_ids (the item-id "
+                             "vocabulary)")
+        return item_tokenizer(short_ids)
+    if source == "smollm2":
+        from abpo_jax.models.loaders import smollm2_gguf_path  # lazy: loaders pulls in jax
+        return Tokenizer.from_gguf(smollm2_gguf_path())
+    if source not in TOKENIZER_SOURCES:
+        raise ValueError(f"load_tokenizer: model.source={source!r}; expected one of "
+                         f"{TOKENIZER_SOURCES}")
+    if not path:
+        raise ValueError(f"load_tokenizer: model.source={source} needs model.path")
+    return Tokenizer.from_hf_dir(path) if source == "hf" else Tokenizer.from_gguf(path)
+
+
 # --- chat formats -----------------------------------------------------------------------------
 
 def _family_from_template(template: str | None) -> str:

@@ -28,18 +28,15 @@ DEFAULT_NUM_USERS = 3
 
 def load_policy(config: Any) -> tuple[Any, Any]:
     """(Decoder, Tokenizer) for `config.model` (pretrained sources only)."""
-    from abpo_jax.models import tokenizer as tk
-    from abpo_jax.models.loaders import load_model, smollm2_gguf_path
+    from abpo_jax.models.loaders import load_model
+    from abpo_jax.models.tokenizer import load_tokenizer
 
     source = config.model.source
     if source == "tiny":
         raise ValueError("config.model.source=tiny is an untrained item-id model; recommend "
                          "needs smollm2, hf or gguf")
     model, _ = load_model(source, config.model.path, dtype=config.model.dtype)
-    if source == "hf":
-        return model, tk.Tokenizer.from_hf_dir(config.model.path)
-    path = smollm2_gguf_path() if source == "smollm2" else config.model.path
-    return model, tk.Tokenizer.from_gguf(path)
+    return model, load_tokenizer(source, config.model.path)
 
 
 @dataclasses.dataclass
