@@ -133,6 +133,10 @@ class ContinualRun:
     """Everything one continual experiment needs, built once; `run()` executes / resumes it."""
 
     def __init__(self, config, devices: Sequence[jax.Device] | None = None):
+        if config.policy.mode != "item":
+            raise NotImplementedError(
+                f"config.policy.mode={config.policy.mode!r}: the continual rounds train the "
+                "item-mode policy only (text mode is sampling-only for now); use 'item'")
         self.config = config
         self.run_dir = pathlib.Path(config.run_dir)
         self.methods = tuple(config.rounds.methods)
