@@ -157,9 +157,16 @@ class Attention(nnx.Module):
         self.config = c
 
     def __call__(self, x: Array, positions: Array, mask: Array, k_cache: Array | None,
-                 v_cache: Array | None, key_positions: Array, index: Array | None
-                 ) -> tuple[Array, Array, Array]:
-        """Returns (output [B,T,D], keys, values); keys/values are the full cache when cached."""
+                 v_cache: Array | None, key_positions: Array, index: Array | None,
+                 layer: Array | int = 0) -> tuple[Array, Array, Array]:
+        """Returns (output [B,T,D], keys, values).
+
+        With a cache, `k_cache`/`v_cache` are the stacked caches of all layers [L,B,S_max,..];
+        this call's keys/values are written into layer `layer` at slot `index` and the updated
+        stacks are returned. Only the T new slots are written (in place inside jit/while loops):
+        writing a whole per-layer slice back into the stack made XLA copy the full stacked
+        cache once per layer and step.
+        """
         c = self.config
         b, t, _ = x.shape
         inv_freq = np.asarray(self.inv_freq, np.float32)
@@ -172,8 +179,13 @@ class Attention(nnx.Module):
         k = apply_rope(k, positions, inv_freq)
         q = constrain(q, ("batch", "length", "heads", "head_dim"))
         if k_cache is not None:
-            k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
-            v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
+            start = (layer, 0, index, 0, 0)
+            k_cache = constrain(jax.lax.dynamic_update_slice(
+                k_cache, k.astype(k_cache.dtype)[None], start), CACHE_AXES)
+            v_cache = constrain(jax.lax.dynamic_update_slice(
+                v_cache, v.astype(v_cache.dtype)[None], start), CACHE_AXES)
+            k = jax.lax.dynamic_index_in_dim(k_cache, layer, keepdims=False)
+            v = jax.lax.dynamic_index_in_dim(v_cache, layer, keepdims=False)
         k = constrain(k, ("batch", "length", "kv_heads", "head_dim"))
         v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
 
@@ -192,6 +204,8 @@ class Attention(nnx.Module):
         probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
         out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(q.dtype))
         out = out.reshape(b, t, c.num_heads * c.head_dim)
+        if k_cache is not None:
+            return self.o_proj(out), k_cache, v_cache
         return self.o_proj(out), k, v
 
 
@@ -230,10 +244,10 @@ class Block(nnx.Module):
         self.sandwich = c.sandwich_norms
 
     def __call__(self, x: Array, positions: Array, mask: Array, k_cache: Array | None,
-                 v_cache: Array | None, key_positions: Array, index: Array | None
-                 ) -> tuple[Array, Array, Array]:
+                 v_cache: Array | None, key_positions: Array, index: Array | None,
+                 layer: Array | int = 0) -> tuple[Array, Array, Array]:
         h, k, v = self.self_attn(self.input_layernorm(x), positions, mask, k_cache, v_cache,
-                                 key_positions, index)
+                                 key_positions, index, layer)
         if self.sandwich:
             x = x + self.post_attention_layernorm(h)
             x = x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
@@ -293,12 +307,10 @@ class Decoder(nnx.Module):
             key_positions, ks, vs, index = positions, None, None, None
         call = _remat_block_call if c.remat else _block_call
         for i, block in enumerate(self.layers):
-            kc = ks[i] if ks is not None else None
-            vc = vs[i] if vs is not None else None
-            x, k, v = call(block, x, positions, attn_mask, kc, vc, key_positions, index)
+            # Every layer threads the whole stacked cache and writes only its new slots.
+            x, k, v = call(block, x, positions, attn_mask, ks, vs, key_positions, index, i)
             if ks is not None:
-                ks = ks.at[i].set(k)
-                vs = vs.at[i].set(v)
+                ks, vs = k, v
         x = self.norm(x)
         new_cache = None
         if cache is not None:
