@@ -58,8 +58,15 @@ def run(argv: list[str] | None = None) -> None:
     rest = argv[2:]
     if not any(a == "--config" or a.startswith("--config=") for a in rest):
         rest = [f"--config={CONFIG_DIR / default_cfg}"] + rest
+    for i, a in enumerate(rest):
+        path = a.split("=", 1)[1] if a.startswith("--config=") else (
+            rest[i + 1] if a == "--config" and i + 1 < len(rest) else None)
+        # ml_collections defers a missing file's error to first use; fail here instead
+        if path is not None and not pathlib.Path(path.split(":", 1)[0]).is_file():
+            sys.exit(f"abpo-jax {command}: config file not found: {path} "
+                     f"(the shipped ones are in {CONFIG_DIR})")
 
-    from absl import app, flags
+    from absl import flags
     from ml_collections import config_flags
 
     from abpo_jax.config import ConfigError, validate
@@ -67,16 +74,18 @@ def run(argv: list[str] | None = None) -> None:
     config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                     lock_config=True)
 
-    def main(_: list[str]) -> None:
-        config = flags.FLAGS.config
-        try:
-            validate(config)
-        except ConfigError as e:
-            sys.exit(f"abpo-jax {command}: {e}")
-        _resolve(target)(config)
-
-    app.run(main, argv=[f"abpo-jax {command}"] + rest)
-
+    try:  # parse here, not in app.run, so a bad override is one clear line, not a traceback
+        flags.FLAGS([f"abpo-jax {command}"] + rest)
+    except (KeyError, AttributeError) as e:
+        sys.exit(f"abpo-jax {command}: unknown config field in overrides: {e}")
+    except (flags.Error, ValueError, TypeError) as e:
+        sys.exit(f"abpo-jax {command}: {e}")
+    config = flags.FLAGS.config
+    try:
+        validate(config)
+    except ConfigError as e:
+        sys.exit(f"abpo-jax {command}: {e}")
+    _resolve(target)(config)
 
 if __name__ == "__main__":
     run()

@@ -93,6 +93,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.aggregation = "token_mean"  # token_mean | sequence_mean | constant
     c.loss.max_completion_length = 16  # normaliser for aggregation=constant
     c.loss.rewards = ("format", "anchor_match")  # summed rollout rewards
+    c.loss.kl_ratio_correction = False  # multiply the per-token KL by the PPO ratio (TRL use_bias_correction_kl)
     # --- optimisation ---------------------------------------------------------------------
     c.train = ml_collections.ConfigDict()
     c.train.method = "abpo"           # abpo | grpo | anchor_no_snips | sft_positive | no_update
@@ -138,6 +139,26 @@ def base_config() -> ml_collections.ConfigDict:
     c.outputs.plots = True
     c.logs = ml_collections.ConfigDict()
     c.logs.max_bad_fraction = 0.05    # stop ingesting a round when more records are bad
+    # `abpo-jax logs` (validate / import / export your own production logs)
+    c.logs.dir = ""                   # default <run_dir>/logs
+    c.logs.action = "summary"         # summary | validate | import | export | clean
+    c.logs.input = ""                 # .jsonl / .csv to validate or import
+    c.logs.output = ""                # .jsonl / .csv to export to
+    c.logs.round = -1                 # round index; -1 = next free (import) / latest (export)
+    c.logs.num_items = 0              # catalogue size for validation; 0 = only check ids >= 0
+    c.logs.records_per_shard = 100_000
+
+    # --- `abpo-jax recommend` ---------------------------------------------------------------
+    c.recommend = ml_collections.ConfigDict()
+    c.recommend.num_users = 3         # held-out ML-1M users to show
+
+    # --- multi-host (TPU pods; see README "Running on TPU") ----------------------------------
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.mode = "auto"               # auto | on | off
+    c.distributed.coordinator_address = ""    # host:port; env ABPO_COORDINATOR
+    c.distributed.num_processes = 0           # 0 = unset; env ABPO_NUM_PROCESSES
+    c.distributed.process_id = -1             # -1 = unset; env ABPO_PROCESS_ID
+    c.distributed.initialization_timeout = 300
     return c
 
 
@@ -161,6 +182,11 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "train.optimizer": ("adamw", "sgd"),
     "train.schedule": ("constant", "cosine"),
     "rounds.reference": ("previous", "initial"),
+    "logs.action": ("summary", "validate", "import", "export", "clean"),
+    "distributed.mode": ("auto", "on", "off"),
+    "gee.judge_score": ("expected", "argmax"),
+    "gee.ctr_window": ("cumulative", "round"),
+    "gee.backend": ("smollm2", "scripted"),
 }
 
 _positive = (lambda v: v > 0, "> 0")
@@ -196,6 +222,30 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.users_per_round": _positive,
     "rounds.num_rounds": _non_negative,
     "logs.max_bad_fraction": _probability,
+    "data.num_test_users": _non_negative,
+    "data.users_per_round": _non_negative,
+    "data.max_users": _non_negative,
+    "data.min_rating": _non_negative,
+    "train.sft_steps": _non_negative,
+    "train.epochs_per_round": _positive,
+    "model.lora.rank": _non_negative,
+    "eval.batch_size": _positive,
+    "loss.max_completion_length": _positive,
+    "checkpoint.max_to_keep": _positive,
+    "sim.mf_dim": _positive,
+    "recommend.num_users": _positive,
+    "gee.temperature": _positive,
+    "gee.pool_size": _positive,
+    "gee.slate_size": _positive,
+    "gee.interactions": _positive,
+    "gee.rounds": _positive,
+    "gee.max_per_topic": _positive,
+    "gee.max_new_tokens": _positive,
+    "gee.judge_batch_size": _positive,
+    "gee.max_retries": _non_negative,
+    "gee.num_personas": _non_negative,
+    "gee.gen_temperature": _non_negative,
+    "gee.random_ctr_max": _probability,
     "mesh.data": _mesh_axis,
     "mesh.fsdp": _mesh_axis,
     "mesh.tensor": _mesh_axis,
@@ -205,6 +255,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
 TUPLE_CHOICES: dict[str, tuple[str, ...]] = {
     "rounds.methods": CHOICES["train.method"],
     "loss.rewards": ("format", "anchor_match", "ground_truth", "simulator"),
+    "gee.strategies": ("full-ctr", "partial-ctr", "random-ctr", "no-drop", "explore-exploit"),
 }
 
 
@@ -229,8 +280,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         found, value = _lookup(config, path)
         if not found:
             continue
-        bad_number = isinstance(value, float) and math.isnan(value)
-        if bad_number or not ok(value):
+        try:
+            good = not (isinstance(value, float) and math.isnan(value)) and ok(value)
+        except TypeError:  # e.g. None or a string where a number belongs
+            good = False
+        if not good:
             raise ConfigError(f"config.{path}={value!r} is out of range; it must be {desc}")
     for path, allowed in TUPLE_CHOICES.items():
         found, value = _lookup(config, path)
