@@ -176,3 +176,15 @@ def test_params_validation():
         gen.SamplingParams(top_p=0.0)
     with pytest.raises(ValueError, match="max_new_tokens"):
         gen.SamplingParams(max_new_tokens=0)
+
+
+def test_remat_model_samples_like_plain_model(model):
+    """remat=True threads the stacked cache (and a traced layer index) through nnx.remat."""
+    remat = Decoder(ModelConfig.tiny(V, remat=True), rngs=nnx.Rngs(1))
+    tokens, mask = gen.left_pad(PROMPTS, pad_id=0)
+    params = gen.SamplingParams(max_new_tokens=5, num_samples=2, temperature=1.0)
+    a = gen.generate(model, tokens, mask, jax.random.key(3), params, eos_id=EOS)
+    b = gen.generate(remat, tokens, mask, jax.random.key(3), params, eos_id=EOS)
+    np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+    np.testing.assert_allclose(np.asarray(a.model_logprobs), np.asarray(b.model_logprobs),
+                               atol=1e-5)

@@ -305,7 +305,9 @@ class Decoder(nnx.Module):
             if attn_mask.shape[-1] != t:
                 raise ValueError(f"attn_mask has {attn_mask.shape[-1]} keys for {t} tokens")
             key_positions, ks, vs, index = positions, None, None, None
-        call = _remat_block_call if c.remat else _block_call
+        # Cached passes (sampling) are never differentiated, and nnx.remat inside the decode
+        # while_loop would try to lift the outer trace's Params: remat cache-free passes only.
+        call = _remat_block_call if c.remat and cache is None else _block_call
         for i, block in enumerate(self.layers):
             # Every layer threads the whole stacked cache and writes only its new slots.
             x, k, v = call(block, x, positions, attn_mask, ks, vs, key_positions, index, i)
