@@ -10,14 +10,14 @@
 
 Model: a Hugging Face checkpoint you download yourself (Gemma needs its licence accepted) into
 `~/models/gemma-3-1b-it` on every worker, e.g.
-`hf download google/gemma-3-1b-it --local-dir ~/models/gemma-3-1b-it` (see launch/README_TPU.md);
+`hf download google/gemma-3-1b-it --local-dir ~/models/gemma-3-1b-it` (see README.md, "Running on TPU");
 another path: `--config.model.path=/path/to/dir` (config.json, *.safetensors, tokenizer.json).
 
 Mesh: v5litepod-32 is a 4x8 slice served by 4 TPU VM hosts with 8 chips each. `fsdp` = 8 shards
 parameters and optimizer state over the chips of one host (Gemma-3-1B: ~1.0e9 parameters; f32
 weights + gradients + AdamW moments ~16 GB per trained policy, ~2 GB per chip of 16 GB HBM);
 `data` = 4 runs one replica group per host. Global batches must divide by data x fsdp = 32.
-Estimated time and cost per round: launch/README_TPU.md.
+Estimated time and cost per round: README.md, "Running on TPU".
 """
 
 import importlib.machinery
