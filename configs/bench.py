@@ -14,4 +14,6 @@ def get_config():
     c.run_dir = "runs/bench"
     c.bench = ml_collections.ConfigDict()
     c.bench.only = ""   # comma-separated benchmark names; empty = all
+    c.bench.ingest_records = 1_000_000   # bench_pipeline: size of the bounded-memory ingest
+    c.bench.pipeline_records = 50_000    # bench_pipeline: records streamed through grain
     return c
