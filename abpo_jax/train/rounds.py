@@ -42,7 +42,7 @@ from abpo_jax.sim.logging_policy import log_round
 from abpo_jax.sim.users import simulator_from_config
 from abpo_jax.train import state as st
 from abpo_jax.train.checkpoint import Checkpointer, checkpoint_dir
-from abpo_jax.train.distributed import initialize_distributed
+from abpo_jax.train.distributed import barrier, initialize_distributed, on_main_process
 from abpo_jax.train.faults import kill_point
 from abpo_jax.train.outputs import MetricsWriter, is_main_process, plot_metrics, print_table, \
     progress
@@ -151,9 +151,16 @@ class ContinualRun:
         inter = self.data.interactions
         self.num_items = inter.num_items
         self.popularity = np.bincount(inter.item, minlength=self.num_items).astype(np.float32)
-        self.sim = simulator_from_config(
-            config, inter.user, inter.item, inter.num_users, inter.num_items,
-            cache_dir=config.sim.cache_dir or str(self.run_dir / "sim"))
+        def fit_sim():
+            return simulator_from_config(
+                config, inter.user, inter.item, inter.num_users, inter.num_items,
+                cache_dir=config.sim.cache_dir or str(self.run_dir / "sim"))
+
+        # Process 0 fits and caches the simulator; the others then load that cache.
+        self.sim = on_main_process(fit_sim)
+        barrier("simulator-cache")
+        if self.sim is None:
+            self.sim = fit_sim()
         split, d = self.data.split, config.data
         common = dict(history_len=d.history_len, num_candidates=d.num_candidates,
                       num_items=self.num_items, seed=config.seed)
@@ -263,7 +270,14 @@ class ContinualRun:
         return self._steps["score"]
 
     def _put(self, tree: Any, sharding: NamedSharding) -> Any:
+        """Host arrays holding the *global* batch (identical on every process) -> sharded."""
         return jax.tree.map(lambda x: jax.device_put(np.asarray(x), sharding), tree)
+
+    def _put_local(self, tree: Any, sharding: NamedSharding) -> Any:
+        """Host arrays holding this process's slice of the batch -> one global sharded array
+        (the slices of all processes concatenated; with one process the same as `_put`)."""
+        return jax.tree.map(
+            lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
 
     def policy_log_probs(self, params: Any, examples: Sequence[Example], desc: str,
                          kill: str | None = None) -> np.ndarray:
@@ -315,10 +329,11 @@ class ContinualRun:
         return (c.data.users_per_round // c.train.batch_size) * int(c.train.epochs_per_round)
 
     def _micro(self, host: Any) -> Any:
-        """[B, ...] host arrays -> [A, B/A, ...] placed with the micro-batch sharding."""
+        """This process's [B/P, ...] host arrays (P processes) -> global [A, B/A, ...] arrays
+        placed with the micro-batch sharding (each process fills its devices' rows)."""
         a = int(self.config.train.grad_accum)
         host = jax.tree.map(lambda x: np.asarray(x).reshape((a, -1) + np.shape(x)[1:]), host)
-        return self._put(host, self.micro_sharding)
+        return self._put_local(host, self.micro_sharding)
 
     def run_sft(self, state: dict | None, start: int) -> dict:
         """Round-0 warm start: `train.sft_steps` SFT steps on next-item targets."""
@@ -328,13 +343,15 @@ class ContinualRun:
         if state is None:
             state = self._fresh_state(self.init_params, tx)
         fn = self._jit_step("sft", make_sft_step(self.split, tx), state, 3)
+        lo = jax.process_index() * (bs // jax.process_count())
         for s in progress(range(start, steps), "sft", total=steps - start,
                           enabled=c.outputs.progress):
-            idx = [(s * bs + j) % len(self.sft_examples) for j in range(bs)]
-            ex = [self.sft_examples[i] for i in idx]
+            # this process's share of the global batch (all of it with one process)
+            local = range(s * bs + lo, s * bs + lo + bs // jax.process_count())
+            ex = [self.sft_examples[i % len(self.sft_examples)] for i in local]
             cands = self._micro(self.encoder.encode(ex))
             index = self._micro(np.array([e.target_index for e in ex], np.int32))
-            weight = self._micro(np.ones(bs, np.float32))
+            weight = self._micro(np.ones(len(ex), np.float32))
             with jax.set_mesh(self.mesh):
                 state, m = fn(state, self.frozen, cands, index, weight)
             kill_point("sft")
@@ -347,21 +364,29 @@ class ContinualRun:
         return self.run_dir / "logs" / method
 
     def deploy(self, k: int, method: str, params: Any) -> log_store.RoundLog:
-        """Round k's log for `method`: reuse a committed one (resume), else deploy and log."""
+        """Round k's log for `method`: reuse a committed one (resume), else deploy and log.
+
+        The log is global data: every process scores the round's requests (the scoring is one
+        sharded computation), process 0 alone samples the exposures and commits the log, the
+        others wait at a barrier and read it back (the run directory is shared by the hosts).
+        """
         logs_dir = self.logs_dir(method)
         path = log_store.round_path(logs_dir, k)
+        barrier(f"deploy-check-r{k}-{method}")   # all processes decide on the same state
         if path.exists():
             return log_store.open_round(path)
         examples = self.round_examples[k - 1]
-        def score_fn(chunk):
-            return self.policy_log_probs(params, chunk, f"rollout r{k} {method}",
-                                         kill="rollout")
-
-        return log_round(examples, score_fn, self.sim, round_index=k,
-                         seed=self.config.seed + LOGGING_SEED_OFFSET, logs_dir=str(logs_dir),
-                         policy_revision=f"{method}@{k - 1}",
-                         temperature=float(self.config.policy.logging_temperature),
-                         timestamp=float(k), batch_size=len(examples))
+        log_pi = self.policy_log_probs(params, examples, f"rollout r{k} {method}",
+                                       kill="rollout")
+        if is_main_process():
+            # batch_size=len(examples): log_round asks for all scores in one call.
+            log_round(examples, lambda chunk: log_pi, self.sim, round_index=k,
+                      seed=self.config.seed + LOGGING_SEED_OFFSET, logs_dir=str(logs_dir),
+                      policy_revision=f"{method}@{k - 1}",
+                      temperature=float(self.config.policy.logging_temperature),
+                      timestamp=float(k), batch_size=len(examples))
+        barrier(f"deploy-written-r{k}-{method}")
+        return log_store.open_round(path)
 
     def _featurize(self, record: LogRecord) -> dict[str, np.ndarray]:
         ex = example_from_record(record)
