@@ -22,8 +22,9 @@ def _loop_simulator(rng: np.random.Generator, scores: np.ndarray, s: int) -> np.
     for i in range(s):
         p = rng.integers(scores.shape[1])
         slate = rng.choice(scores.shape[0], SLATE, replace=False)
-        probs = np.asarray(click_model.click_probabilities(scores[slate, p], T, RS), np.float64)
-        probs /= probs.sum()  # float32 MNL; numpy's choice wants an exact float64 simplex
+        # the MNL written out in NumPy, as a straightforward simulator would
+        weights = np.exp(np.append(scores[slate, p], RS) / T)
+        probs = weights / weights.sum()
         c = rng.choice(SLATE + 1, p=probs)
         clicked[i] = slate[c] if c < SLATE else click_model.NO_CLICK
     return clicked
