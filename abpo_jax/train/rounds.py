@@ -59,17 +59,9 @@ LOGGING_SEED_OFFSET = 1  # logging-policy stream: PRNGKey(seed + 1), distinct fr
 
 
 def build_tokenizer(config, short_ids: Sequence[str]) -> Any:
-    """The models engineer's tokenizer: item-id vocabulary for `model.source=tiny`, else the
-    checkpoint's own tokenizer."""
-    from abpo_jax.models import tokenizer as tk
-    source = config.model.source
-    if source == "tiny":
-        return tk.item_tokenizer(short_ids)
-    if source == "hf":
-        return tk.Tokenizer.from_hf_dir(config.model.path)
-    from abpo_jax.models.loaders import smollm2_gguf_path
-    return tk.Tokenizer.from_gguf(smollm2_gguf_path() if source == "smollm2"
-                                  else config.model.path)
+    """The model source's tokenizer (item-id vocabulary for `model.source=tiny`)."""
+    from abpo_jax.models.tokenizer import load_tokenizer
+    return load_tokenizer(config.model.source, config.model.path, short_ids)
 
 
 def prompt_style(config) -> str:
