@@ -1,7 +1,6 @@
 """The lead's config validation and CLI: bad values fail naming the field and the allowed values,
 `--config.a.b=` overrides reach the command, and `python -m abpo_jax data` runs."""
 
-import importlib.util
 import math
 import os
 import pathlib
@@ -12,6 +11,8 @@ import sys
 import pytest
 
 from abpo_jax import cli
+from helpers import load_config
+
 from abpo_jax.config import CHOICES, TUPLE_CHOICES, ConfigError, base_config, validate
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -23,24 +24,16 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
-def load_config_file(name: str):
-    path = REPO / "configs" / name
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def test_default_and_shipped_configs_validate():
     validate(base_config())
     for path in sorted((REPO / "configs").glob("*.py")):
-        validate(load_config_file(path.name))
+        validate(load_config(path.name))
 
 
 @pytest.mark.parametrize("path", sorted(CHOICES))
 def test_bad_choice_names_field_and_allowed_values(path):
     # the gee section lives in its own config file
-    config = load_config_file("gee.py") if path.startswith("gee.") else base_config()
+    config = load_config("gee.py") if path.startswith("gee.") else base_config()
     section, field = path.rsplit(".", 1)
     node = config
     for part in section.split("."):
@@ -84,7 +77,7 @@ def test_bad_tuple_entry_names_field_and_choices():
     config.loss.rewards = ("format", "clicks")
     with pytest.raises(ConfigError, match=r"config\.loss\.rewards contains 'clicks'"):
         validate(config)
-    config = load_config_file("gee.py")
+    config = load_config("gee.py")
     config.gee.strategies = ("full-ctr", "greedy")
     with pytest.raises(ConfigError, match=r"config\.gee\.strategies contains 'greedy'"):
         validate(config)

@@ -6,7 +6,6 @@ import math
 import pathlib
 import re
 
-import numpy as np
 import pytest
 
 from abpo_jax.gee import loop

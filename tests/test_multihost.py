@@ -240,9 +240,8 @@ def test_main_process_helpers_single_process(tmp_path):
 
 
 def _v5e32_config():
-    import importlib.machinery
-    path = ROOT / "configs" / "ml1m_gemma3_1b_v5e32.py"
-    return importlib.machinery.SourceFileLoader("v5e32", str(path)).load_module().get_config()
+    from helpers import load_config
+    return load_config("ml1m_gemma3_1b_v5e32.py")
 
 
 def test_v5e32_config_validates_and_fills_the_slice():
@@ -281,12 +280,9 @@ def test_v5e32_config_user_slices_fit_movielens_1m():
 
 def _tiny_round_config(run_dir: pathlib.Path):
     """configs/tiny.py cut to the bone: 1 round, 1 method, 1 update step, 4 users a slice."""
-    import importlib.util
+    from helpers import load_config
 
-    spec = importlib.util.spec_from_file_location("tiny_cfg", ROOT / "configs" / "tiny.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = load_config("tiny.py")
     config.run_dir = str(run_dir)
     config.rounds.num_rounds = 1
     config.rounds.methods = ("abpo",)

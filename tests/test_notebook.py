@@ -5,7 +5,6 @@ Test-only dependencies: nbclient, nbformat, ipykernel.
 
 from __future__ import annotations
 
-import os
 import pathlib
 
 import pytest

@@ -1,6 +1,5 @@
 """A 2-round continual run of the tiny config: outputs, checkpoints, and what each method does."""
 
-import importlib.util
 import math
 import pathlib
 
@@ -8,17 +7,15 @@ import jax
 import numpy as np
 import pytest
 
+from helpers import load_config
+
 from abpo_jax.config import validate
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 METHODS = ("abpo", "sft_positive", "no_update")
 
 
 def tiny_config(run_dir: pathlib.Path, sim_cache: pathlib.Path):
-    spec = importlib.util.spec_from_file_location("tiny_cfg", ROOT / "configs" / "tiny.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config()
+    c = load_config("tiny.py")
     c.run_dir = str(run_dir)
     c.data.max_users = 300
     c.data.num_test_users = 16

@@ -7,7 +7,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from abpo_jax.losses.masked import as_mask, masked_mean
+from abpo_jax.losses.masked import as_mask
 
 NORM_EPS = 1e-4
 

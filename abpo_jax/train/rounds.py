@@ -24,6 +24,7 @@ import time
 from typing import Any, Sequence
 
 import jax
+from flax import nnx
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -201,7 +202,6 @@ class ContinualRun:
         c = self.config
         dtype, param_dtype, remat = c.model.dtype, c.model.param_dtype, bool(c.model.remat)
         if c.model.source == "tiny":
-            from flax import nnx
             from abpo_jax.models.config import ModelConfig
             from abpo_jax.models.decoder import Decoder
             t = c.model.tiny
@@ -218,7 +218,6 @@ class ContinualRun:
                                    dtype=dtype, param_dtype=param_dtype, remat=remat)
         if int(c.model.lora.rank) > 0:
             from abpo_jax.models import lora
-            from flax import nnx
             model = lora.apply_lora(model, int(c.model.lora.rank), float(c.model.lora.alpha),
                                     tuple(c.model.lora.targets),
                                     rngs=nnx.Rngs(c.seed + 1), mesh=self.mesh)
