@@ -104,6 +104,7 @@ def plot_metrics(rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike,
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -123,6 +124,7 @@ def plot_metrics(rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike,
             plt.close(fig)
             continue
         ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
         ax.set_ylabel(metric)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
