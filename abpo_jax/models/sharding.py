@@ -12,7 +12,6 @@ import contextlib
 from typing import Any, Callable, Iterator, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
@@ -147,11 +146,6 @@ def state_shardings(state: Any, mesh: Mesh, rules: Rules | None = None) -> Any:
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def model_shardings(model: nnx.Module, mesh: Mesh, rules: Rules | None = None) -> Any:
-    """NamedShardings (an nnx State) for all of `model`'s state (works on abstract models)."""
-    return state_shardings(nnx.state(model), mesh, rules)
-
-
 def create_sharded(ctor: Callable[[], nnx.Module], mesh: Mesh,
                    rules: Rules | None = None) -> nnx.Module:
     """Build `ctor()` with every variable born sharded (abstract eval, then jitted init)."""
@@ -174,10 +168,3 @@ def create_sharded_model(config: Any, mesh: Mesh, rules: Rules | None = None,
 
     return create_sharded(lambda: Decoder(config, rngs=nnx.Rngs(rngs_seed)), mesh, rules)
 
-
-def put_sharded(array: np.ndarray | jax.Array, sharding: NamedSharding,
-                dtype: Any = None) -> jax.Array:
-    """Place a host array straight into `sharding` (each device gets only its shard)."""
-    if dtype is not None:
-        array = array.astype(jnp.dtype(dtype))
-    return jax.device_put(array, sharding)

@@ -54,11 +54,6 @@ def popularity_policy(item_counts: np.ndarray, smoothing: float = 1.0) -> ScoreF
     return score
 
 
-def exposure_probabilities(log_pi: jax.Array, temperature: float) -> jax.Array:
-    """softmax(log pi / temperature) over candidates, [B, C]."""
-    return jax.nn.softmax(jnp.asarray(log_pi, jnp.float32) / temperature, axis=-1)
-
-
 @jax.jit
 def sample_exposures(key: jax.Array, log_pi: jax.Array,
                      temperature: float) -> tuple[jax.Array, jax.Array]:

@@ -203,15 +203,14 @@ class ContinualRun:
         dtype, param_dtype, remat = c.model.dtype, c.model.param_dtype, bool(c.model.remat)
         if c.model.source == "tiny":
             from abpo_jax.models.config import ModelConfig
-            from abpo_jax.models.decoder import Decoder
             t = c.model.tiny
             mc = ModelConfig.tiny(
                 int(self.tokenizer.vocab_size), hidden_size=t.hidden, num_layers=t.layers,
                 num_heads=t.heads, num_kv_heads=t.kv_heads, head_dim=t.hidden // t.heads,
                 intermediate_size=t.intermediate, dtype=dtype, param_dtype=param_dtype,
                 remat=remat)
-            from abpo_jax.models.sharding import create_sharded
-            model = create_sharded(lambda: Decoder(mc, rngs=nnx.Rngs(c.seed)), self.mesh)
+            from abpo_jax.models.sharding import create_sharded_model
+            model = create_sharded_model(mc, self.mesh, rngs_seed=c.seed)
         else:
             from abpo_jax.models.loaders import load_model
             model, mc = load_model(c.model.source, c.model.path, mesh=self.mesh,
@@ -407,7 +406,7 @@ class ContinualRun:
                        valid=np.ones(len(b["exposed"]), np.float32))
         return self._micro(host)
 
-    def _log_iterator(self, roundlog: log_store.RoundLog, k: int, method_index: int):
+    def _log_iterator(self, roundlog: log_store.RoundLog, k: int):
         steps = self._update_steps()
         bs = int(self.config.train.batch_size)
         per_epoch = max(len(roundlog) // bs, 1)
@@ -548,7 +547,7 @@ class ContinualRun:
                 roundlog = self.deploy(k, method, mstate["ref"] if resuming_update
                                        else mstate["params"])
                 data_iter = (self._restored_iter if resuming_update
-                             else iter(self._log_iterator(roundlog, k, mi)))
+                             else iter(self._log_iterator(roundlog, k)))
                 start = meta.get("step", 0) if resuming_update else 0
                 mstate = self.update(k, mi, method, mstate, roundlog, start, data_iter,
                                      methods_tree, meta)
@@ -572,8 +571,7 @@ class ContinualRun:
         method = self.methods[meta["method_index"]]
         roundlog = log_store.open_round(log_store.round_path(self.logs_dir(method),
                                                              meta["round"]))
-        self._restored_iter = iter(self._log_iterator(roundlog, meta["round"],
-                                                      meta["method_index"]))
+        self._restored_iter = iter(self._log_iterator(roundlog, meta["round"]))
         return self._restored_iter
 
     def finish(self, rows: list[dict], seconds: float) -> None:
