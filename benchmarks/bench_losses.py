@@ -5,7 +5,7 @@
 
 Work: the loss and its gradient w.r.t. the per-token log-probs of B prompts x G rollouts x T
 tokens (the model forward is excluded on both sides: TRL's log-prob helper is replaced by a leaf
-tensor, as in `tests/test_losses_trl_parity.py`). Ours is jitted (compile excluded by a warm-up
+tensor, as in `tests/losses/test_abpo_trl_parity.py`). Ours is jitted (compile excluded by a warm-up
 call); TRL runs eagerly in torch, as it does in training. A second row times the full ABPO
 objective (anchor terms, SNIPS, certainty) with no peer, a third the self-certainty reduction over
 a SmolLM2-sized vocabulary.
@@ -62,7 +62,7 @@ def _trl_peer(x: dict[str, np.ndarray], settings: LossSettings, repeats: int) ->
     try:
         import torch
         spec = importlib.util.spec_from_file_location(
-            "trl_parity", ROOT / "tests" / "test_losses_trl_parity.py")
+            "trl_parity", ROOT / "tests" / "losses" / "test_abpo_trl_parity.py")
         parity = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(parity)
     except Exception as err:  # torch / trl are test-only extras

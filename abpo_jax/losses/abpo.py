@@ -1,0 +1,506 @@
+"""The ABPO objective (DESIGN.md "ABPO objective", revised 2026-12-01) as small pure functions.
+
+Per prompt x: G rollouts o_1..o_G ~ pi_old and the anchor o_0 = the logged completion of the
+exposed item a, with outcome y (1 positive, 0 no response) and logged propensity p. Every symbol
+below is a `config.loss` field (defaults and allowed values live in `abpo_jax/config.py` only).
+
+Rewards: one function for every group member, the anchor included (`rewards`):
+
+    R(o) = sum_{s in rewards} R_s(o),  s in {format, outcome, ground_truth, simulator}
+    format       1 for a well-formed completion (constant in item mode, so it cancels)
+    outcome      u(y, c) for o naming the logged item a (the anchor; rollouts that draw a):
+                   u = r+                if y = 1          (positive_reward)
+                   u = -lambda g(c)      if y = 0          (negative_scale, tempering)
+                   g in {one, one_minus_c, c, threshold: 1[c < tau]}
+                 for o naming another item (no outcome observed), `unobserved_reward`:
+                   zero         0
+                   snips_value  V = sum_j w_j u_j / sum_j w_j over the global batch, the SNIPS
+                                estimate of pi_old's outcome (an unobserved item counts as average)
+    ground_truth 1[o names the held-out next item] (offline oracle)
+    simulator    simulated click probability of o's item (oracle studies)
+  `anchor_rewards=outcome` gives the anchor the outcome source only (the pre-revision
+  behaviour, kept as an ablation switch).
+
+Self-certainty (Kang et al. 2025): SC_t = logsumexp(z_t) - mean(z_t) over the full vocabulary,
+averaged over the item-id tokens or the whole completion (`certainty_tokens`); the anchor's c in
+[0, 1] by `certainty_norm`:
+    batch    (SC - min_B SC) / (max_B SC - min_B SC + 1e-4) over the global batch
+    round    empirical CDF of SC over the anchors of the round's log under pi_{k-1},
+             computed once at deployment (stable for small batches)
+    running  min-max with the extremes seen so far
+
+Advantages over the members M (anchor off: {1..G}; baseline_only and full: {0..G}):
+    A_i = R_i - mean_M R                   (std = none, as Dr.GRPO and the authors' sibling code)
+    A_i = (R_i - mean_M R) / (std_M + eps) (std = population | bessel)
+
+SNIPS: w = pi_old(a|x) / max(p, 1e-6);  w~ = clip(w / mean_B w, 0, w_max) (ones when snips off);
+detached, the mean over the global batch.
+
+Loss, rho_it = pi_theta(o_it) / pi_old(o_it):
+
+    L = -[ sum_{i>=1} sum_t min(rho_it A_i, clip(rho_it, 1 - eps_low, 1 + eps_high) A_i)
+           + 1[anchor = full] w~ A_0 sum_t log pi_theta(o_0,t) ] / N
+        + beta * sum_{i>=1} sum_t KL_it / N_roll
+
+    KL_it = k3 (exp(d) - d - 1, d = log pi_ref - log pi_theta) or k1 (-d) on rollout tokens
+    only: the estimators assume samples from pi_theta, and the off-policy anchor must not
+    dilute beta (`kl_tokens = all` divides by N instead: the pre-revision behaviour).
+    N: rollout + anchor tokens (aggregation token_mean), sequences (sequence_mean, each
+    sequence's token sum divided by its length), or sequences * max_completion_length
+    (constant); N_roll the same over the rollouts.
+
+Invariants (tests/test_losses_*): anchor off with g = one is GRPO and equals TRL's
+`GRPOTrainer` loss; anchor full, snips off, g = one is MiniOneRec's unweighted `add_gt` anchor.
+
+Item mode: a member's "tokens" are one action with log pi~(c | x) (T = 1). Everything here is
+jax.numpy, imports nothing of the package, and returns exactly accumulable pieces: pass the
+global denominators (`loss_denominators`) to each micro-batch and sum the results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+NORM_EPS = 1e-4            # min-max normalisation: (SC - min) / (max - min + NORM_EPS)
+PROPENSITY_FLOOR = 1e-6    # w = pi_old / max(p, floor)
+# Log-ratios beyond this are clamped before exp: exp(20) ~ 5e8 is far outside any clip range,
+# and an overflowing exp would turn a masked-out branch's zero cotangent into NaN.
+MAX_LOG_RATIO = 20.0
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSettings:
+    """`config.loss` as a frozen (hashable, jit-static) dataclass; see the module docstring.
+
+    No defaults here: `config.py` declares each one once (`LossSettings.from_config`).
+    """
+
+    num_generations: int
+    anchor: str
+    snips: str
+    snips_clip: float
+    tempering: str
+    tempering_threshold: float
+    positive_reward: float
+    negative_scale: float
+    unobserved_reward: str
+    anchor_rewards: str
+    certainty_tokens: str
+    certainty_norm: str
+    std: str
+    eps: float
+    epsilon_low: float
+    epsilon_high: float
+    beta: float
+    kl_estimator: str
+    kl_tokens: str
+    kl_ratio_correction: bool
+    aggregation: str
+    max_completion_length: int
+    rewards: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        # ml_collections hands tuples back as lists after some overrides; keep it hashable.
+        object.__setattr__(self, "rewards", tuple(self.rewards))
+
+    @classmethod
+    def from_config(cls, loss: Mapping[str, Any]) -> "LossSettings":
+        """From `config.loss` (a ConfigDict or dict; already validated by `config.validate`)."""
+        return cls(**{f.name: loss[f.name] for f in dataclasses.fields(cls)})
+
+    def replace(self, **changes: Any) -> "LossSettings":
+        """A copy with `changes` applied (a method's overrides)."""
+        return dataclasses.replace(self, **changes)
+
+
+# --- masked reductions ------------------------------------------------------------------------
+
+
+def _mask(mask: Optional[jax.Array], like: jax.Array) -> jax.Array:
+    if mask is None:
+        return jnp.ones(jnp.shape(like), jnp.float32)
+    return jnp.broadcast_to(mask, jnp.shape(like)).astype(jnp.float32)
+
+
+def masked_mean(x: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
+    """sum(x m) / max(sum(m), 1) over all entries (global under jit); 0 when all masked."""
+    m = _mask(mask, x)
+    return jnp.sum(jnp.where(m > 0, x, 0.0) * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+# --- self-certainty ------------------------------------------------------------------------
+
+
+def token_self_certainty(logits: jax.Array) -> jax.Array:
+    """SC_t = logsumexp_v z_tv - mean_v z_tv (full vocabulary, float32): [..., V] -> [...].
+
+    Equals KL(uniform || softmax(z)) + log V, so >= log V; the constant cancels in every
+    normalisation below.
+    """
+    z = jnp.asarray(logits, jnp.float32)
+    return jax.nn.logsumexp(z, axis=-1) - jnp.mean(z, axis=-1)
+
+
+def sequence_self_certainty(token_sc: jax.Array, mask: jax.Array) -> jax.Array:
+    """Masked mean of per-token SC over the last axis ([..., T] -> [...]); 0 with no token."""
+    m = _mask(mask, token_sc)
+    total = jnp.sum(jnp.where(m > 0, token_sc, 0.0) * m, axis=-1)
+    return total / jnp.maximum(jnp.sum(m, axis=-1), 1.0)
+
+
+def _min_max_scale(x: jax.Array, lo: jax.Array, hi: jax.Array, m: jax.Array) -> jax.Array:
+    """(x - lo) / (hi - lo + 1e-4) clipped to [0, 1]; 0 where masked or without statistics."""
+    valid = jnp.isfinite(lo) & jnp.isfinite(hi) & (m > 0)
+    lo, hi = jnp.where(jnp.isfinite(lo), lo, 0.0), jnp.where(jnp.isfinite(hi), hi, 0.0)
+    return jnp.where(valid, jnp.clip((x - lo) / (hi - lo + NORM_EPS), 0.0, 1.0), 0.0)
+
+
+def _masked_extremes(x: jax.Array, m: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return jnp.min(jnp.where(m > 0, x, jnp.inf)), jnp.max(jnp.where(m > 0, x, -jnp.inf))
+
+
+def normalize_certainty_batch(sc: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
+    """c = (SC - min) / (max - min + 1e-4), extremes over the unmasked global batch."""
+    sc = jnp.asarray(sc, jnp.float32)
+    m = _mask(mask, sc)
+    return jax.lax.stop_gradient(_min_max_scale(sc, *_masked_extremes(sc, m), m))
+
+
+class CertaintyStats(NamedTuple):
+    """Running extremes of self-certainty (the `certainty_norm=running` state)."""
+
+    min: jax.Array
+    max: jax.Array
+    count: jax.Array
+
+    @classmethod
+    def init(cls) -> "CertaintyStats":
+        return cls(jnp.float32(jnp.inf), jnp.float32(-jnp.inf), jnp.float32(0.0))
+
+
+def normalize_certainty_running(sc: jax.Array, stats: CertaintyStats,
+                                mask: Optional[jax.Array] = None
+                                ) -> tuple[jax.Array, CertaintyStats]:
+    """Min-max with running extremes: stats' = (min(stats.min, min_B), max(.., max_B),
+    count + n); c = (SC - min') / (max' - min' + 1e-4). Returns (c, stats')."""
+    sc = jnp.asarray(sc, jnp.float32)
+    m = _mask(mask, sc)
+    lo, hi = _masked_extremes(sc, m)
+    new = CertaintyStats(jnp.minimum(stats.min, lo), jnp.maximum(stats.max, hi),
+                         stats.count + jnp.sum(m))
+    return jax.lax.stop_gradient(_min_max_scale(sc, new.min, new.max, m)), new
+
+
+def certainty_quantiles(sc: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """`certainty_norm=round`: c = #{r in reference: r <= sc} / |reference|, the empirical CDF
+    of the round's anchor self-certainties (host side, once per round): [N] -> [N] in [0, 1]."""
+    ref = np.sort(np.asarray(reference, np.float64))
+    ranks = np.searchsorted(ref, np.asarray(sc, np.float64), side="right")
+    return (ranks / max(len(ref), 1)).astype(np.float32)
+
+
+# --- rewards -------------------------------------------------------------------------------
+
+TEMPERINGS: dict[str, Callable[[jax.Array, float], jax.Array]] = {
+    "one": lambda c, tau: jnp.ones_like(c),              # every no-response in full
+    "one_minus_c": lambda c, tau: 1.0 - c,               # a confident model: likely external
+    "c": lambda c, tau: c,                                # the opposite reading (ablation)
+    "threshold": lambda c, tau: (c < tau).astype(jnp.float32),  # hard 1 - c
+}
+
+
+def outcome_value(settings: LossSettings, outcome: jax.Array, certainty: jax.Array
+                  ) -> jax.Array:
+    """u(y, c) = r+ if y = 1 else -lambda g(c); outcome [B] in {0, 1}, c [B] in [0, 1]."""
+    c = jnp.asarray(certainty, jnp.float32)
+    g = TEMPERINGS[settings.tempering](c, settings.tempering_threshold)
+    u = jnp.where(jnp.asarray(outcome) > 0, settings.positive_reward,
+                  -settings.negative_scale * g)
+    return jax.lax.stop_gradient(u.astype(jnp.float32))
+
+
+def importance_weights(target_prob: jax.Array, propensity: jax.Array,
+                       mask: Optional[jax.Array] = None) -> jax.Array:
+    """w = pi_old(a|x) / max(p, 1e-6); 0 on masked rows. Detached."""
+    target_prob = jnp.asarray(target_prob, jnp.float32)
+    m = _mask(mask, target_prob)
+    p = jnp.maximum(jnp.asarray(propensity, jnp.float32), PROPENSITY_FLOOR)
+    return jax.lax.stop_gradient(jnp.where(m > 0, target_prob / jnp.where(m > 0, p, 1.0), 0.0))
+
+
+def snips_weights(w: jax.Array, mask: Optional[jax.Array] = None, *, clip: float) -> jax.Array:
+    """w~ = clip(w / mean_B w, 0, w_max) * m (mean over the unmasked global batch); all-equal w
+    gives ones; w all 0 gives 0."""
+    m = _mask(mask, w)
+    mean_w = masked_mean(w, m)
+    w_tilde = jnp.where(mean_w > 0, w / jnp.where(mean_w > 0, mean_w, 1.0), 0.0)
+    return jax.lax.stop_gradient(jnp.clip(w_tilde, 0.0, clip) * m)
+
+
+def snips_value(w: jax.Array, u: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
+    """V = sum_j w_j u_j / sum_j w_j (0 without weight): the SNIPS estimate of pi_old's u."""
+    m = _mask(mask, w)
+    den = jnp.sum(w * m)
+    return jax.lax.stop_gradient(jnp.where(den > 0, jnp.sum(w * u * m) / jnp.where(
+        den > 0, den, 1.0), 0.0))
+
+
+def member_rewards(settings: LossSettings, *, names_logged: jax.Array, u: jax.Array,
+                   unobserved: jax.Array, is_target: Optional[jax.Array] = None,
+                   sim_reward: Optional[jax.Array] = None) -> jax.Array:
+    """R [B, M] for the members of each group, member 0 the anchor.
+
+    names_logged [B, M] bool: the member names the logged item (always true for the anchor);
+    u [B]: its outcome value; unobserved: the outcome source's value for any other item
+    (scalar or [B]); is_target [B, M] bool (ground_truth); sim_reward [B, M] (simulator).
+    """
+    names_logged = jnp.asarray(names_logged, bool)
+    zeros = jnp.zeros(names_logged.shape, jnp.float32)
+    sources = {
+        "format": zeros + 1.0,
+        "outcome": jnp.where(names_logged, jnp.asarray(u, jnp.float32)[..., None],
+                             jnp.broadcast_to(jnp.asarray(unobserved, jnp.float32)[..., None]
+                                              if jnp.ndim(unobserved) else unobserved,
+                                              names_logged.shape)),
+        "ground_truth": zeros if is_target is None else jnp.asarray(is_target, jnp.float32),
+        "simulator": zeros if sim_reward is None else jnp.asarray(sim_reward, jnp.float32),
+    }
+    total = sum((sources[s] for s in settings.rewards), zeros)
+    if settings.anchor_rewards == "outcome":  # ablation: the anchor gets the outcome only
+        anchor = sources["outcome"][..., 0] if "outcome" in settings.rewards else zeros[..., 0]
+        total = total.at[..., 0].set(anchor)
+    return jax.lax.stop_gradient(total)
+
+
+# --- advantages --------------------------------------------------------------------------
+
+
+def group_advantages(rewards: jax.Array, mask: Optional[jax.Array] = None, *, std: str,
+                     eps: float) -> jax.Array:
+    """A_i = m_i (R_i - mu) [/ (sigma + eps)] over the last axis (the group's members).
+
+    mu, sigma over the unmasked members; sigma with ddof 0 (population) or 1 (bessel); std none
+    leaves A centred only. Masked members get 0; a single member or zero spread gives 0 / A =
+    R - mu (never NaN). Detached.
+    """
+    rewards = jnp.asarray(rewards, jnp.float32)
+    m = _mask(mask, rewards)
+    rewards = jnp.where(m > 0, rewards, 0.0)  # padded members may hold NaN
+    n = jnp.sum(m, axis=-1, keepdims=True)
+    mean = jnp.sum(rewards * m, axis=-1, keepdims=True) / jnp.maximum(n, 1.0)
+    centred = rewards - mean
+    if std != "none":
+        ddof = 1 if std == "bessel" else 0
+        sq = jnp.sum(jnp.square(centred) * m, axis=-1, keepdims=True)
+        var = jnp.where(n > ddof, sq / jnp.maximum(n - ddof, 1.0), 0.0)
+        sigma = jnp.where(var > 0, jnp.sqrt(jnp.where(var > 0, var, 1.0)), 0.0)
+        centred = centred / (sigma + eps)
+    return jax.lax.stop_gradient(centred * m)
+
+
+def anchored_advantages(settings: LossSettings, rewards: jax.Array, mask: jax.Array
+                        ) -> tuple[jax.Array, jax.Array]:
+    """(rollout advantages [B, G], anchor advantage [B]) from member rewards/mask [B, G+1].
+
+    anchor off: statistics over the G rollouts; baseline_only: over G+1, no anchor term;
+    full: over G+1 and A_0 for the anchor term.
+    """
+    if settings.anchor == "off":
+        adv = group_advantages(rewards[..., 1:], mask[..., 1:], std=settings.std,
+                               eps=settings.eps)
+        return adv, jnp.zeros(adv.shape[:-1], jnp.float32)
+    adv = group_advantages(rewards, mask, std=settings.std, eps=settings.eps)
+    anchor_adv = adv[..., 0] if settings.anchor == "full" else jnp.zeros_like(adv[..., 0])
+    return adv[..., 1:], anchor_adv
+
+
+# --- the policy loss ---------------------------------------------------------------------
+
+
+def kl_per_token(logp: jax.Array, ref_logp: jax.Array, estimator: str) -> jax.Array:
+    """Per-token KL(pi_theta || pi_ref) on samples of pi_theta: k1 = -d, k3 = e^d - d - 1,
+    d = log pi_ref - log pi_theta (TRL / Schulman)."""
+    d = ref_logp - logp
+    if estimator == "k1":
+        return -d
+    return jnp.exp(jnp.clip(d, -MAX_LOG_RATIO, MAX_LOG_RATIO)) - d - 1.0
+
+
+def _aggregate(per_token: jax.Array, mask: jax.Array, aggregation: str) -> jax.Array:
+    masked = per_token * mask
+    if aggregation == "sequence_mean":
+        return jnp.sum(jnp.sum(masked, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0))
+    return jnp.sum(masked)
+
+
+def _count(mask: jax.Array, settings: LossSettings) -> jax.Array:
+    """Normaliser of sequences [..., T]: tokens | sequences | sequences * max length."""
+    if settings.aggregation == "token_mean":
+        return jnp.sum(mask)
+    sequences = jnp.sum(jnp.any(mask > 0, axis=-1).astype(jnp.float32))
+    if settings.aggregation == "sequence_mean":
+        return sequences
+    return sequences * float(settings.max_completion_length)
+
+
+class Denominators(NamedTuple):
+    """N (rollouts + anchor when its term is on) and the KL normaliser, global over the batch."""
+
+    policy: jax.Array
+    kl: jax.Array
+
+
+def loss_denominators(settings: LossSettings, rollout_mask: jax.Array,
+                      anchor_mask: jax.Array) -> Denominators:
+    """The global N and N_roll (or N for kl_tokens=all) from the masks of the whole batch;
+    rollout_mask [..., G, T], anchor_mask [..., T]."""
+    roll = _count(jnp.asarray(rollout_mask, jnp.float32), settings)
+    n = roll
+    if settings.anchor == "full":
+        n = n + _count(jnp.asarray(anchor_mask, jnp.float32), settings)
+    kl = roll if settings.kl_tokens == "rollouts" else n
+    return Denominators(jnp.maximum(n, 1e-8), jnp.maximum(kl, 1e-8))
+
+
+def policy_loss(settings: LossSettings, *, logp: jax.Array, old_logp: jax.Array,
+                mask: jax.Array, advantages: jax.Array, ref_logp: Optional[jax.Array] = None,
+                anchor_logp: Optional[jax.Array] = None,
+                anchor_mask: Optional[jax.Array] = None,
+                anchor_advantage: Optional[jax.Array] = None,
+                anchor_weight: Optional[jax.Array] = None,
+                denominators: Optional[Denominators] = None,
+                ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """L of the module docstring for one (micro-)batch; returns (loss, metrics).
+
+    Rollouts logp/old_logp/ref_logp/mask [B, G, T], advantages [B, G]; anchor_logp/anchor_mask
+    [B, Ta], anchor_advantage/anchor_weight [B]. With `denominators` from the whole batch the
+    micro-batch losses (and gradients) sum to the global one; without, this batch's own.
+    Metric sums over micro-batches need dividing by their count.
+    """
+    m = _mask(mask, logp)
+    # Masked positions may hold garbage (-inf, NaN): zero them before any exp. The loss runs in
+    # float32 whatever the compute dtype (bf16 ratios near 1 are too coarse to clip).
+    logp = jnp.where(m > 0, logp.astype(jnp.float32), 0.0)
+    old_logp = jnp.where(m > 0, jax.lax.stop_gradient(old_logp).astype(jnp.float32), 0.0)
+    adv = jax.lax.stop_gradient(jnp.asarray(advantages, jnp.float32))[..., None]
+    am = None
+    if settings.anchor == "full":
+        if anchor_logp is None or anchor_advantage is None:
+            raise ValueError("loss.anchor='full' needs anchor_logp and anchor_advantage")
+        am = _mask(anchor_mask, anchor_logp)
+    if denominators is None:
+        denominators = loss_denominators(settings, m, am if am is not None else m[..., 0, :])
+
+    ratio = jnp.exp(jnp.clip(logp - old_logp, -MAX_LOG_RATIO, MAX_LOG_RATIO))
+    clipped = jnp.clip(ratio, 1.0 - settings.epsilon_low, 1.0 + settings.epsilon_high)
+    pg_sum = _aggregate(-jnp.minimum(ratio * adv, clipped * adv), m, settings.aggregation)
+    kl = jnp.zeros_like(ratio)
+    if settings.beta != 0.0:
+        if ref_logp is None:
+            raise ValueError(f"loss.beta={settings.beta} needs ref_logp")
+        kl = kl_per_token(logp, jnp.where(m > 0, jax.lax.stop_gradient(ref_logp), 0.0),
+                          settings.kl_estimator)
+        if settings.kl_ratio_correction:  # TRL use_bias_correction_kl
+            kl = kl * ratio
+    kl_sum = _aggregate(kl, m, settings.aggregation)
+
+    is_clipped = (((ratio < 1.0 - settings.epsilon_low) & (adv < 0))
+                  | ((ratio > 1.0 + settings.epsilon_high) & (adv > 0)))
+    seq_valid = jnp.any(m > 0, axis=-1).astype(jnp.float32)
+    metrics = {  # fixed keys whatever the settings: a jitted step returns one pytree
+        "clip_fraction": masked_mean(is_clipped.astype(jnp.float32), m),
+        "kl": masked_mean(kl, m),
+        "mean_advantage": masked_mean(adv[..., 0], seq_valid),
+        "mean_weight": jnp.float32(0.0),
+        "anchor_advantage": jnp.float32(0.0),
+    }
+    if am is not None:
+        a_logp = jnp.where(am > 0, anchor_logp.astype(jnp.float32), 0.0)
+        a_adv = jax.lax.stop_gradient(jnp.asarray(anchor_advantage, jnp.float32))
+        weight = (jnp.ones_like(a_adv) if anchor_weight is None
+                  else jax.lax.stop_gradient(jnp.asarray(anchor_weight, jnp.float32)))
+        pg_sum = pg_sum + _aggregate(-(weight * a_adv)[..., None] * a_logp, am,
+                                     settings.aggregation)
+        a_valid = jnp.any(am > 0, axis=-1).astype(jnp.float32)
+        metrics["mean_weight"] = masked_mean(weight, a_valid)
+        metrics["anchor_advantage"] = masked_mean(a_adv, a_valid)
+    loss = pg_sum / denominators.policy + settings.beta * kl_sum / denominators.kl
+    return loss, metrics
+
+
+# --- one group batch, end to end -------------------------------------------------------------
+
+
+class AnchorTerms(NamedTuple):
+    """Per-row anchor quantities, all detached: c in [0, 1], u(y, c), w (raw), w~, and V."""
+
+    certainty: jax.Array
+    outcome_value: jax.Array
+    weight: jax.Array
+    snips_weight: jax.Array
+    unobserved: jax.Array
+    stats: Optional[CertaintyStats]
+
+
+def anchor_terms(settings: LossSettings, *, outcome: jax.Array, self_certainty: jax.Array,
+                 target_prob: jax.Array, propensity: jax.Array, mask: jax.Array,
+                 round_certainty: Optional[jax.Array] = None,
+                 stats: Optional[CertaintyStats] = None) -> AnchorTerms:
+    """The whole-batch anchor quantities (exact under gradient accumulation: compute them once
+    over the global batch). self_certainty: raw SC of the anchor under pi_old [B];
+    round_certainty: c from the round's log (certainty_norm=round); stats: running state."""
+    m = jnp.asarray(mask, jnp.float32)
+    if settings.certainty_norm == "round":
+        if round_certainty is None:
+            raise ValueError("loss.certainty_norm='round' needs the round's anchor quantiles")
+        c = jnp.asarray(round_certainty, jnp.float32) * m
+    elif settings.certainty_norm == "running":
+        c, stats = normalize_certainty_running(
+            self_certainty, CertaintyStats.init() if stats is None else stats, m)
+    else:
+        c = normalize_certainty_batch(self_certainty, m)
+    u = outcome_value(settings, outcome, c) * m
+    w = importance_weights(target_prob, propensity, m)
+    w_tilde = snips_weights(w, m, clip=settings.snips_clip) if settings.snips == "on" else m
+    v = snips_value(w, u, m) if settings.unobserved_reward == "snips_value" else jnp.float32(0.0)
+    return AnchorTerms(c, u, w, w_tilde, v, stats)
+
+
+def item_mode_loss(settings: LossSettings, *, logp: jax.Array, old_logp: jax.Array,
+                   ref_logp: jax.Array, members: jax.Array, terms: AnchorTerms,
+                   valid: jax.Array, target: Optional[jax.Array] = None,
+                   sim_reward: Optional[jax.Array] = None,
+                   denominators: Optional[Denominators] = None,
+                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The objective for item mode, where a member is one action of pi~ over the candidates.
+
+    logp / old_logp / ref_logp [B, C]: log pi~ of the trained, old and reference policies;
+    members [B, G+1] candidate indices, member 0 the logged item (the anchor) and 1..G the
+    rollouts; terms from :func:`anchor_terms` over the global batch; valid [B] (0 = padding
+    row); target [B] the held-out item's index (-1 unknown); sim_reward [B, C].
+    """
+    take = lambda x: jnp.take_along_axis(x, members, axis=-1)  # noqa: E731  [B, C] -> [B, G+1]
+    valid = jnp.asarray(valid, jnp.float32)
+    member_mask = jnp.broadcast_to(valid[:, None], members.shape)
+    rewards = member_rewards(
+        settings, names_logged=members == members[:, :1], u=terms.outcome_value,
+        unobserved=terms.unobserved,
+        is_target=None if target is None else members == target[:, None],
+        sim_reward=None if sim_reward is None else take(sim_reward))
+    roll_adv, anchor_adv = anchored_advantages(settings, rewards, member_mask)
+    lp, old, ref = take(logp)[..., None], take(old_logp)[..., None], take(ref_logp)[..., None]
+    loss, metrics = policy_loss(
+        settings, logp=lp[:, 1:], old_logp=old[:, 1:], ref_logp=ref[:, 1:],
+        mask=member_mask[:, 1:, None], advantages=roll_adv, anchor_logp=lp[:, 0],
+        anchor_mask=valid[:, None], anchor_advantage=anchor_adv,
+        anchor_weight=terms.snips_weight, denominators=denominators)
+    metrics.update(reward=masked_mean(rewards[:, 1:], member_mask[:, 1:]),
+                   anchor_reward=masked_mean(rewards[:, 0], valid),
+                   mean_certainty=masked_mean(terms.certainty, valid),
+                   unobserved_value=jnp.asarray(terms.unobserved, jnp.float32))
+    return loss, metrics

@@ -1,0 +1,243 @@
+"""The study's outputs, all derived from `study.json`: summary statistics, plots with 95%
+bands, the results page and the sentences stating which differences are significant.
+
+`summarize(cells, ...)` turns per-cell metric rows into the study dict written as
+`study.json`; `render_results(study)` is a pure function of that dict (a test regenerates the
+page from the file, so the page can never be typed by hand).
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+from typing import Any, Mapping, Sequence
+
+from abpo_jax.study import stats
+
+# Per-round metrics reported (when a run produced them), in table order.
+METRICS = ("ndcg@5", "ndcg@10", "hr@1", "hr@5", "hr@10", "sim_ctr", "exposed_share",
+           "kl_exposure", "gini", "coverage", "snips_ctr", "log_sim_ctr", "snips_bias")
+HEADLINE = ("ndcg@5", "hr@1", "hr@10", "sim_ctr", "exposed_share", "snips_bias")
+TESTED = ("ndcg@5", "sim_ctr")          # metrics with paired tests at the final round
+BASELINES = ("no_update", "grpo")       # every method is tested against each present
+ALPHA = 0.05
+
+
+def summarize(cells: Sequence[Mapping[str, Any]], methods: Sequence[str],
+              conditions: Mapping[str, Mapping[str, Any]], setup: Mapping[str, Any]
+              ) -> dict[str, Any]:
+    """cells: [{"condition", "seed", "rows": metrics rows, "seconds"}] -> the study dict."""
+    out: dict[str, Any] = {"setup": dict(setup), "methods": list(methods), "conditions": {},
+                           "cells": [{k: c[k] for k in ("condition", "seed", "seconds")}
+                                     for c in cells]}
+    for name, overrides in conditions.items():
+        mine = sorted((c for c in cells if c["condition"] == name), key=lambda c: c["seed"])
+        if not mine:
+            continue
+        rounds = sorted({int(r["round"]) for c in mine for r in c["rows"]})
+        # values[method][metric][round] = one value per seed (None where missing)
+        values: dict[str, dict[str, dict[str, list]]] = {}
+        for m in methods:
+            for metric in METRICS:
+                per_round = {}
+                for k in rounds:
+                    per_round[str(k)] = [_value(c["rows"], k, m, metric) for c in mine]
+                if any(v is not None for vs in per_round.values() for v in vs):
+                    values.setdefault(m, {})[metric] = per_round
+        summary = {m: {metric: {k: stats.mean_ci(vs) for k, vs in per_round.items()}
+                       for metric, per_round in by_metric.items()}
+                   for m, by_metric in values.items()}
+        final = str(rounds[-1])
+        tests: dict[str, Any] = {}
+        for metric in TESTED:
+            for base in BASELINES:
+                if base not in values or metric not in values[base]:
+                    continue
+                for m in methods:
+                    if m == base or m not in values or metric not in values[m]:
+                        continue
+                    a, b = values[m][metric][final], values[base][metric][final]
+                    pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
+                    if pairs:
+                        tests.setdefault(metric, {}).setdefault(base, {})[m] = \
+                            stats.paired_test(*zip(*pairs))
+            for base, by_method in tests.get(metric, {}).items():  # Holm within a family
+                names = list(by_method)
+                for m, p in zip(names, stats.holm([by_method[n]["p"] for n in names])):
+                    by_method[m]["p_holm"] = p
+        out["conditions"][name] = {"overrides": dict(overrides), "seeds": [c["seed"] for c in mine],
+                                   "rounds": rounds, "values": values, "summary": summary,
+                                   "tests": tests}
+    return out
+
+
+def _value(rows: Sequence[Mapping[str, Any]], k: int, method: str, metric: str) -> Any:
+    for r in rows:
+        if int(r["round"]) == k and r["method"] == method:
+            v = r.get(metric)
+            return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+    return None
+
+
+def _ci(s: Mapping[str, float], digits: int = 3) -> str:
+    if s["n"] == 0 or not math.isfinite(s["mean"]):
+        return "–"
+    return f"{s['mean']:.{digits}f} ± {(s['hi'] - s['lo']) / 2:.{digits}f}"
+
+
+def _diff(t: Mapping[str, float]) -> str:
+    return f"{t['mean']:+.4f} [{t['lo']:+.4f}, {t['hi']:+.4f}]"
+
+
+def significance_sentences(study: Mapping[str, Any], metric: str = "ndcg@5") -> list[str]:
+    """One sentence per condition and baseline: which methods differ significantly (paired t
+    over seeds, Holm-adjusted within the baseline's family, alpha 0.05) at the final round."""
+    lines = []
+    for name, cond in study["conditions"].items():
+        for base, by_method in cond["tests"].get(metric, {}).items():
+            better = [m for m, t in by_method.items() if t["p_holm"] < ALPHA and t["mean"] > 0]
+            worse = [m for m, t in by_method.items() if t["p_holm"] < ALPHA and t["mean"] < 0]
+            same = [m for m in by_method if m not in better + worse]
+            parts = []
+            if better:
+                parts.append("significantly better: " + ", ".join(better))
+            if worse:
+                parts.append("significantly worse: " + ", ".join(worse))
+            if same:
+                parts.append("not significantly different: " + ", ".join(same))
+            lines.append(f"[{name}] {metric} at round {cond['rounds'][-1]} vs {base} "
+                         f"({len(cond['seeds'])} seeds, paired t, Holm): " + "; ".join(parts)
+                         + ".")
+    return lines
+
+
+def headline_rows(study: Mapping[str, Any], condition: str) -> list[list[str]]:
+    """[method, metric mean ± CI half-width ...] at the final round of `condition`."""
+    cond = study["conditions"][condition]
+    final = str(cond["rounds"][-1])
+    rows = []
+    for m in study["methods"]:
+        if m not in cond["summary"]:
+            continue
+        rows.append([m] + [_ci(cond["summary"][m][x][final], 4) if x in cond["summary"][m]
+                           else "–" for x in HEADLINE])
+    return rows
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def render_results(study: Mapping[str, Any]) -> str:
+    """The results page (markdown), a pure function of the study dict."""
+    s = study["setup"]
+    lines = ["# Closed-loop study: results", "",
+             f"Generated by `{s.get('command', 'abpo-jax study')}` from `study.json`; "
+             "regenerate, do not edit.", "",
+             f"Setup: {s.get('description', '')}", "",
+             "Each cell is a continual run (round 0 = SFT warm start, then deploy -> log -> "
+             "update -> evaluate); all methods of a seed share data, simulator, round-0 policy "
+             "and logging random numbers, so method differences are paired over seeds. "
+             "Values: mean ± half-width of the 95% t interval over seeds.", ""]
+    for name, cond in study["conditions"].items():
+        final = cond["rounds"][-1]
+        over = ", ".join(f"`{k}={v}`" for k, v in cond["overrides"].items()) or "defaults"
+        lines += [f"## Condition `{name}` ({over}); final round {final}, "
+                  f"{len(cond['seeds'])} seeds", ""]
+        lines += _md_table(["method", *HEADLINE], headline_rows(study, name))
+        lines.append("")
+        for metric in TESTED:
+            for base, by_method in cond["tests"].get(metric, {}).items():
+                lines += [f"Paired differences in {metric}, method − {base}:", ""]
+                rows = [[m, _diff(t), f"{t['p']:.3g}", f"{t['p_holm']:.3g}",
+                         f"{t['wins']}/{t['n']}",
+                         "yes" if t["p_holm"] < ALPHA else "no"] for m, t in by_method.items()]
+                lines += _md_table(["method", "difference [95% CI]", "p", "p (Holm)",
+                                    "seeds better", "significant"], rows)
+                lines.append("")
+        mde = _mde_line(cond)
+        if mde:
+            lines += [mde, ""]
+    lines += ["## What the data show", ""]
+    lines += [f"- {x}" for x in significance_sentences(study)]
+    lines += [f"- {x}" for x in significance_sentences(study, "sim_ctr")]
+    lines += [f"- {x}" for x in where_abpo_does_not_win(study)]
+    wall = sum(c["seconds"] for c in study["cells"])
+    lines += ["", f"Wall time: {wall / 60:.1f} min over {len(study['cells'])} cells.", ""]
+    return "\n".join(lines)
+
+
+def _mde_line(cond: Mapping[str, Any]) -> str:
+    """Power: the smallest NDCG@5 difference vs no_update these seeds resolve (80%, 0.05)."""
+    tests = cond["tests"].get("ndcg@5", {}).get("no_update", {})
+    sds = [t["sd"] for t in tests.values() if t["n"] > 1]
+    if not sds:
+        return ""
+    sd = float(sorted(sds)[len(sds) // 2])
+    n = max(t["n"] for t in tests.values())
+    return (f"Resolution: the median seed-to-seed sd of a method's NDCG@5 difference from "
+            f"no_update is {sd:.4f}; with {n} seeds a paired t-test detects a true difference "
+            f"of {stats.min_detectable_difference(sd, n):.4f} with 80% power (alpha 0.05).")
+
+
+def where_abpo_does_not_win(study: Mapping[str, Any], method: str = "abpo") -> list[str]:
+    """Plain statements of every (condition, metric, baseline) where `method` is not
+    significantly better than the baseline at the final round."""
+    out = []
+    for name, cond in study["conditions"].items():
+        for metric in TESTED:
+            for base, by_method in cond["tests"].get(metric, {}).items():
+                t = by_method.get(method)
+                if t is None or (t["p_holm"] < ALPHA and t["mean"] > 0):
+                    continue
+                verdict = ("significantly worse" if t["p_holm"] < ALPHA else
+                           "not significantly different")
+                out.append(f"[{name}] {method} does not beat {base} on {metric}: "
+                           f"{_diff(t)}, {verdict}.")
+    return out
+
+
+def write_plots(study: Mapping[str, Any], out_dir: str | pathlib.Path,
+                metrics: Sequence[str] = HEADLINE) -> list[pathlib.Path]:
+    """One PNG per (condition, metric): mean per round, one line per method, 95% band."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, cond in study["conditions"].items():
+        for metric in metrics:
+            fig, ax = plt.subplots(figsize=(5.5, 3.8))
+            drew = False
+            for m in study["methods"]:
+                series = cond["summary"].get(m, {}).get(metric)
+                if not series:
+                    continue
+                ks = sorted(int(k) for k in series if series[k]["n"])
+                if not ks:
+                    continue
+                mean = [series[str(k)]["mean"] for k in ks]
+                ax.plot(ks, mean, marker="o", label=m)
+                ax.fill_between(ks, [series[str(k)]["lo"] for k in ks],
+                                [series[str(k)]["hi"] for k in ks], alpha=0.15)
+                drew = True
+            if not drew:
+                plt.close(fig)
+                continue
+            ax.set_title(f"{name}: {metric} (mean, 95% CI over {len(cond['seeds'])} seeds)",
+                         fontsize=9)
+            ax.set_xlabel("round")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_ylabel(metric)
+            ax.legend(fontsize=7)
+            ax.grid(alpha=0.3)
+            fig.tight_layout()
+            path = out / f"{name}_{metric.replace('@', '_at_')}.png"
+            fig.savefig(path, dpi=100)
+            plt.close(fig)
+            paths.append(path)
+    return paths
