@@ -15,6 +15,7 @@ import ast
 import csv
 import dataclasses
 import gzip
+import html
 import importlib.util
 import json
 import pathlib
@@ -25,6 +26,11 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 PathLike = str | pathlib.Path
+
+
+class DataWarning(UserWarning):
+    """Data was left out or looks wrong but loading goes on (skipped rows, filters that remove
+    most of a dataset, a missing item table); the CLI prints each as one line."""
 
 
 class DataError(ValueError):
@@ -50,6 +56,8 @@ class Interactions:
       raw_user_ids, raw_item_ids: source ids by dense index (strings).
       item_titles: display title by dense item index.
       skipped: malformed source rows left out, reason -> count (empty when the files were clean).
+      time_unit: ``s``, ``ms`` or ``order`` (no timestamps in the source: row positions that
+        only order the interactions).
     """
 
     name: str
@@ -61,6 +69,7 @@ class Interactions:
     raw_item_ids: tuple[str, ...]
     item_titles: tuple[str, ...]
     skipped: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    time_unit: str = "s"
 
     def __post_init__(self) -> None:
         n = self.user.shape[0]
@@ -108,8 +117,8 @@ class _Skips:
             return
         parts = [f"{reason}: {n} (first at line {self.first_line[reason]})"
                  for reason, n in sorted(self.counts.items())]
-        warnings.warn(f"{path}: skipped {sum(self.counts.values())} malformed rows; "
-                      + "; ".join(parts), stacklevel=3)
+        warnings.warn(DataWarning(f"{path}: skipped {sum(self.counts.values())} malformed rows; "
+                                  + "; ".join(parts)), stacklevel=3)
 
 
 def _dense(raw: Sequence[str]) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -126,7 +135,7 @@ def _dense(raw: Sequence[str]) -> tuple[np.ndarray, tuple[str, ...]]:
 
 def _build(name: str, users: Sequence[str], items: Sequence[str], timestamps: Sequence[float],
            ratings: Sequence[float], titles: Mapping[str, str] | None, skips: Counter[str],
-           path: PathLike) -> Interactions:
+           path: PathLike, time_unit: str = "s") -> Interactions:
     """Assemble an Interactions from parallel raw columns; titles fall back to the raw id
     (``titles=None``: the raw id is the title)."""
     if not users:
@@ -137,15 +146,15 @@ def _build(name: str, users: Sequence[str], items: Sequence[str], timestamps: Se
     titles = {r: r for r in raw_items} if titles is None else titles
     untitled = [r for r in raw_items if r not in titles]
     if untitled:
-        warnings.warn(f"{path}: {len(untitled)} items have no title (e.g. {untitled[0]!r}); "
-                      "their raw id is shown instead", stacklevel=3)
+        warnings.warn(DataWarning(f"{path}: {len(untitled)} items have no title (e.g. "
+                                  f"{untitled[0]!r}); their raw id is shown instead"), stacklevel=3)
     return Interactions(
         name=name, user=u, item=i,
         timestamp=np.asarray(timestamps, dtype=np.float64).astype(np.int64),
         rating=np.asarray(ratings, dtype=np.float32),
         raw_user_ids=raw_users, raw_item_ids=raw_items,
         item_titles=tuple(titles.get(r, r) for r in raw_items),
-        skipped=dict(skips))
+        skipped=dict(skips), time_unit=time_unit)
 
 
 def _open_text(path: pathlib.Path, newline: str | None = "") -> Any:
@@ -277,24 +286,43 @@ def load_movielens_100k() -> Interactions:
 
 # --- Amazon Reviews 2018 (ReRe / MiniOneRec preprocessed CSV) --------------------------------
 
-_AMAZON2018_REQUIRED = ("user_id", "item_asins", "item_asin", "history_rating", "rating",
-                        "history_timestamp", "timestamp")
+# The two CSV layouts read under data.dataset=amazon2018, told apart by their header.
+RERE_COLUMNS = ("user_id", "item_asins", "item_asin", "history_rating", "rating",
+                "history_timestamp", "timestamp")
+MINIONEREC_COLUMNS = ("history_item_title", "item_title", "history_item_id", "item_id",
+                      "history_item_sid", "item_sid")
 _SPLIT_ORDER = {"train": 0, "valid": 1, "test": 2}
+_READ_ERRORS = (UnicodeDecodeError, csv.Error, OSError, EOFError)
+
+
+def clean_title(text: str) -> str:
+    """A display title: HTML entities decoded (the Amazon dumps hold ``&amp;``, ``&ndash;``,
+    ``&nbsp;``) and whitespace runs collapsed, so prompts show what a shopper saw."""
+    return " ".join(html.unescape(text).split())
 
 
 def read_item_table(path: PathLike) -> dict[int, str]:
-    """Read a ReRe/MiniOneRec item table (``title<TAB>item_id`` per line) as item_id -> title."""
+    """Read an item table as item_id -> title: ReRe's ``title<TAB>item_id`` or MiniOneRec's
+    ``sid<TAB>title<TAB>item_id`` lines (a SID looks like ``<a_1><b_2><c_3>``)."""
     path = pathlib.Path(path)
     table: dict[int, str] = {}
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            title, sep, item_id = line.rpartition("\t")
-            if not sep or not item_id.strip().isdigit():
-                raise DataError(f"expected 'title<TAB>item_id', got {line[:80]!r}", path, lineno)
-            table[int(item_id)] = title.strip()
+    try:
+        with _open_text(path) as f:
+            for lineno, line in enumerate(f, start=1):
+                line = line.rstrip("\r\n")
+                if not line.strip():
+                    continue
+                fields = line.split("\t")
+                if len(fields) >= 3 and fields[0].startswith("<"):   # MiniOneRec
+                    title, item_id = "\t".join(fields[1:-1]), fields[-1]
+                else:   # ReRe; a title may itself hold a tab
+                    title, _, item_id = line.rpartition("\t")
+                if not title or not item_id.strip().isdigit():
+                    raise DataError("expected 'title<TAB>item_id' or 'sid<TAB>title<TAB>item_id'"
+                                    f", got {line[:80]!r}", path, lineno)
+                table[int(item_id)] = clean_title(title)
+    except _READ_ERRORS as e:
+        raise DataError(f"cannot read the item table ({type(e).__name__}: {e})", path) from None
     return table
 
 
@@ -305,6 +333,11 @@ def _split_and_prefix(f: pathlib.Path) -> tuple[int, str]:
     if head and tail in _SPLIT_ORDER:
         return _SPLIT_ORDER[tail], head
     return _SPLIT_ORDER.get(f.parent.name, len(_SPLIT_ORDER)), f.stem
+
+
+def _info_candidates(f: pathlib.Path) -> tuple[pathlib.Path, ...]:
+    prefix = _split_and_prefix(f)[1]
+    return (f.parent / f"{prefix}_info.txt", f.parent.parent / "info" / f"{prefix}.txt")
 
 
 def _amazon2018_files(path: PathLike | Sequence[PathLike]) -> tuple[list[pathlib.Path],
@@ -321,127 +354,323 @@ def _amazon2018_files(path: PathLike | Sequence[PathLike]) -> tuple[list[pathlib
         elif p.is_file():
             csvs = [p]
         else:
-            raise DataError("file or directory not found", p)
+            raise DataError("file or directory not found (config.data.path)", p)
     else:
         csvs = [pathlib.Path(x) for x in path]
+        for f in csvs:
+            if not f.is_file():
+                raise DataError("file not found (config.data.path)", f)
     csvs.sort(key=lambda f: (_split_and_prefix(f)[0], f.name))
     for f in csvs:
-        prefix = _split_and_prefix(f)[1]
-        for info in (f.parent / f"{prefix}_info.txt", f.parent.parent / "info" / f"{prefix}.txt"):
+        for info in _info_candidates(f):
             if info.is_file():
                 return csvs, info
     return csvs, None
 
 
-def _append_window(seq: list[tuple[str, int, float]],
-                   window: list[tuple[str, int, float]]) -> None:
-    """Append the part of ``window`` past its longest overlap with the end of ``seq``."""
+def _append_window(seq: list[tuple[str, int, float]], window: list[tuple[str, int, float]],
+                   width: int = 2) -> None:
+    """Append the part of ``window`` past its longest overlap with the end of ``seq``, comparing
+    the first ``width`` fields of each (key, timestamp, rating)."""
     for k in range(min(len(seq), len(window)), -1, -1):
-        if all(seq[len(seq) - k + j][:2] == window[j][:2] for j in range(k)):
+        if all(seq[len(seq) - k + j][:width] == window[j][:width] for j in range(k)):
             seq.extend(window[k:])
             return
 
 
-def _literal_list(text: str, column: str) -> list:
-    value = ast.literal_eval(text)
+def _csv_rows(reader: csv.DictReader, skips: _Skips, path: pathlib.Path
+              ) -> Iterator[dict[str | None, Any]]:
+    """Rows of ``reader``; a line the csv module cannot read (a field over its size limit) is
+    counted and skipped: the reader resumes at the next line."""
+    last_error_line = -1
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            if reader.line_num == last_error_line:   # no progress: do not loop forever
+                raise DataError(f"cannot read the CSV: {e}", path, reader.line_num) from None
+            last_error_line = reader.line_num
+            skips.add(f"unreadable CSV line ({e})", reader.line_num)
+
+
+class _RowError(ValueError):
+    """One CSV row cannot be used; the message (the skip reason) names the column and why."""
+
+
+def _field(row: Mapping[str | None, Any], column: str) -> str:
+    return row[column]   # presence is checked once per row by _check_width
+
+
+def _list_field(row: Mapping[str | None, Any], column: str) -> list:
+    try:
+        value = ast.literal_eval(_field(row, column))
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        raise _RowError(f"column {column!r}: not a readable Python list literal (cut-off or "
+                        "corrupt value?)") from None
     if not isinstance(value, list):
-        raise ValueError(f"column {column!r} is not a list")
+        raise _RowError(f"column {column!r}: not a list")
     return value
+
+
+def _number_of(column: str, value: Any) -> float:
+    try:
+        return _number(str(value))
+    except ValueError:
+        raise _RowError(f"column {column!r}: not a finite number") from None
+
+
+def _int_of(column: str, value: Any) -> int:
+    text = str(value).strip()
+    if not text.lstrip("-").isdigit():
+        raise _RowError(f"column {column!r}: not an integer id")
+    return int(text)
+
+
+def _check_width(row: Mapping[str | None, Any], header: Sequence[str]) -> None:
+    """csv.DictReader fills absent trailing fields with None and puts extra ones under the key
+    None: a cut-off line or an unquoted comma."""
+    if None in row:
+        raise _RowError(f"more fields than the {len(header)}-column header (unquoted comma?)")
+    for column in header:
+        if row[column] is None:
+            raise _RowError(f"column {column!r}: missing (the row ends early; cut-off file?)")
+
+
+def _same_length(n: int, lists: Mapping[str, Sequence[Any] | None], reference: str) -> None:
+    for column, values in lists.items():
+        if values is not None and len(values) != n:
+            raise _RowError(f"column {column!r}: list length differs from {reference!r}")
+
+
+@dataclasses.dataclass
+class _Window:
+    """One parsed row: a user's items up to and including the row's target (oldest first)."""
+
+    user: str | None        # None: the CSV has no user_id column (MiniOneRec)
+    keys: list[str]         # raw item ids (ASINs for ReRe, item_id for MiniOneRec)
+    stamps: list[int] | None
+    ratings: list[float] | None
+    ids: list[int] | None   # item table ids
+    titles: list[str] | None
+
+
+def _parse_rere(row: Mapping[str | None, Any], has_ids: bool, want_titles: bool) -> _Window:
+    user = _field(row, "user_id").strip()
+    if not user:
+        raise _RowError("column 'user_id': empty")
+    asins = [str(a) for a in _list_field(row, "item_asins")] + [_field(row, "item_asin")]
+    stamps = [int(_number_of("history_timestamp", t))
+              for t in _list_field(row, "history_timestamp")]
+    stamps.append(int(_number_of("timestamp", _field(row, "timestamp"))))
+    ratings = [_number_of("history_rating", r) for r in _list_field(row, "history_rating")]
+    ratings.append(_number_of("rating", _field(row, "rating")))
+    ids = ([_int_of("history_item_id", i) for i in _list_field(row, "history_item_id")]
+           + [_int_of("item_id", _field(row, "item_id"))]) if has_ids else None
+    titles = ([str(t) for t in _list_field(row, "history_item_title")]
+              + [_field(row, "item_title")]) if want_titles else None
+    _same_length(len(asins), {"history_timestamp": stamps, "history_rating": ratings,
+                              "history_item_id": ids, "history_item_title": titles},
+                 "item_asins")
+    if min(stamps) < 0:
+        raise _RowError("column 'timestamp' or 'history_timestamp': negative")
+    # A file cut inside the row's last field leaves a shorter number: it would load as 1970.
+    if len(stamps) > 1 and stamps[-1] < max(stamps[:-1]):
+        raise _RowError("column 'timestamp': earlier than the row's history_timestamp "
+                        "(cut-off or corrupt value?)")
+    return _Window(user, asins, stamps, ratings, ids, titles)
+
+
+def _parse_minionerec(row: Mapping[str | None, Any], has_user: bool,
+                      want_titles: bool) -> _Window:
+    user = None
+    if has_user:
+        user = _field(row, "user_id").strip()
+        if not user:
+            raise _RowError("column 'user_id': empty")
+    ids = [_int_of("history_item_id", i) for i in _list_field(row, "history_item_id")]
+    ids.append(_int_of("item_id", _field(row, "item_id")))
+    sids = _list_field(row, "history_item_sid") + [_field(row, "item_sid")]
+    titles = ([str(t) for t in _list_field(row, "history_item_title")]
+              + [_field(row, "item_title")]) if want_titles else None
+    _same_length(len(ids), {"history_item_sid": sids, "history_item_title": titles},
+                 "history_item_id")
+    return _Window(user, [str(i) for i in ids], None, None, ids, titles)
+
+
+def _csv_format(header: Sequence[str], path: pathlib.Path) -> str:
+    """``rere`` or ``minionerec`` from the header; a DataError naming both layouts otherwise."""
+    if all(c in header for c in RERE_COLUMNS):
+        return "rere"
+    if all(c in header for c in MINIONEREC_COLUMNS):
+        return "minionerec"
+    rere = [c for c in RERE_COLUMNS if c not in header]
+    mini = [c for c in MINIONEREC_COLUMNS if c not in header]
+    raise DataError(f"bad header {list(header)[:12]}: not an Amazon 2018 CSV this loader reads "
+                    f"(the ReRe layout lacks {rere}; the MiniOneRec layout lacks {mini})",
+                    path, 1)
+
+
+class _Chains:
+    """Users rebuilt from MiniOneRec rows without a user_id: a row continues the earliest open
+    chain whose last items equal its history (the train/valid/test rows of one user are
+    successive windows of one sequence); any other row starts a new user."""
+
+    def __init__(self) -> None:
+        self.sequences: dict[str, list[tuple[str, int, float]]] = {}
+        self._by_last: dict[str, list[str]] = {}
+
+    def add(self, name: str, window: list[tuple[str, int, float]]) -> None:
+        history = [k for k, _, _ in window[:-1]]
+        for user in self._by_last.get(history[-1], []) if history else []:
+            seq = self.sequences[user]
+            if len(seq) >= len(history) and [k for k, _, _ in seq[-len(history):]] == history:
+                self._by_last[history[-1]].remove(user)
+                seq.append(window[-1])
+                break
+        else:
+            user = name
+            self.sequences[user] = list(window)
+        self._by_last.setdefault(window[-1][0], []).append(user)
 
 
 def load_amazon2018_csv(path: PathLike | Sequence[PathLike], *,
                         info_path: PathLike | None = None,
                         name: str | None = None) -> Interactions:
-    """Amazon Reviews 2018 in the ReRe / MiniOneRec preprocessed CSV format.
+    """Amazon Reviews 2018 in the ReRe or the MiniOneRec preprocessed CSV format.
 
     ``path`` is one CSV, a list of them, or a directory whose ``*.csv`` (train/valid/test) are all
     read (train, valid, test: the splits are consecutive in time). Each row holds a user's next
-    item and the (up to 10) items right before it, in sequence order. A user's sequence is
-    rebuilt by appending each row's window after its longest overlap (on (asin, timestamp))
-    with the sequence so far, so repeated purchases keep their order; interactions that no
-    loaded row covers are absent. Titles come from the item table (``title<TAB>item_id``:
-    ``<prefix>_info.txt`` beside the CSVs, ``../info/<prefix>.txt``, or ``info_path``) and
-    otherwise from the CSV's title columns.
+    item and the (up to 10) items right before it, in sequence order.
+
+    - ReRe (``user_id, item_asins, item_asin, history_rating, rating, history_timestamp,
+      timestamp``, optionally ``history_item_id, item_id`` and the title columns): items are
+      ASINs; a user's sequence is rebuilt by appending each row's window after its longest
+      overlap (on (asin, timestamp)) with the sequence so far, so repeated purchases keep their
+      order.
+    - MiniOneRec (``history_item_title, item_title, history_item_id, item_id, history_item_sid,
+      item_sid``, optionally ``user_id``): items are the integer item ids; there are no
+      timestamps or ratings, so order comes from the history lists and rows (``time_unit`` is
+      ``"order"``) and ratings are 0. Without ``user_id`` rows are joined into users by
+      :class:`_Chains`.
+
+    Interactions that no loaded row covers are absent. Titles (HTML entities decoded) come from
+    the item table (``<prefix>_info.txt`` beside the CSVs, ``../info/<prefix>.txt``, or
+    ``info_path``; a missing one is warned about) and otherwise from the CSV's title columns.
+    Rows that cannot be used are skipped, counted per reason (naming the column) and warned.
     """
     csvs, found_info = _amazon2018_files(path)
-    info = read_item_table(info_path or found_info) if (info_path or found_info) else {}
+    info_file = pathlib.Path(info_path) if info_path else found_info
+    info = read_item_table(info_file) if info_file else {}
     prefix = _split_and_prefix(csvs[0])[1]
-    sequences: dict[str, list[tuple[str, int, float]]] = {}  # user -> [(asin, ts, rating)]
+    sequences: dict[str, list[tuple[str, int, float]]] = {}  # user -> [(key, ts, rating)]
+    chains = _Chains()
     titles: dict[str, str] = {}
-    total = Counter()
+    total: Counter[str] = Counter()
+    formats, has_csv_titles, row_index = set(), False, 0
     for csv_path in csvs:
-        skips = _Skips()
-        with _open_text(csv_path) as f:
-            reader = csv.DictReader(f)
-            missing = [c for c in _AMAZON2018_REQUIRED if c not in (reader.fieldnames or [])]
-            if missing:
-                raise DataError(f"bad header: missing column(s) {missing} (found "
-                                f"{reader.fieldnames}); expected the ReRe/MiniOneRec columns "
-                                f"{list(_AMAZON2018_REQUIRED)}", csv_path, 1)
-            has_ids = "history_item_id" in reader.fieldnames and "item_id" in reader.fieldnames
-            # Title lists are the slowest column to parse; skip them when the table has titles.
-            has_titles = (not info and "history_item_title" in reader.fieldnames
-                          and "item_title" in reader.fieldnames)
-            for row in reader:
-                lineno = reader.line_num
-                try:
-                    asins = _literal_list(row["item_asins"], "item_asins") + [row["item_asin"]]
-                    stamps = [int(_number(str(t))) for t in
-                              _literal_list(row["history_timestamp"], "history_timestamp")]
-                    stamps.append(int(_number(row["timestamp"])))
-                    rates = [_number(str(r)) for r in
-                             _literal_list(row["history_rating"], "history_rating")]
-                    rates.append(_number(row["rating"]))
-                    ids = (_literal_list(row["history_item_id"], "history_item_id")
-                           + [int(row["item_id"])]) if has_ids else []
-                    row_titles = (_literal_list(row["history_item_title"], "history_item_title")
-                                  + [row["item_title"]]) if has_titles else []
-                except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as e:
-                    skips.add(f"unparsable field ({type(e).__name__})", lineno)
-                    continue
-                if not row["user_id"] or len({len(asins), len(stamps), len(rates)}) != 1 or \
-                        (has_ids and len(ids) != len(asins)) or \
-                        (has_titles and len(row_titles) != len(asins)):
-                    skips.add("empty user_id or history lists of unequal length", lineno)
-                    continue
-                window = [(str(a), t, r) for a, t, r in zip(asins, stamps, rates)]
-                _append_window(sequences.setdefault(row["user_id"], []), window)
-                for k, asin in enumerate(asins):
-                    if asin not in titles:
-                        if has_ids and ids[k] in info:
-                            titles[asin] = info[ids[k]]
-                        elif has_titles:
-                            titles[asin] = str(row_titles[k])
+        skips, reader = _Skips(), None
+        try:
+            with _open_text(csv_path) as f:
+                reader = csv.DictReader(f)
+                if not reader.fieldnames:
+                    raise DataError("empty file (no header line)", csv_path, 1)
+                # A BOM or spaces after the commas must not hide a column name.
+                header = [h.lstrip("\ufeff").strip() for h in reader.fieldnames]
+                reader.fieldnames = header
+                fmt = _csv_format(header, csv_path)
+                formats.add(fmt)
+                has_ids = "history_item_id" in header and "item_id" in header
+                has_user = "user_id" in header
+                csv_titles = "history_item_title" in header and "item_title" in header
+                has_csv_titles |= csv_titles
+                # Title lists are the slowest column to parse; skip them when the table has titles.
+                want_titles = csv_titles and not (info and has_ids)
+                for row in _csv_rows(reader, skips, csv_path):
+                    lineno = reader.line_num
+                    try:
+                        _check_width(row, header)
+                        w = (_parse_rere(row, has_ids, want_titles) if fmt == "rere"
+                             else _parse_minionerec(row, has_user, want_titles))
+                    except _RowError as e:
+                        skips.add(str(e), lineno)
+                        continue
+                    row_index += 1
+                    stamps = w.stamps or [row_index] * len(w.keys)
+                    ratings = w.ratings or [0.0] * len(w.keys)
+                    window = list(zip(w.keys, stamps, ratings))
+                    if w.user is None:
+                        chains.add(f"{csv_path.stem}:{lineno}", window)
+                    else:
+                        _append_window(sequences.setdefault(w.user, []), window,
+                                       2 if fmt == "rere" else 1)
+                    for k, key in enumerate(w.keys):
+                        if key not in titles:
+                            if w.ids is not None and w.ids[k] in info:
+                                titles[key] = info[w.ids[k]]
+                            elif w.titles is not None:
+                                titles[key] = clean_title(w.titles[k])
+        except _READ_ERRORS as e:
+            # An undecodable byte stops the text decoder for the whole file, so the file is
+            # refused rather than half-read.
+            what = (f"not UTF-8 text (byte {e.object[e.start:e.start + 1]!r})"
+                    if isinstance(e, UnicodeDecodeError) else f"{type(e).__name__}: {e}")
+            line = reader.line_num + (not isinstance(e, csv.Error)) if reader else None
+            raise DataError(f"cannot read the CSV: {what}; nothing was loaded", csv_path,
+                            line) from None
         skips.report(csv_path)
         total.update(skips.counts)
+    if len(formats) > 1:
+        raise DataError("the CSV files mix the ReRe and the MiniOneRec layouts; pass files of "
+                        "one layout", csvs[0].parent)
+    if not info_file:
+        looked = " or ".join(str(p) for p in _info_candidates(csvs[0]))
+        warnings.warn(DataWarning(
+            f"no item table found ({looked}); titles come from the CSV's title columns"
+            if has_csv_titles else f"no item table found ({looked}) and no title columns: "
+            "items are shown by their raw id"), stacklevel=2)
     users, items, stamps_out, rates_out = [], [], [], []
-    for user, seq in sequences.items():
+    for user, seq in [*sequences.items(), *chains.sequences.items()]:
         users += [user] * len(seq)
-        for asin, ts, rating in seq:
-            items.append(asin)
-            stamps_out.append(ts)
+        # Row positions stand in for time in the MiniOneRec layout; keep them non-decreasing
+        # along the sequence so the chronological sort keeps the history-list order.
+        last = -1
+        for key, ts, rating in seq:
+            last = max(last, ts) if formats == {"minionerec"} else ts
+            items.append(key)
+            stamps_out.append(last)
             rates_out.append(rating)
-    return _build(name or f"amazon2018:{prefix}", users, items, stamps_out, rates_out, titles,
-                  total, csvs[0] if len(csvs) == 1 else csvs[0].parent)
+    return _build(name or f"amazon2018:{prefix}", users, items, stamps_out, rates_out,
+                  titles if titles or has_csv_titles or info else None, total,
+                  csvs[0] if len(csvs) == 1 else csvs[0].parent,
+                  time_unit="order" if formats == {"minionerec"} else "s")
 
 
 # --- Amazon Reviews 2023 (JSONL) -------------------------------------------------------------
 
 
 def _jsonl_rows(path: pathlib.Path, skips: _Skips) -> Iterator[tuple[int, dict]]:
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                skips.add("invalid JSON", lineno)
-                continue
-            if not isinstance(row, dict):
-                skips.add("line is not a JSON object", lineno)
-                continue
-            yield lineno, row
+    lineno = 0
+    try:
+        with _open_text(path) as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except (json.JSONDecodeError, RecursionError, ValueError):  # ValueError: huge ints
+                    skips.add("invalid JSON", lineno)
+                    continue
+                if not isinstance(row, dict):
+                    skips.add("line is not a JSON object", lineno)
+                    continue
+                yield lineno, row
+    except _READ_ERRORS as e:   # a corrupt .gz or a non-UTF-8 byte ends the read of the file
+        what = ("not UTF-8 text" if isinstance(e, UnicodeDecodeError)
+                else f"{type(e).__name__}: {e}")
+        raise DataError(f"cannot read the file: {what}; nothing was loaded", path,
+                        lineno + 1) from None
 
 
 def load_amazon2023_jsonl(reviews_path: PathLike, meta_path: PathLike | None = None, *,
@@ -460,7 +689,7 @@ def load_amazon2023_jsonl(reviews_path: PathLike, meta_path: PathLike | None = N
             if not isinstance(asin, str) or not asin or not isinstance(title, str):
                 meta_skips.add("missing or non-string parent_asin/title", lineno)
                 continue
-            titles.setdefault(asin, title.strip())
+            titles.setdefault(asin, clean_title(title))
         meta_skips.report(meta_path)
     skips = _Skips()
     users, items, stamps, rates = [], [], [], []
@@ -483,7 +712,7 @@ def load_amazon2023_jsonl(reviews_path: PathLike, meta_path: PathLike | None = N
     skips.report(reviews_path)
     stem = reviews_path.name.split(".")[0]
     return _build(name or f"amazon2023:{stem}", users, items, stamps, rates, titles,
-                  skips.counts, reviews_path)
+                  skips.counts, reviews_path, time_unit="ms")
 
 
 def _amazon2023_paths(path: str) -> tuple[pathlib.Path, pathlib.Path | None]:
@@ -530,6 +759,6 @@ def load_dataset(data_config: Any) -> Interactions:
                     "amazon2018, amazon2023")
 
 
-__all__ = ["DataError", "Interactions", "load_amazon2018_csv", "load_amazon2023_jsonl",
+__all__ = ["DataError", "DataWarning", "Interactions", "clean_title", "load_amazon2018_csv", "load_amazon2023_jsonl",
            "load_dataset", "load_movielens_100k", "load_movielens_1m", "read_atomic_file",
            "read_item_table"]

@@ -17,11 +17,12 @@ Conventions (all deterministic):
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
 
-from abpo_jax.data.datasets import Interactions, load_dataset
+from abpo_jax.data.datasets import DataError, DataWarning, Interactions, load_dataset
 
 SPLIT_STREAMS = {"valid": 1, "test": 2, "train": 3}  # candidate RNG stream per split
 
@@ -51,7 +52,26 @@ def filter_min_rating(inter: Interactions, min_rating: float) -> Interactions:
     """Keep interactions rated >= ``min_rating`` (0 keeps all)."""
     if min_rating <= 0:
         return inter
-    return subset(inter, inter.rating >= min_rating)
+    keep = inter.rating >= min_rating
+    if not keep.any():
+        raise DataError(f"config.data.min_rating={min_rating:g} removed every interaction of "
+                        f"{inter.name} (its ratings are {inter.rating.min():g}.."
+                        f"{inter.rating.max():g}); lower config.data.min_rating (0 = all)")
+    return subset(inter, keep)
+
+
+def warn_if_most_removed(before: Interactions, after: Interactions, field: str,
+                         value: Any) -> None:
+    """One DataWarning with the counts when a filter keeps less than half of the users or of the
+    interactions (the default k_core=5 does that to small samples, which is easy to miss)."""
+    kept_users = after.num_users / max(before.num_users, 1)
+    kept_rows = after.num_interactions / max(before.num_interactions, 1)
+    if min(kept_users, kept_rows) < 0.5:
+        warnings.warn(DataWarning(
+            f"config.{field}={value} kept {after.num_users:,} of {before.num_users:,} users ({kept_users:.0%}) "
+            f"and {after.num_interactions:,} of {before.num_interactions:,} interactions "
+            f"({kept_rows:.0%}) of {before.name}; lower config.{field} to keep more"),
+            stacklevel=3)
 
 
 def k_core(inter: Interactions, k: int) -> Interactions:
@@ -68,8 +88,9 @@ def k_core(inter: Interactions, k: int) -> Interactions:
             break
         keep = new_keep
     if not keep.any():
-        raise ValueError(f"k_core(k={k}) removed every interaction of {inter.name}; "
-                         "lower config.data.k_core")
+        raise DataError(f"config.data.k_core={k} removed every interaction of {inter.name} "
+                        f"({inter.num_users:,} users, {inter.num_interactions:,} interactions); "
+                        "lower config.data.k_core (0 = off)")
     return subset(inter, keep)
 
 
@@ -167,10 +188,10 @@ def user_slices(ordered_users: np.ndarray, num_test_users: int, users_per_round:
                          ("data.users_per_round", users_per_round),
                          ("rounds.num_rounds", num_rounds)):
         if value < 0:
-            raise ValueError(f"config.{field}={value} must be >= 0")
+            raise DataError(f"config.{field}={value} must be >= 0")
     n, deployed = len(ordered_users), num_rounds * users_per_round
     if num_test_users + deployed > n:
-        raise ValueError(
+        raise DataError(
             f"only {n} evaluable users, but config.data.num_test_users={num_test_users} + "
             f"config.rounds.num_rounds={num_rounds} x config.data.users_per_round="
             f"{users_per_round} = {num_test_users + deployed} are needed; lower them (or raise "
@@ -309,7 +330,11 @@ def prepare_data(config: Any, interactions: Interactions | None = None) -> Prepa
     rounds come from ``config.rounds.num_rounds``."""
     data = config.data
     inter = interactions if interactions is not None else load_dataset(data)
-    inter = k_core(filter_min_rating(inter, data.min_rating), data.k_core)
+    rated = filter_min_rating(inter, data.min_rating)
+    warn_if_most_removed(inter, rated, "data.min_rating", f"{data.min_rating:g}")
+    cored = k_core(rated, data.k_core)
+    warn_if_most_removed(rated, cored, "data.k_core", data.k_core)
+    inter = cored
     split = leave_one_out(user_sequences(inter))
     ordered = users_in_time_order(split)
     if data.max_users > 0:
@@ -323,4 +348,4 @@ def prepare_data(config: Any, interactions: Interactions | None = None) -> Prepa
 __all__ = ["Example", "LeaveOneOut", "PreparedData", "UserSequences", "UserSlices",
            "build_examples", "build_train_examples", "filter_min_rating", "item_short_ids",
            "k_core", "leave_one_out", "prepare_data", "sample_candidates", "short_id_index",
-           "subset", "user_sequences", "user_slices", "users_in_time_order"]
+           "subset", "user_sequences", "user_slices", "users_in_time_order", "warn_if_most_removed"]

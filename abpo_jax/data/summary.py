@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import datetime
-import sys
 import time
 from typing import Any
 
@@ -18,13 +17,16 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from abpo_jax.data.datasets import Interactions, load_dataset
+from abpo_jax.data.datasets import DataError, Interactions, load_dataset
 from abpo_jax.data.prompts import render_completion, render_messages
 from abpo_jax.data.splits import PreparedData, build_examples, prepare_data
 
 
-def _date(timestamp: int) -> str:
-    seconds = timestamp / 1000 if timestamp > 10**11 else timestamp  # Amazon 2023 uses ms
+def _date(timestamp: int, unit: str = "s") -> str:
+    """A date for seconds / milliseconds; ``order`` stamps are row positions, not times."""
+    if unit == "order":
+        return f"row {timestamp:,}"
+    seconds = timestamp / 1000 if unit == "ms" else timestamp
     return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime("%Y-%m-%d")
 
 
@@ -36,8 +38,9 @@ def _dataset_rows(inter: Interactions) -> list[tuple[str, str]]:
             ("mean rating", f"{inter.rating.mean():.3f}"),
             ("per user: min/median/mean/max",
              f"{lengths.min()} / {np.median(lengths):g} / {lengths.mean():.1f} / {lengths.max()}"),
-            ("time span", f"{_date(int(inter.timestamp.min()))} .. "
-                          f"{_date(int(inter.timestamp.max()))}")]
+            ("time span" if inter.time_unit != "order" else "order span (no timestamps)",
+             f"{_date(int(inter.timestamp.min()), inter.time_unit)} .. "
+             f"{_date(int(inter.timestamp.max()), inter.time_unit)}")]
     if inter.skipped:
         rows.append(("skipped malformed rows",
                      ", ".join(f"{k}: {v}" for k, v in inter.skipped.items())))
@@ -47,12 +50,13 @@ def _dataset_rows(inter: Interactions) -> list[tuple[str, str]]:
 def _slice_rows(prep: PreparedData) -> list[tuple[str, str]]:
     split = prep.split
     test_time = split.test_times()  # aligned with split.users, which is sorted
+    unit = prep.interactions.time_unit
 
     def span(users: np.ndarray) -> str:
         if len(users) == 0:
             return "0"
         t = test_time[np.searchsorted(split.users, users)]
-        return f"{len(users):,} ({_date(int(t.min()))} .. {_date(int(t.max()))})"
+        return f"{len(users):,} ({_date(int(t.min()), unit)} .. {_date(int(t.max()), unit)})"
 
     # every interaction except the valid and test targets of evaluable users is train
     train = int(split.sequences.lengths.sum()) - 2 * len(split.users)
@@ -90,10 +94,10 @@ def main(config: Any) -> None:
     loaded = time.perf_counter() - start
     try:
         prep = prepare_data(config, raw)
-    except ValueError as e:
+    except DataError as e:
+        # Show what did load, then the one-line reason (the CLI prints DataError on stderr).
         console.print(_table(f"{raw.name} (as loaded)", [("dataset", _dataset_rows(raw))]))
-        console.print(f"[red]abpo-jax data: {e}[/red]")
-        sys.exit(2)
+        raise
     inter = prep.interactions
     filters = f"min_rating >= {data.min_rating:g}, {data.k_core}-core"
     console.print(_table(
