@@ -144,8 +144,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.logs.action = "summary"         # summary | validate | import | export | clean
     c.logs.input = ""                 # .jsonl / .csv to validate or import
     c.logs.output = ""                # .jsonl / .csv to export to
-    c.logs.round = -1                 # round index; -1 = next free (import) / latest (export)
-    c.logs.num_items = 0              # catalogue size for validation; 0 = only check ids >= 0
+    c.logs.round = -1                 # round index; -1 = the records' own (import) / latest (export)
+    c.logs.overwrite = False          # import: replace an already committed round
+    c.logs.num_items = 0              # catalogue size for validation; 0 = only check 0 <= id < 2**63
+    c.logs.num_users = 0              # user count for validation; 0 = only check 0 <= id < 2**63
+    c.logs.max_record_bytes = 1 << 20  # larger encoded records are quarantined (too_large)
     c.logs.records_per_shard = 100_000
 
     # --- `abpo-jax recommend` ---------------------------------------------------------------
@@ -247,6 +250,11 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 # Fields holding a tuple whose every element must come from a set.
+    "logs.round": (lambda v: v >= -1, ">= -1 (-1 = automatic)"),
+    "logs.num_items": _non_negative,
+    "logs.num_users": _non_negative,
+    "logs.max_record_bytes": _positive,
+    "logs.records_per_shard": _positive,
 TUPLE_CHOICES: dict[str, tuple[str, ...]] = {
     "rounds.methods": CHOICES["train.method"],
     "loss.rewards": ("format", "anchor_match", "ground_truth", "simulator"),

@@ -4,16 +4,22 @@ Layout of one round (`<logs_dir>/round_00003/`):
 
     shard-00000.array_record ...   validated records (`LogRecord.to_bytes`), `group_size:1`
     quarantine.jsonl               every rejected record: position, reason, detail, raw
+    request_ids.u64                sorted 64-bit hashes of the round's request ids (the
+                                   cross-round duplicate check reads these, not the shards)
     manifest.json                  counts, per-shard sha256, schema version, policy revision,
-                                   quarantine summary -- written last: the commit marker
+                                   quarantine summary, source file sha256 -- written last: the
+                                   commit marker
 
 A round is written into `<logs_dir>/.tmp-round_00003-<pid>/`, every file fsynced, then the
 directory is renamed into place (atomic on POSIX). A crash at any point leaves either no round or
 a `.tmp-*` directory that `list_rounds` ignores and `clean_incomplete` (run by every ingest)
 removes. One writer per logs directory. Opening a round verifies its manifest and checksums.
 
-Ingest streams: memory is bounded by one shard writer plus 8 bytes per request id (for the
-duplicate check), so a 1M-record log takes a few MB beyond the interpreter.
+Ingest streams: memory is bounded by one shard writer plus 8 bytes per request id of this round
+and of the committed rounds (a request id may appear once per logs directory), so a 1M-record log
+takes a few MB beyond the interpreter. Readers never abort on a bad line: each one is quarantined
+with its line number; only a file that cannot be a log at all (no header, a header without the
+schema's columns, no records) is refused with one message.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import shutil
 from collections import Counter
 from typing import Any, Callable, Collection, Iterable, Iterator
@@ -32,11 +39,19 @@ from typing import Any, Callable, Collection, Iterable, Iterator
 import numpy as np
 from array_record.python import array_record_module
 
-from abpo_jax.data.logs import (DUPLICATE_REQUEST, FIELDS, SCHEMA_VERSION, BadRecord, LogRecord,
-                                LogValidationError, validate_record)
+from abpo_jax.data.logs import (CORRUPT, DUPLICATE_REQUEST, FIELDS, INVALID_VALUE,
+                                MAX_RECORD_BYTES, RESERVED_KEYS, SCHEMA_VERSION, TOO_LARGE,
+                                WRONG_TYPE, BadRecord, LogRecord, LogValidationError,
+                                decode_raw, short_repr, validate_record)
 
 MANIFEST = "manifest.json"
 QUARANTINE = "quarantine.jsonl"
+REQUEST_IDS = "request_ids.u64"
+# A physical JSONL line / CSV row may exceed the record bound this much (whitespace, CSV quoting
+# turns each `"` of the extras JSON into `\""`) before the reader stops buffering it.
+ROW_SLACK = 4
+QUARANTINE_RAW_CHARS = 4096   # raw text kept for a too-large row (the file keeps the rest)
+OVERWRITE_HINT = "pass overwrite=True (CLI: --config.logs.overwrite=True)"
 MANIFEST_VERSION = 1
 ROUND_PREFIX = "round_"
 TMP_PREFIX = ".tmp-"
@@ -61,12 +76,15 @@ class SeenIds:
         self._buffer_size = buffer_size
 
     @staticmethod
-    def _hash(request_id: str) -> int:
+    def hash(request_id: str) -> int:
         return int.from_bytes(hashlib.blake2b(request_id.encode(), digest_size=8).digest(), "little")
 
     def add(self, request_id: str) -> bool:
         """Insert; return False when the id was already present."""
-        h = self._hash(request_id)
+        return self.add_hash(self.hash(request_id))
+
+    def add_hash(self, h: int) -> bool:
+        """Insert a hash from `hash`; return False when it was already present."""
         if h in self._recent:
             return False
         i = int(np.searchsorted(self._sorted, np.uint64(h)))
@@ -78,6 +96,44 @@ class SeenIds:
             self._sorted = np.sort(merged)
             self._recent.clear()
         return True
+
+    def sorted_hashes(self) -> np.ndarray:
+        """Every hash inserted, sorted (uint64)."""
+        return np.sort(np.concatenate([self._sorted, np.fromiter(self._recent, np.uint64)]))
+
+
+class CommittedIds:
+    """Request-id hashes of a logs directory's committed rounds, to refuse re-imports."""
+
+    def __init__(self, logs_dir: PathLike | None, exclude_round: int | None = None):
+        hashes, rounds = [np.empty(0, np.uint64)], [np.empty(0, np.int64)]
+        for path in list_rounds(logs_dir) if logs_dir is not None else []:
+            index = int(path.name.removeprefix(ROUND_PREFIX))
+            if index != exclude_round:
+                h = _round_hashes(path)
+                hashes.append(h)
+                rounds.append(np.full(len(h), index, np.int64))
+        all_hashes = np.concatenate(hashes)
+        order = np.argsort(all_hashes)
+        self._hashes, self._rounds = all_hashes[order], np.concatenate(rounds)[order]
+
+    def round_of(self, h: int) -> int | None:
+        """The committed round holding hash `h`, or None."""
+        i = int(np.searchsorted(self._hashes, np.uint64(h)))
+        if i < len(self._hashes) and int(self._hashes[i]) == h:
+            return int(self._rounds[i])
+        return None
+
+
+def _round_hashes(path: pathlib.Path) -> np.ndarray:
+    """Sorted request-id hashes of a committed round (from its index file, else its shards)."""
+    manifest = json.loads((path / MANIFEST).read_text())
+    index = path / REQUEST_IDS
+    if index.is_file() and index.stat().st_size == 8 * manifest["num_records"]:
+        return np.fromfile(index, "<u8").astype(np.uint64)
+    # Rounds written before the index existed (or with a damaged one): hash the records.
+    return np.sort(np.fromiter((SeenIds.hash(r.request_id) for r in open_round(path)),
+                               np.uint64))
 
 
 def _sha256(path: pathlib.Path, fsync: bool = False) -> str:
@@ -99,16 +155,28 @@ def _fsync_dir(path: pathlib.Path) -> None:
         os.close(fd)
 
 
+@dataclasses.dataclass(frozen=True)
+class Rejected:
+    """A raw item a reader already judged bad; `ingest` quarantines it as is."""
+
+    reason: str
+    detail: str
+    raw: str
+
+
 def _jsonable(raw: Any) -> Any:
+    """What the quarantine file keeps of a raw item: the item itself when JSON can hold it."""
+    if isinstance(raw, Rejected):
+        return raw.raw
     if isinstance(raw, LogRecord):
-        return raw.to_dict()
-    if isinstance(raw, bytes):
-        return raw.decode("utf-8", "backslashreplace")
+        raw = raw.to_dict()
+    if isinstance(raw, (bytes, bytearray)):
+        return bytes(raw).decode("utf-8", "backslashreplace")
     try:
         json.dumps(raw, allow_nan=True)
         return raw
-    except (TypeError, ValueError):
-        return repr(raw)
+    except (TypeError, ValueError, RecursionError):
+        return short_repr(raw, QUARANTINE_RAW_CHARS)
 
 
 class _ShardedWriter:
@@ -176,17 +244,25 @@ def format_summary(manifest: dict[str, Any]) -> str:
 def ingest(items: Iterable[tuple[str, Any]], logs_dir: PathLike, round_index: int, *,
            catalogue: int | Collection[int] | None = None, num_users: int | None = None,
            max_bad_fraction: float = 0.05, records_per_shard: int = 100_000,
-           source: str = "", overwrite: bool = False,
+           max_record_bytes: int = MAX_RECORD_BYTES, source: str = "",
+           source_sha256: str | None = None, overwrite: bool = False,
+           committed_dir: PathLike | None = None, rejected_path: PathLike | None = None,
            report: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Validate a stream of raw records and commit the good ones as round `round_index`.
 
     Args:
-      items: (source position, raw record) pairs; raw = bytes | JSON text | dict | LogRecord.
+      items: (source position, raw record) pairs; raw = bytes | JSON text | dict | LogRecord |
+        `Rejected` (a reader's verdict, quarantined as is).
       catalogue / num_users: known item ids / user count (see `validate_record`).
       max_bad_fraction: raise LogValidationError (and commit nothing) when
-        quarantined / read exceeds it; the quarantine file is then kept under
-        `<logs_dir>/rejected/` and named in the error.
+        quarantined / read exceeds it; the quarantine file is then kept (at `rejected_path`,
+        default `<logs_dir>/rejected/<round>-<time>.quarantine.jsonl`) and named in the error.
+        A round without a single valid record is refused the same way.
       records_per_shard: ArrayRecord shard size.
+      max_record_bytes: a record whose encoding is larger is quarantined (`too_large`).
+      source_sha256: checksum of the imported file, stored in the manifest.
+      committed_dir: the rounds a request id must not already appear in (default `logs_dir`;
+        the round being overwritten does not count).
     Returns:
       The manifest (also written to `<round>/manifest.json`).
     """
@@ -195,27 +271,28 @@ def ingest(items: Iterable[tuple[str, Any]], logs_dir: PathLike, round_index: in
     clean_incomplete(logs_dir)
     final = round_path(logs_dir, round_index)
     if final.exists() and not overwrite:
-        raise FileExistsError(f"{final} already holds a committed round; pass overwrite=True "
-                              "to replace it")
+        raise FileExistsError(f"{final} already holds a committed round; {OVERWRITE_HINT} to "
+                              "replace it")
+    committed = CommittedIds(logs_dir if committed_dir is None else committed_dir,
+                             exclude_round=round_index)
     tmp = logs_dir / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
     tmp.mkdir()
     try:
         manifest = _write_round_files(
-            items, tmp, catalogue=catalogue, num_users=num_users,
-            records_per_shard=records_per_shard)
-        manifest.update(round=round_index, source=source)
-        bad = manifest["num_quarantined"] / max(manifest["num_input"], 1)
-        if bad > max_bad_fraction:
-            rejected = logs_dir / "rejected"
-            rejected.mkdir(exist_ok=True)
-            stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-            kept = rejected / f"{final.name}-{stamp}.{QUARANTINE}"
+            items, tmp, round_index=round_index, catalogue=catalogue, num_users=num_users,
+            records_per_shard=records_per_shard, max_record_bytes=max_record_bytes,
+            committed=committed)
+        manifest.update(round=round_index, source=source, source_sha256=source_sha256)
+        refusal = _refusal(manifest, max_bad_fraction)
+        if refusal:
+            if rejected_path is None:
+                stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+                rejected_path = logs_dir / "rejected" / f"{final.name}-{stamp}.{QUARANTINE}"
+            kept = pathlib.Path(rejected_path)
+            kept.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(tmp / QUARANTINE, kept)
-            raise LogValidationError(
-                f"{source or 'log'}: {manifest['num_quarantined']} of {manifest['num_input']} "
-                f"records are bad ({bad:.1%} > logs.max_bad_fraction={max_bad_fraction:.1%}); "
-                f"round {round_index} not written. Reasons: {manifest['quarantine']}. "
-                f"Quarantined records: {kept}")
+            raise LogValidationError(f"{source or 'log'}: {refusal}; round {round_index} not "
+                                     f"written. Quarantined records: {kept}")
         _commit(tmp, final, manifest, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -225,32 +302,71 @@ def ingest(items: Iterable[tuple[str, Any]], logs_dir: PathLike, round_index: in
     return manifest
 
 
+def _refusal(manifest: dict[str, Any], max_bad_fraction: float) -> str:
+    """Why a written round must not be committed ('' when it may be)."""
+    n_in, n_bad = manifest["num_input"], manifest["num_quarantined"]
+    if n_in == 0:
+        return "no records (empty input)"
+    first = manifest["first_quarantined"]
+    example = f" First: {first['position']}: {first['reason']}: {first['detail']}" if first else ""
+    if manifest["num_records"] == 0:
+        return (f"none of the {n_in} records is valid. Reasons: {manifest['quarantine']}."
+                f"{example}")
+    bad = n_bad / n_in
+    if bad > max_bad_fraction:
+        return (f"{n_bad} of {n_in} records are bad ({bad:.1%} > logs.max_bad_fraction="
+                f"{max_bad_fraction:.1%}). Reasons: {manifest['quarantine']}.{example}")
+    return ""
+
+
 def _write_round_files(items: Iterable[tuple[str, Any]], directory: pathlib.Path, *,
-                       catalogue, num_users, records_per_shard: int) -> dict[str, Any]:
+                       round_index: int, catalogue, num_users, records_per_shard: int,
+                       max_record_bytes: int, committed: CommittedIds) -> dict[str, Any]:
     shards = _ShardedWriter(directory, records_per_shard)
     seen = SeenIds()
     reasons: Counter[str] = Counter()
     revisions: Counter[str] = Counter()
     num_input = num_positive = 0
+    first_bad = None
     with open(directory / QUARANTINE, "w") as quarantine:
         for position, raw in items:
             num_input += 1
             try:
-                record = validate_record(raw, catalogue=catalogue, num_users=num_users)
-                if not seen.add(record.request_id):
+                if isinstance(raw, Rejected):
+                    raise BadRecord(raw.reason, raw.detail)
+                record = validate_record(raw, catalogue=catalogue, num_users=num_users,
+                                         round_index=round_index)
+                data = record.to_bytes()
+                if len(data) > max_record_bytes:
+                    raise BadRecord(TOO_LARGE, f"record encodes to {len(data)} bytes > "
+                                               f"logs.max_record_bytes={max_record_bytes}")
+                h = SeenIds.hash(record.request_id)
+                earlier = committed.round_of(h)
+                if earlier is not None:
                     raise BadRecord(DUPLICATE_REQUEST,
-                                    f"request_id {record.request_id!r} seen earlier")
+                                    f"request_id {short_repr(record.request_id)} is already in "
+                                    f"committed round {earlier} (imported before?)")
+                if not seen.add_hash(h):
+                    raise BadRecord(DUPLICATE_REQUEST,
+                                    f"request_id {short_repr(record.request_id)} seen earlier")
             except BadRecord as e:
                 reasons[e.reason] += 1
+                if first_bad is None:
+                    first_bad = {"position": position, "reason": e.reason,
+                                 "detail": e.detail[:300]}
                 quarantine.write(json.dumps({"position": position, "reason": e.reason,
                                              "detail": e.detail, "raw": _jsonable(raw)}) + "\n")
                 continue
-            shards.write(record.to_bytes())
+            shards.write(data)
             revisions[record.policy_revision] += 1
             num_positive += record.outcome
         shards.close()
         quarantine.flush()
         os.fsync(quarantine.fileno())
+    with open(directory / REQUEST_IDS, "wb") as f:
+        f.write(seen.sorted_hashes().astype("<u8").tobytes())
+        f.flush()
+        os.fsync(f.fileno())
     num_records = sum(s["num_records"] for s in shards.shards)
     return {
         "manifest_version": MANIFEST_VERSION,
@@ -263,6 +379,8 @@ def _write_round_files(items: Iterable[tuple[str, Any]], directory: pathlib.Path
         "num_quarantined": num_input - num_records,
         "quarantine": dict(sorted(reasons.items())),
         "quarantine_file": QUARANTINE,
+        "first_quarantined": first_bad,
+        "request_ids": REQUEST_IDS,
         "policy_revision": revisions.most_common(1)[0][0] if revisions else None,
         "policy_revisions": dict(revisions),
         "shards": shards.shards,
@@ -351,88 +469,327 @@ def open_round(path: PathLike, *, verify: bool = True) -> RoundLog:
 
 # --- import / export -------------------------------------------------------------------------
 
-def read_jsonl(path: PathLike) -> Iterator[tuple[str, bytes]]:
-    """(`file:line`, raw line bytes) for each non-blank line; decoding is left to validation."""
+def _bounded_lines(f: Any, limit: int) -> Iterator[tuple[bytes, int]]:
+    """(line, its full size) per physical line of binary file `f`; a line longer than `limit`
+    bytes comes back cut to `limit` (the rest is skipped, never held in memory)."""
+    while True:
+        line = f.readline(limit + 1)
+        if not line:
+            return
+        size = len(line)
+        if size > limit and not line.endswith(b"\n"):
+            while chunk := f.readline(1 << 20):
+                size += len(chunk)
+                if chunk.endswith(b"\n"):
+                    break
+            line = line[:limit]
+        yield line, size
+
+
+def _too_large(size: int, max_record_bytes: int, raw: bytes | str) -> Rejected:
+    text = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
+    return Rejected(TOO_LARGE, f"{size} bytes on one row; a record may take "
+                               f"logs.max_record_bytes={max_record_bytes} (x{ROW_SLACK} for "
+                               "formatting)", text[:QUARANTINE_RAW_CHARS] + "...")
+
+
+def read_jsonl(path: PathLike, max_record_bytes: int = MAX_RECORD_BYTES
+               ) -> Iterator[tuple[str, bytes | Rejected]]:
+    """(`file:line`, raw line bytes) for each non-blank line; decoding is left to validation.
+    A line over `ROW_SLACK * max_record_bytes` comes as a `Rejected` (memory stays bounded)."""
+    limit = ROW_SLACK * max_record_bytes
     with open(path, "rb") as f:
-        for line_no, line in enumerate(f, 1):
-            if line.strip():
+        for line_no, (line, size) in enumerate(_bounded_lines(f, limit), 1):
+            if size > limit:
+                yield f"{path}:{line_no}", _too_large(size, max_record_bytes, line)
+            elif line.strip():
                 yield f"{path}:{line_no}", line
+
+
+_INT = re.compile(r"[+-]?[0-9]+")   # ASCII digits only: int() also takes "1_000" and "١٢"
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|"
+                    r"[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
+
+
+def _parse_number(kind: str, text: str) -> Any:
+    """int / float from a CSV cell, or the text itself (validation then names the field)."""
+    t = text.strip()
+    try:
+        if kind == "int" and _INT.fullmatch(t):
+            return int(t)
+        if kind == "float" and _FLOAT.fullmatch(t):
+            return float(t)
+    except ValueError:   # more digits than Python converts
+        pass
+    return text
 
 
 def _parse_cell(kind: str, text: str) -> Any:
     """CSV text -> typed value; unparseable text is returned as is (validation names it)."""
-    text = text.strip()
+    if kind == "str":
+        return text   # kept verbatim: whitespace is part of a request id
+    if kind != "int_list":
+        return _parse_number(kind, text)
+    t = text.strip()
+    if t.startswith("["):
+        try:
+            return json.loads(t)
+        except (ValueError, RecursionError):
+            return text
+    values = [_parse_number("int", x) for x in t.replace(";", " ").replace(",", " ").split()]
+    return values if all(type(v) is int for v in values) else text
+
+
+class _CsvLines:
+    """Physical lines of a binary CSV file for `csv.reader`: bounded in length, decoded with
+    `surrogateescape` (an invalid byte becomes a marker the row check finds, not a crash of the
+    whole file), UTF-8 BOM dropped; remembers the lines of the row being parsed."""
+
+    def __init__(self, f: Any, limit: int):
+        self._lines = _bounded_lines(f, limit)
+        self.limit = limit
+        self.line_no = 0
+        self.row: list[tuple[int, str, int]] = []    # (line number, text, full size)
+
+    def __iter__(self) -> "_CsvLines":
+        return self
+
+    def __next__(self) -> str:
+        raw, size = next(self._lines)
+        self.line_no += 1
+        if self.line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        text = raw.decode("utf-8", "surrogateescape")
+        self.row.append((self.line_no, text, size))
+        # An overlong line is replaced by a bare line end: the row it belongs to is rejected
+        # as too large, and a cut line must not be parsed as data.
+        return text if size <= self.limit else "\n"
+
+    def take_row(self) -> tuple[str, str, int]:
+        """(position suffix 'N' or 'N-M', raw text, byte size) of the lines since the last call."""
+        lines, self.row = self.row, []
+        if not lines:
+            return str(self.line_no), "", 0
+        first, last = lines[0][0], lines[-1][0]
+        span = str(first) if first == last else f"{first}-{last}"
+        return span, "".join(t for _, t, _ in lines), sum(n for _, _, n in lines)
+
+
+_BAD_BYTES = re.compile("[\udc80-\udcff]")   # what surrogateescape makes of undecodable bytes
+
+
+def _csv_header(reader: Any, lines: _CsvLines, path: PathLike) -> list[str]:
+    """The header row, checked: refuse the file (one line) when it cannot be a log's header."""
     try:
-        if kind == "int":
-            return int(text)
-        if kind == "float":
-            return float(text)
-        if kind == "int_list":
-            if text.startswith("["):
-                return json.loads(text)
-            return [int(x) for x in text.replace(";", " ").replace(",", " ").split()]
-    except ValueError:
-        return text
-    return text
+        header = next(reader, None)
+        while header == []:   # blank lines before the header
+            header = next(reader, None)
+    except csv.Error as e:
+        raise LogValidationError(f"{path}: unreadable CSV header ({e})") from None
+    lines.take_row()
+    if header is None:
+        raise LogValidationError(f"{path}: empty file (no CSV header, no records)")
+    if _BAD_BYTES.search("".join(header)):
+        raise LogValidationError(f"{path}: the CSV header is not valid UTF-8")
+    header = [h.strip() for h in header]
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:
+        raise LogValidationError(f"{path}: the CSV header repeats column(s) {repeated}")
+    missing = [name for name in FIELDS if name not in header]
+    if missing:
+        raise LogValidationError(
+            f"{path}: the CSV header lacks column(s) {', '.join(missing)} (found: "
+            f"{short_repr(', '.join(header), 200)}; need {', '.join(FIELDS)})")
+    return header
 
 
-def read_csv(path: PathLike) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(`file:line`, record dict) per CSV row. Lists: `[1,2]` or `1 2` / `1;2`; column
-    `extras` may hold a JSON object; other unknown columns are kept as string extras."""
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        for row in reader:
-            record: dict[str, Any] = {}
-            for key, value in row.items():
-                if key is None or value is None:
-                    continue   # short row: the field counts as missing
-                if value == "" and FIELDS.get(key) != "int_list":
-                    continue   # empty scalar cell: missing; an empty list cell is []
-                if key in FIELDS:
-                    record[key] = _parse_cell(FIELDS[key], value)
-                elif key == "schema_version":
-                    record[key] = _parse_cell("int", value)
-                elif key == "extras":
-                    try:
-                        record.update(json.loads(value))
-                    except (json.JSONDecodeError, TypeError):
-                        record[key] = value
-                else:
-                    record[key] = value
-            yield f"{path}:{reader.line_num}", record
+def _csv_record(header: list[str], row: list[str], raw: str) -> dict[str, Any] | Rejected:
+    """One CSV row -> record dict (what the JSONL line would hold), or a `Rejected`."""
+    if len(row) > len(header):
+        return Rejected(CORRUPT, f"row has {len(row)} cells, the header has {len(header)}", raw)
+    record: dict[str, Any] = {}
+    extras: Any = None
+    for name, value in zip(header, row):   # a short row: its trailing fields count as missing
+        if _BAD_BYTES.search(value):
+            return Rejected(CORRUPT, f"column {name!r} is not valid UTF-8 (byte "
+                                     f"0x{ord(_BAD_BYTES.search(value).group()) - 0xdc00:02x})",
+                            raw)
+        kind = FIELDS.get(name)
+        if name == "extras":
+            if value.strip():
+                try:
+                    extras = json.loads(value)
+                except (ValueError, RecursionError) as e:
+                    return Rejected(WRONG_TYPE, f"extras cell is not JSON ({short_repr(e)})", raw)
+                if not isinstance(extras, dict):
+                    return Rejected(WRONG_TYPE, "extras cell must be a JSON object, got "
+                                                f"{type(extras).__name__}", raw)
+        elif kind == "str":
+            record[name] = value   # an empty cell is the empty string (export writes "" so)
+        elif not value.strip():
+            if kind == "int_list":
+                record[name] = []   # an empty list cell is []; an empty scalar is missing
+        elif kind is not None:
+            record[name] = _parse_cell(kind, value)
+        elif name == "schema_version":
+            record[name] = _parse_number("int", value)
+        else:
+            record[name] = value   # unknown column: a string extra
+    if extras:
+        shadowed = sorted((RESERVED_KEYS | set(header)).intersection(extras))
+        if shadowed:   # which value would count? refuse rather than guess
+            return Rejected(INVALID_VALUE, f"extras cell sets {shadowed}, also column(s) or "
+                                           "schema fields", raw)
+        record.update(extras)
+    return record
 
 
-def import_log(path: PathLike, logs_dir: PathLike, round_index: int,
-               **kwargs: Any) -> dict[str, Any]:
-    """Validate and ingest a user's JSONL (`.jsonl`/`.json`) or CSV (`.csv`) log as a round."""
+def read_csv(path: PathLike, max_record_bytes: int = MAX_RECORD_BYTES
+             ) -> Iterator[tuple[str, dict[str, Any] | Rejected]]:
+    """(`file:line`, record dict or `Rejected`) per CSV row; never aborts on a bad row.
+
+    Lists: `[1,2]` or `1 2` / `1;2`; column `extras` may hold a JSON object; other unknown
+    columns are kept as string extras. A row spanning several lines (a quoted newline) is
+    `file:first-last`; one whose cell count is off there (a stray quote) is re-read line by line
+    so the good rows behind a stray quote are not swallowed.
+    """
+    limit = ROW_SLACK * max_record_bytes
+    previous_limit = csv.field_size_limit(limit)   # default 128 KiB: our own exports exceed it
+    try:
+        with open(path, "rb") as f:
+            lines = _CsvLines(f, limit)
+            reader = csv.reader(lines)
+            header = _csv_header(reader, lines, path)
+            while True:
+                try:
+                    row = next(reader)
+                    error = None
+                except StopIteration:
+                    break
+                except csv.Error as e:
+                    row, error = None, e
+                span, raw, size = lines.take_row()
+                position = f"{path}:{span}"
+                if size > limit:
+                    yield position, _too_large(size, max_record_bytes, raw)
+                elif error is not None:
+                    yield position, Rejected(CORRUPT, f"unreadable CSV row ({error})", raw)
+                elif row and "-" in span and len(row) != len(header):
+                    yield from _reread_lines(path, header, raw, int(span.split("-")[0]))
+                elif any(cell.strip() for cell in row or ()):   # skip blank lines, as JSONL
+                    yield position, _csv_record(header, row, raw)
+    finally:
+        csv.field_size_limit(previous_limit)
+
+
+def _reread_lines(path: PathLike, header: list[str], raw: str,
+                  first_line: int) -> Iterator[tuple[str, dict[str, Any] | Rejected]]:
+    """Parse each physical line of a broken multi-line row on its own."""
+    for offset, text in enumerate(raw.splitlines(keepends=True)):
+        position = f"{path}:{first_line + offset}"
+        try:
+            row = next(csv.reader([text]), [])
+        except csv.Error as e:
+            yield position, Rejected(CORRUPT, f"unreadable CSV row ({e})", text)
+            continue
+        if any(cell.strip() for cell in row):
+            yield position, _csv_record(header, row, text)
+
+
+READERS: dict[str, Callable[..., Iterator[tuple[str, Any]]]] = {
+    ".jsonl": read_jsonl, ".json": read_jsonl, ".csv": read_csv}
+EXPORT_SUFFIXES = (".jsonl", ".csv")
+
+
+def file_sha256(path: PathLike) -> str:
+    """sha256 of a file (streamed)."""
+    return _sha256(pathlib.Path(path))
+
+
+def find_import(logs_dir: PathLike, sha256: str) -> pathlib.Path | None:
+    """The committed round of `logs_dir` imported from a file with this sha256, if any."""
+    for path in list_rounds(logs_dir):
+        try:
+            if json.loads((path / MANIFEST).read_text()).get("source_sha256") == sha256:
+                return path
+        except (OSError, ValueError):
+            continue   # a damaged manifest is `open_round`'s to report
+    return None
+
+
+def peek_round(path: PathLike, max_lines: int = 1000) -> int | None:
+    """The `round` of the first readable record among the first `max_lines` items of a log."""
+    reader = READERS.get(pathlib.Path(path).suffix.lower())
+    if reader is None:
+        return None
+    items = reader(path)
+    try:
+        for _, (_, raw) in zip(range(max_lines), items):
+            try:
+                value = decode_raw(raw).get("round") if not isinstance(raw, Rejected) else None
+            except BadRecord:
+                continue
+            if type(value) is int and value >= 0:
+                return value
+    finally:
+        items.close()
+    return None
+
+
+def import_log(path: PathLike, logs_dir: PathLike, round_index: int, *,
+               max_record_bytes: int = MAX_RECORD_BYTES, overwrite: bool = False,
+               committed_dir: PathLike | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Validate and ingest a user's JSONL (`.jsonl`/`.json`) or CSV (`.csv`) log as a round.
+
+    A file already imported (same sha256) into another round of `committed_dir` (default
+    `logs_dir`) is refused before any work; so is each record whose request id a committed round
+    holds (see `ingest`).
+    """
     suffix = pathlib.Path(path).suffix.lower()
-    readers = {".jsonl": read_jsonl, ".json": read_jsonl, ".csv": read_csv}
-    if suffix not in readers:
+    if suffix not in READERS:
         raise ValueError(f"{path}: unknown log format {suffix!r}; use .jsonl or .csv")
-    return ingest(readers[suffix](path), logs_dir, round_index, source=str(path), **kwargs)
+    digest = file_sha256(path)
+    earlier = find_import(logs_dir if committed_dir is None else committed_dir, digest)
+    if earlier is not None and not (overwrite and earlier == round_path(logs_dir, round_index)):
+        raise LogValidationError(
+            f"{path}: this file (sha256 {digest[:12]}...) is already committed as {earlier}; "
+            "importing it again would duplicate its records (to replace that round: "
+            f"--config.logs.round={int(earlier.name.removeprefix(ROUND_PREFIX))} "
+            "--config.logs.overwrite=True)")
+    return ingest(READERS[suffix](path, max_record_bytes), logs_dir, round_index,
+                  source=str(path), source_sha256=digest, overwrite=overwrite,
+                  max_record_bytes=max_record_bytes, committed_dir=committed_dir, **kwargs)
+
+
+def _csv_row(record: LogRecord) -> list[Any]:
+    d = record.to_dict()
+    cells = [" ".join(map(str, d[k])) if FIELDS[k] == "int_list" else d[k] for k in FIELDS]
+    return [d["schema_version"], *cells, json.dumps(dict(record.extras)) if record.extras else ""]
 
 
 def export_log(round_dir: PathLike, path: PathLike) -> int:
-    """Write a committed round as JSONL or CSV (by suffix); return the record count."""
+    """Write a committed round as JSONL or CSV (by suffix); return the record count.
+    `import_log` of the file gives back the same records."""
     log = open_round(round_dir)
     path = pathlib.Path(path)
     suffix = path.suffix.lower()
-    if suffix not in (".jsonl", ".csv"):
+    if suffix not in EXPORT_SUFFIXES:
         raise ValueError(f"{path}: unknown export format {suffix!r}; use .jsonl or .csv")
     tmp = path.with_name(path.name + ".tmp")
     count = 0
-    with open(tmp, "w", newline="") as f:
-        if suffix == ".csv":
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
-            writer.writerow(["schema_version", *FIELDS, "extras"])
-        for record in log:
-            if suffix == ".jsonl":
-                f.write(json.dumps(record.to_dict(), separators=(",", ":")) + "\n")
-            else:
-                d = record.to_dict()
-                writer.writerow([d["schema_version"]] + [
-                    " ".join(map(str, d[k])) if FIELDS[k] == "int_list" else d[k]
-                    for k in FIELDS] + [json.dumps(dict(record.extras)) if record.extras else ""])
-            count += 1
-    tmp.replace(path)
+            if suffix == ".csv":
+                writer.writerow(["schema_version", *FIELDS, "extras"])
+            for record in log:
+                if suffix == ".jsonl":
+                    f.write(record.to_bytes().decode() + "\n")
+                else:
+                    writer.writerow(_csv_row(record))
+                count += 1
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return count

@@ -11,6 +11,10 @@ messages, records greppable with `strings`), needs no pinned dependency, and car
 `schema_version` in every record. Decoding costs a few microseconds per record, orders of
 magnitude below what a train step consumes (see `benchmarks/bench_pipeline.py`).
 
+Every value must survive that encoding exactly: `extras` is an open dict of JSON values (str keys;
+str / int / float / bool / None / list / dict, at most `MAX_DEPTH` deep, no lone surrogates), ids
+fit in int64, and ingest refuses records whose encoding exceeds `MAX_RECORD_BYTES`.
+
 Storage of rounds (ArrayRecord shards + manifest) lives in `log_store.py`.
 """
 
@@ -19,9 +23,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from typing import Any, Collection, Mapping
 
 SCHEMA_VERSION = 1
+INT64_MAX = 2**63 - 1          # ids become numpy int64 downstream
+MAX_DEPTH = 64                 # nesting of extras values (deeper is a producer bug, not data)
+MAX_RECORD_BYTES = 1 << 20     # encoded record size; config `logs.max_record_bytes`
 
 # Reason codes for quarantined records, in the order the checks run (the first failing one wins).
 CORRUPT = "corrupt"                                # undecodable bytes / not a JSON object
@@ -36,10 +44,12 @@ BAD_OUTCOME = "outcome_not_binary"
 UNKNOWN_ITEM = "unknown_item"
 EXPOSED_NOT_IN_CANDIDATES = "exposed_not_in_candidates"
 UNKNOWN_USER = "unknown_user"
+ROUND_MISMATCH = "round_mismatch"                  # record of another round than the one written
 DUPLICATE_REQUEST = "duplicate_request_id"         # checked by the ingester (needs state)
+TOO_LARGE = "too_large"                            # over MAX_RECORD_BYTES (checked by ingest)
 REASONS = (CORRUPT, SCHEMA_MISMATCH, MISSING_FIELD, WRONG_TYPE, INVALID_VALUE, EMPTY_CANDIDATES,
            DUPLICATE_CANDIDATES, BAD_PROPENSITY, BAD_OUTCOME, UNKNOWN_ITEM,
-           EXPOSED_NOT_IN_CANDIDATES, UNKNOWN_USER, DUPLICATE_REQUEST)
+           EXPOSED_NOT_IN_CANDIDATES, UNKNOWN_USER, ROUND_MISMATCH, DUPLICATE_REQUEST, TOO_LARGE)
 
 # field -> kind, in record order ("schema_version" is handled apart: absent means current).
 FIELDS: dict[str, str] = {
@@ -54,6 +64,7 @@ FIELDS: dict[str, str] = {
     "outcome": "int",
     "timestamp": "float",
 }
+RESERVED_KEYS = frozenset(FIELDS) | {"schema_version"}   # no extras key may shadow these
 
 
 class LogValidationError(ValueError):
@@ -120,16 +131,45 @@ class LogRecord:
                    schema_version=d.get("schema_version", SCHEMA_VERSION))
 
 
+def short_repr(v: Any, width: int = 80) -> str:
+    """repr cut to `width` characters; never raises (huge ints and deep nesting included)."""
+    try:
+        text = repr(v)
+    except ValueError:      # int past Python's 4300-digit str limit
+        text = f"<int of ~{int(v.bit_length() * 0.30103)} digits>"
+    except RecursionError:
+        text = f"<{type(v).__name__} nested too deeply to print>"
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _object_without_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    d = dict(pairs)
+    if len(d) != len(pairs):   # json keeps the last value silently; which one was meant?
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise BadRecord(CORRUPT, f"key {dup!r} appears twice in one object (ambiguous)")
+    return d
+
+
 def decode_raw(raw: bytes | str | Mapping[str, Any] | LogRecord) -> dict[str, Any]:
     """Raw input (record bytes, a JSON line, a dict or a LogRecord) -> dict; BadRecord if corrupt."""
     if isinstance(raw, LogRecord):
+        shadowed = RESERVED_KEYS.intersection(raw.extras)
+        if shadowed:
+            raise BadRecord(INVALID_VALUE, f"extras key(s) {sorted(shadowed)} shadow schema fields")
         return raw.to_dict()
     if isinstance(raw, Mapping):
         return dict(raw)
+    if not isinstance(raw, (bytes, bytearray, str)):
+        raise BadRecord(CORRUPT, f"not a record: {type(raw).__name__}")
     try:
-        obj = json.loads(raw)
+        obj = json.loads(raw, object_pairs_hook=_object_without_duplicate_keys)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BadRecord(CORRUPT, f"not a JSON object ({type(e).__name__}: {e})") from None
+    except RecursionError:
+        raise BadRecord(CORRUPT, "JSON nested too deeply to parse") from None
+    except ValueError as e:   # e.g. an integer literal past Python's 4300-digit limit
+        raise BadRecord(CORRUPT, f"unreadable JSON value ({e})") from None
     if not isinstance(obj, dict):
         raise BadRecord(CORRUPT, f"expected a JSON object, got {type(obj).__name__}")
     return obj
@@ -150,15 +190,49 @@ _TYPE_CHECKS = {
     "int_list": _is_int_list,
 }
 
+# Lone surrogates decode from JSON escapes ("\ud800") but cannot be encoded as UTF-8.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
 
 def _check_type(name: str, kind: str, v: Any) -> None:
     if not _TYPE_CHECKS[kind](v):
-        raise BadRecord(WRONG_TYPE, f"field {name!r} must be {kind}, got {v!r:.80}")
+        raise BadRecord(WRONG_TYPE, f"field {name!r} must be {kind}, got {short_repr(v)}")
+
+
+def _check_text(where: str, s: str) -> None:
+    m = _SURROGATE.search(s)
+    if m:
+        raise BadRecord(CORRUPT, f"{where} holds a lone surrogate U+{ord(m.group()):04X} "
+                                 "(not encodable text)")
+
+
+def check_json_value(v: Any, where: str, depth: int = 0) -> None:
+    """Raise BadRecord unless `v` is a JSON value that encodes and decodes back unchanged."""
+    t = type(v)
+    if t is str:
+        _check_text(where, v)
+    elif v is None or t in (bool, int, float):
+        pass
+    elif t in (list, tuple, dict):
+        if depth >= MAX_DEPTH:
+            raise BadRecord(INVALID_VALUE, f"{where} is nested deeper than {MAX_DEPTH} levels")
+        if t is dict:
+            for k, x in v.items():
+                if type(k) is not str:
+                    raise BadRecord(WRONG_TYPE, f"{where} has a non-string key {short_repr(k)}")
+                _check_text(f"{where} key", k)
+                check_json_value(x, f"{where}.{k}", depth + 1)
+        else:
+            for i, x in enumerate(v):
+                check_json_value(x, f"{where}[{i}]", depth + 1)
+    else:
+        raise BadRecord(WRONG_TYPE, f"{where} is a {t.__module__}.{t.__name__}, not a JSON value "
+                                    "(convert numpy values with .item() / .tolist())")
 
 
 def _unknown(ids: list[int], catalogue: int | Collection[int] | None) -> list[int]:
     if catalogue is None:
-        return [i for i in ids if i < 0]
+        return [i for i in ids if not 0 <= i <= INT64_MAX]
     if isinstance(catalogue, int):
         return [i for i in ids if not 0 <= i < catalogue]
     return [i for i in ids if i not in catalogue]
@@ -166,21 +240,26 @@ def _unknown(ids: list[int], catalogue: int | Collection[int] | None) -> list[in
 
 def validate_record(raw: bytes | str | Mapping[str, Any] | LogRecord, *,
                     catalogue: int | Collection[int] | None = None,
-                    num_users: int | None = None) -> LogRecord:
+                    num_users: int | None = None,
+                    round_index: int | None = None) -> LogRecord:
     """Check one raw record and return it as a LogRecord; raise BadRecord(reason, detail).
 
     Args:
       raw: record bytes / JSON text / dict / LogRecord.
-      catalogue: the known item ids: an int n (ids 0..n-1) or a collection; None = any id >= 0.
-      num_users: user ids must lie in 0..num_users-1 when given.
+      catalogue: the known item ids: an int n (ids 0..n-1) or a collection; None = any id in
+        0..2**63-1.
+      num_users: user ids must lie in 0..num_users-1 when given (else in 0..2**63-1).
+      round_index: the round being written; a record of another round is refused.
     A missing `schema_version` means the current one (production logs rarely carry it).
-    Duplicate request ids are not checked here (that needs the ingest's state).
+    Duplicate request ids and the encoded size are checked by the ingest (they need its state).
     """
     d = decode_raw(raw)
     version = d.get("schema_version", SCHEMA_VERSION)
+    if not _is_int(version):   # `true == 1` in Python; a bool is not a version
+        raise BadRecord(WRONG_TYPE, f"schema_version must be int, got {short_repr(version)}")
     if version != SCHEMA_VERSION:
         raise BadRecord(SCHEMA_MISMATCH,
-                        f"schema_version {version!r}, this reader handles {SCHEMA_VERSION}")
+                        f"schema_version {version}, this reader handles {SCHEMA_VERSION}")
     missing = [name for name in FIELDS if name not in d]
     if missing:
         raise BadRecord(MISSING_FIELD, f"missing field(s) {', '.join(missing)}")
@@ -189,27 +268,39 @@ def validate_record(raw: bytes | str | Mapping[str, Any] | LogRecord, *,
     if not d["request_id"]:
         raise BadRecord(INVALID_VALUE, "empty request_id")
     for name in ("round", "user_id"):
-        if d[name] < 0:
-            raise BadRecord(INVALID_VALUE, f"{name}={d[name]} is negative")
-    if not math.isfinite(d["timestamp"]):
-        raise BadRecord(INVALID_VALUE, f"timestamp={d['timestamp']!r} is not finite")
+        if not 0 <= d[name] <= INT64_MAX:
+            raise BadRecord(INVALID_VALUE, f"{name}={short_repr(d[name])} is not in 0..2**63-1")
+    if round_index is not None and d["round"] != round_index:
+        raise BadRecord(ROUND_MISMATCH,
+                        f"record is for round {d['round']}, the round written is {round_index}")
+    try:
+        finite = math.isfinite(d["timestamp"])
+    except OverflowError:      # an int too large for a float
+        finite = False
+    if not finite:
+        raise BadRecord(INVALID_VALUE, f"timestamp={short_repr(d['timestamp'])} is not finite")
     candidates = list(d["candidate_item_ids"])
     if not candidates:
         raise BadRecord(EMPTY_CANDIDATES, "candidate_item_ids is empty")
     if len(set(candidates)) != len(candidates):
-        raise BadRecord(DUPLICATE_CANDIDATES, f"candidate_item_ids repeat an id: {candidates}")
+        raise BadRecord(DUPLICATE_CANDIDATES,
+                        f"candidate_item_ids repeat an id: {short_repr(candidates)}")
     p = d["propensity"]
     if not (0.0 < p <= 1.0):   # also catches NaN (every comparison with NaN is False)
-        raise BadRecord(BAD_PROPENSITY, f"propensity={p!r} is not in (0, 1]")
+        raise BadRecord(BAD_PROPENSITY, f"propensity={short_repr(p)} is not in (0, 1]")
     if d["outcome"] not in (0, 1):
-        raise BadRecord(BAD_OUTCOME, f"outcome={d['outcome']!r} is not 0 or 1")
+        raise BadRecord(BAD_OUTCOME, f"outcome={short_repr(d['outcome'])} is not 0 or 1")
     unknown = _unknown(list(d["context_item_ids"]) + candidates + [d["exposed_item_id"]],
                        catalogue)
     if unknown:
-        raise BadRecord(UNKNOWN_ITEM, f"item id(s) not in the catalogue: {sorted(set(unknown))}")
+        raise BadRecord(UNKNOWN_ITEM,
+                        f"item id(s) not in the catalogue: {short_repr(sorted(set(unknown)))}")
     if d["exposed_item_id"] not in candidates:
         raise BadRecord(EXPOSED_NOT_IN_CANDIDATES,
                         f"exposed_item_id={d['exposed_item_id']} is not a candidate")
     if num_users is not None and d["user_id"] >= num_users:
         raise BadRecord(UNKNOWN_USER, f"user_id={d['user_id']} >= num_users={num_users}")
+    for name in ("request_id", "policy_revision"):
+        _check_text(name, d[name])
+    check_json_value({k: v for k, v in d.items() if k not in RESERVED_KEYS}, "extras")
     return LogRecord.from_dict(d)

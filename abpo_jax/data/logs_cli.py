@@ -6,17 +6,21 @@
     abpo-jax logs --config.logs.action=export --config.logs.round=1 --config.logs.output=r1.jsonl
     abpo-jax logs --config.logs.action=clean                # remove interrupted writes
 
-Logs live in `config.logs.dir` (default `<run_dir>/logs`).
+Logs live in `config.logs.dir` (default `<run_dir>/logs`). An import goes into the round its
+records name (`--config.logs.round=N` to choose), refuses a file already imported and a round
+already committed (`--config.logs.overwrite=True` replaces it). Every bad input is one line on
+stderr and a non-zero exit, checked before any work where it can be.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import shutil
 import sys
 import tempfile
-from typing import Any
+from typing import Any, NoReturn
 
 from abpo_jax.data import log_store
 from abpo_jax.data.logs import LogValidationError
@@ -50,29 +54,112 @@ def _summary(directory: pathlib.Path) -> None:
               f"{m['num_quarantined']:>13}  {m['policy_revision']}  {status}")
 
 
-def _round_index(config: Any, directory: pathlib.Path, *, new: bool) -> int:
+def _fail(action: str, message: str) -> NoReturn:
+    sys.exit(f"abpo-jax logs {action}: {message}")
+
+
+def _check_input(action: str, source: str) -> pathlib.Path:
+    """The input file, or exit with one line saying what is wrong with it."""
+    if not source:
+        _fail(action, "needs --config.logs.input=FILE (.jsonl/.csv)")
+    path = pathlib.Path(source)
+    if path.is_dir():
+        _fail(action, f"input {path} is a directory; give a .jsonl or .csv file")
+    if not path.is_file():
+        _fail(action, f"input file not found: {path}")
+    if path.suffix.lower() not in log_store.READERS:
+        _fail(action, f"input {path}: unknown log format {path.suffix!r}; use .jsonl or .csv")
+    if not os.access(path, os.R_OK):
+        _fail(action, f"input {path} is not readable (permissions)")
+    return path
+
+
+def _unwritable(path: pathlib.Path) -> str:
+    """Why files cannot be created in directory `path` (or where it would be made); '' if they can.
+
+    Probes with a real temporary file: permission bits say nothing for root or a read-only mount.
+    """
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as e:
+        return f"cannot create files in {existing} ({e.strerror})"
+    return ""
+
+
+def _check_output(action: str, output: str) -> pathlib.Path:
+    if not output:
+        _fail(action, "needs --config.logs.output=FILE (.jsonl/.csv)")
+    path = pathlib.Path(output)
+    if path.suffix.lower() not in log_store.EXPORT_SUFFIXES:
+        _fail(action, f"output {path}: unknown export format {path.suffix!r}; use .jsonl or .csv")
+    if path.is_dir():
+        _fail(action, f"output {path} is a directory; give a file name")
+    if not path.parent.is_dir():
+        _fail(action, f"output directory {path.parent} does not exist")
+    problem = _unwritable(path.parent)
+    if problem:
+        _fail(action, f"cannot write {path}: {problem}")
+    return path
+
+
+def _records_round(config: Any, source: pathlib.Path, directory: pathlib.Path) -> int:
+    """Round to import into: `logs.round`, else the records' own, else the next free one."""
     index = int(_field(config, "round", -1))
     if index >= 0:
         return index
+    index = log_store.peek_round(source)
+    if index is not None:
+        return index
     rounds = log_store.list_rounds(directory)
-    last = int(rounds[-1].name.removeprefix(log_store.ROUND_PREFIX)) if rounds else -1
-    if not new and last < 0:
-        sys.exit(f"abpo-jax logs: no committed rounds in {directory}")
-    return last + 1 if new else last
+    return int(rounds[-1].name.removeprefix(log_store.ROUND_PREFIX)) + 1 if rounds else 0
+
+
+def _export_round(config: Any, action: str, directory: pathlib.Path) -> pathlib.Path:
+    rounds = log_store.list_rounds(directory)
+    names = ", ".join(p.name.removeprefix(log_store.ROUND_PREFIX).lstrip("0") or "0"
+                      for p in rounds)
+    if not rounds:
+        _fail(action, f"no committed rounds in {directory} (set --config.logs.dir)")
+    index = int(_field(config, "round", -1))
+    path = rounds[-1] if index < 0 else log_store.round_path(directory, index)
+    if path not in rounds:
+        _fail(action, f"no committed round {index} in {directory} (committed: {names})")
+    return path
+
+
+def _keep_quarantine(source: pathlib.Path) -> pathlib.Path:
+    """Where `validate` leaves a file's quarantined records: beside it, else in the temp dir."""
+    name = source.with_suffix(".quarantine.jsonl").name
+    home = pathlib.Path(tempfile.gettempdir()) if _unwritable(source.parent) else source.parent
+    return home / name
 
 
 def main(config: Any) -> None:
     """Run `config.logs.action` (see the module docstring)."""
     action = _field(config, "action", "summary")
     if action not in ACTIONS:
-        sys.exit(f"abpo-jax logs: config.logs.action={action!r}; choose one of {', '.join(ACTIONS)}")
+        _fail(action, f"config.logs.action={action!r}; choose one of {', '.join(ACTIONS)}")
     directory = logs_dir(config)
-    source = _field(config, "input", "")
     kwargs = dict(catalogue=int(_field(config, "num_items", 0)) or None,
+                  num_users=int(_field(config, "num_users", 0)) or None,
                   max_bad_fraction=float(_field(config, "max_bad_fraction", 0.05)),
+                  max_record_bytes=int(_field(config, "max_record_bytes",
+                                              log_store.MAX_RECORD_BYTES)),
                   records_per_shard=int(_field(config, "records_per_shard", 100_000)))
-    if action in ("validate", "import") and not source:
-        sys.exit(f"abpo-jax logs: action {action} needs --config.logs.input=FILE (.jsonl/.csv)")
+    # Every check that needs no data runs first, so a bad path is one line before any work.
+    if action in ("validate", "import"):
+        source = _check_input(action, str(_field(config, "input", "")))
+    problem = _unwritable(directory) if action in ("import", "clean") else ""
+    if problem:
+        _fail(action, f"cannot write the logs directory {directory}: {problem}")
+    if action == "export":
+        output = _check_output(action, str(_field(config, "output", "")))
+        round_dir = _export_round(config, action, directory)
     try:
         if action == "summary":
             _summary(directory)
@@ -81,22 +168,25 @@ def main(config: Any) -> None:
             print(f"removed {len(removed)} incomplete write(s)" +
                   "".join(f"\n  {p}" for p in removed))
         elif action == "validate":
-            # A dry-run ingest into a scratch directory; the quarantine file is kept if bad.
+            # A dry-run import into a scratch directory, checked against the committed rounds.
+            index = _records_round(config, source, directory)
+            kept = _keep_quarantine(source)
             with tempfile.TemporaryDirectory() as scratch:
-                manifest = log_store.import_log(source, scratch, 0, **kwargs)
+                manifest = log_store.import_log(
+                    source, scratch, index, committed_dir=directory, rejected_path=kept,
+                    **kwargs)
                 if manifest["num_quarantined"]:
-                    kept = pathlib.Path(source).with_suffix(".quarantine.jsonl")
-                    shutil.copy(log_store.round_path(scratch, 0) / log_store.QUARANTINE, kept)
+                    shutil.copy(log_store.round_path(scratch, index) / log_store.QUARANTINE, kept)
                     print(f"quarantined records: {kept}")
+            print(f"{source}: valid as round {index} of {directory}")
         elif action == "import":
-            index = _round_index(config, directory, new=True)
-            log_store.import_log(source, directory, index, **kwargs)
+            index = _records_round(config, source, directory)
+            log_store.import_log(source, directory, index,
+                                 overwrite=bool(_field(config, "overwrite", False)), **kwargs)
             print(f"committed {log_store.round_path(directory, index)}")
         elif action == "export":
-            output = _field(config, "output", "")
-            if not output:
-                sys.exit("abpo-jax logs: export needs --config.logs.output=FILE (.jsonl/.csv)")
-            path = log_store.round_path(directory, _round_index(config, directory, new=False))
-            print(f"wrote {log_store.export_log(path, output)} records to {output}")
-    except (LogValidationError, FileExistsError, ValueError) as e:
-        sys.exit(f"abpo-jax logs {action}: {e}")
+            print(f"wrote {log_store.export_log(round_dir, output)} records to {output}")
+    except (LogValidationError, FileExistsError, ValueError, OSError) as e:
+        # OSError: a disk that fills or a file that vanishes mid-way; one line, no traceback.
+        _fail(action, str(e) if not isinstance(e, OSError) or not e.filename else
+              f"{e.strerror}: {e.filename}")

@@ -15,17 +15,7 @@ import pytest
 from abpo_jax.data import log_store, logs
 from abpo_jax.data.logs import LogRecord, LogValidationError
 
-NUM_ITEMS = 100
-
-
-def good_record(i: int, **overrides) -> dict:
-    cands = [(i + k) % NUM_ITEMS for k in range(5)]
-    d = {"schema_version": 1, "request_id": f"r00001-u{i}", "round": 1, "policy_revision": "rev-a",
-         "user_id": i, "context_item_ids": [(i * 7) % NUM_ITEMS, (i * 3) % NUM_ITEMS],
-         "candidate_item_ids": cands, "exposed_item_id": cands[i % 5],
-         "propensity": 0.1 + 0.8 * (i % 7) / 7, "outcome": i % 2, "timestamp": 1700000000.0 + i}
-    d.update(overrides)
-    return d
+from .logs_helpers import NUM_ITEMS, good_record
 
 
 def malformed_corpus() -> list[tuple[object, str]]:
@@ -114,7 +104,7 @@ def test_exception_mid_write_leaves_no_round(tmp_path):
         for i in range(100):
             if i == 60:
                 raise RuntimeError("injected crash")
-            yield good_record(i)
+            yield good_record(i, round=2)
 
     with pytest.raises(RuntimeError, match="injected"):
         log_store.write_round(records(), tmp_path, 2, records_per_shard=16, report=None)
@@ -128,14 +118,14 @@ def test_killed_writer_leaves_no_complete_round(tmp_path):
     script = textwrap.dedent(f"""
         import pathlib, time, sys
         sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r})
-        from test_logs_store import good_record
+        from logs_helpers import good_record
         from abpo_jax.data import log_store
         def records():
             for i in range(10**6):
                 if i == 300:
                     pathlib.Path({str(marker)!r}).write_text("x")
                     time.sleep(600)
-                yield good_record(i)
+                yield good_record(i, round=3)
         log_store.write_round(records(), {str(logs_dir)!r}, 3, records_per_shard=64)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script])
@@ -156,17 +146,18 @@ def test_killed_writer_leaves_no_complete_round(tmp_path):
     with pytest.raises(LogValidationError, match="incomplete"):
         log_store.open_round(leftovers[0])
     # The next run cleans up and commits normally.
-    log_store.write_round([good_record(i) for i in range(5)], logs_dir, 3, report=None)
+    log_store.write_round([good_record(i, round=3) for i in range(5)], logs_dir, 3, report=None)
     assert [p.name for p in logs_dir.iterdir()] == ["round_00003"]
 
 
 def test_round_without_manifest_ignored_and_cleaned(tmp_path):
     log_store.write_round([good_record(i) for i in range(5)], tmp_path, 1, report=None)
-    log_store.write_round([good_record(i) for i in range(5)], tmp_path, 2, report=None)
+    log_store.write_round([good_record(i, round=2, request_id=f"r2-{i}") for i in range(5)],
+                          tmp_path, 2, report=None)
     (log_store.round_path(tmp_path, 2) / "manifest.json").unlink()
     assert log_store.list_rounds(tmp_path) == [log_store.round_path(tmp_path, 1)]
     assert log_store.clean_incomplete(tmp_path) == [log_store.round_path(tmp_path, 2)]
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError, match=r"--config\.logs\.overwrite=True"):
         log_store.write_round([good_record(0)], tmp_path, 1, report=None)
 
 
