@@ -4,15 +4,21 @@
 
 Each command has a default config (below); `--config` picks another file and `--config.x=y`
 overrides single fields (ml_collections config_flags). The config is validated before the
-command runs, so a bad value fails fast naming the field.
+command runs, so a bad value fails fast naming the field. `abpo-jax <command> --help` prints what
+the command does, its config and the fields with their defaults. Errors meant for the user
+(bad config, bad data file, bad checkpoint) and data warnings are printed as one line each.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
 import pathlib
 import sys
-from typing import Callable
+import textwrap
+import warnings
+from typing import Any, Callable
 
 # command -> (module:function taking the validated ConfigDict, default config file, help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -21,7 +27,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("abpo_jax.train.rounds:main", "ml1m.py", "continual update rounds"),
     "data": ("abpo_jax.data.summary:main", "demo.py",
              "dataset statistics, split sizes and a sample prompt"),
-    "eval": ("abpo_jax.eval.evaluate:main", "demo.py", "evaluate a checkpoint or the base model"),
+    "eval": ("abpo_jax.train.rounds:evaluate_run", "demo.py",
+             "evaluate a checkpoint or the base model"),
     "recommend": ("abpo_jax.sampling.recommend:main", "demo.py",
                   "print the policy's constrained recommendation for real prompts"),
     "logs": ("abpo_jax.data.logs_cli:main", "demo.py",
@@ -45,9 +52,92 @@ def _resolve(target: str) -> Callable:
     return getattr(importlib.import_module(module), func)
 
 
+# Exceptions whose message is a complete sentence for the user: printed as one line, no
+# traceback. Looked up only in modules already imported, so the CLI imports nothing for them.
+_USER_ERRORS = {"abpo_jax.config": "ConfigError", "abpo_jax.data.datasets": "DataError",
+                "abpo_jax.models.loaders": "CheckpointError"}
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    return tuple(getattr(sys.modules[m], name) for m, name in _USER_ERRORS.items()
+                 if m in sys.modules and hasattr(sys.modules[m], name))
+
+
+def _one_line_warnings(command: str) -> None:
+    """Print data warnings as `abpo-jax CMD: warning: ...` (other warnings keep Python's form)."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        if getattr(category, "__name__", "") == "DataWarning":
+            print(f"abpo-jax {command}: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
+def _config_arg(rest: list[str]) -> str | None:
+    """The value of `--config=FILE` / `--config FILE` in `rest`, if given."""
+    for i, a in enumerate(rest):
+        if a.startswith("--config="):
+            return a.split("=", 1)[1]
+        if a == "--config" and i + 1 < len(rest):
+            return rest[i + 1]
+    return None
+
+
+def _flat_fields(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for key, value in node.items():
+        if hasattr(value, "items"):
+            out += _flat_fields(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
+def command_help(command: str, config_file: str | None = None) -> str:
+    """What `command` does, its config file, the config docstring's run commands and every
+    field of that config with its value, section by section."""
+    _, default_cfg, about = COMMANDS[command]
+    path = pathlib.Path(config_file.split(":", 1)[0]) if config_file else CONFIG_DIR / default_cfg
+    lines = [f"abpo-jax {command}: {about}", "",
+             f"usage: abpo-jax {command} [--config=FILE] [--config.SECTION.FIELD=VALUE ...]",
+             f"config: {config_file or f'configs/{default_cfg}'}"
+             + ("" if config_file else " (default)")]
+    try:
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        # a backslash-newline inside the docstring already joined continued commands
+        examples = [" ".join(ln.split()) for ln in doc.splitlines()
+                    if ln.strip().startswith("abpo-jax")]
+        if examples:
+            lines += ["", "run (from the config's docstring):"] + [f"  {ln}" for ln in examples]
+        spec = importlib.util.spec_from_file_location(f"_abpo_help_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        config = module.get_config()
+    except Exception as e:  # help must not die on a broken config file; say why instead
+        lines += ["", f"(cannot read the config's fields: {type(e).__name__}: {e})"]
+        return "\n".join(lines)
+    lines += ["", "fields (defaults of this config; override with --config.SECTION.FIELD=VALUE):"]
+    top = [f"{k}={v!r}" for k, v in config.items() if not hasattr(v, "items")]
+    if top:
+        lines.append(textwrap.fill(" ".join(top), 100, initial_indent="  ",
+                                   subsequent_indent="      "))
+    for section, node in config.items():
+        if hasattr(node, "items"):
+            body = " ".join(f"{k}={v!r}" for k, v in _flat_fields(node))
+            lines.append(textwrap.fill(f"{section}: {body}", 100, initial_indent="  ",
+                                       subsequent_indent="      ", break_long_words=False))
+    lines += ["", "field meanings and allowed values: abpo_jax/config.py; all commands: abpo-jax --help"]
+    return "\n".join(lines)
+
+
 def run(argv: list[str] | None = None) -> None:
     """Console entry point: dispatch `argv[1]` to its command with the parsed config."""
     argv = list(sys.argv if argv is None else argv)
+    if len(argv) >= 3 and argv[1] == "help" and argv[2] in COMMANDS:   # `abpo-jax help train`
+        argv = [argv[0], argv[2], "--help"]
     if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
         print(_usage())
         return
@@ -56,6 +146,9 @@ def run(argv: list[str] | None = None) -> None:
         sys.exit(f"abpo-jax: unknown command {command!r}\n\n{_usage()}")
     target, default_cfg, _ = COMMANDS[command]
     rest = argv[2:]
+    if any(a in ("-h", "--help", "-help", "--helpfull", "help") for a in rest):
+        print(command_help(command, _config_arg(rest)))
+        return
     if not any(a == "--config" or a.startswith("--config=") for a in rest):
         rest = [f"--config={CONFIG_DIR / default_cfg}"] + rest
     for i, a in enumerate(rest):
@@ -82,10 +175,16 @@ def run(argv: list[str] | None = None) -> None:
         sys.exit(f"abpo-jax {command}: {e}")
     config = flags.FLAGS.config
     try:
-        validate(config)
+        validate(config, files=True)
     except ConfigError as e:
         sys.exit(f"abpo-jax {command}: {e}")
-    _resolve(target)(config)
+    _one_line_warnings(command)
+    try:
+        _resolve(target)(config)
+    except Exception as e:
+        if isinstance(e, _user_error_types()):
+            sys.exit(f"abpo-jax {command}: {e}")
+        raise
 
 if __name__ == "__main__":
     run()

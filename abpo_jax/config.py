@@ -9,6 +9,7 @@ error naming the field and the allowed values.
 from __future__ import annotations
 
 import math
+import pathlib
 from typing import Any, Callable
 
 import ml_collections
@@ -205,7 +206,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "loss.num_generations": _positive,
     "loss.snips_clip": _positive,
     "loss.eps": _non_negative,
-    "loss.epsilon_low": _non_negative,
+    "loss.epsilon_low": (lambda v: 0 <= v < 1, "in [0, 1) (the ratio is clipped at 1 - epsilon_low)"),
     "loss.epsilon_high": _non_negative,
     "loss.beta": _non_negative,
     "loss.tempering_threshold": _probability,
@@ -225,6 +226,11 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.users_per_round": _positive,
     "rounds.num_rounds": _non_negative,
     "logs.max_bad_fraction": _probability,
+    "logs.round": (lambda v: v >= -1, ">= -1 (-1 = automatic)"),
+    "logs.num_items": _non_negative,
+    "logs.num_users": _non_negative,
+    "logs.max_record_bytes": _positive,
+    "logs.records_per_shard": _positive,
     "data.max_users": _non_negative,
     "data.min_rating": _non_negative,
     "model.lora.rank": _non_negative,
@@ -247,14 +253,14 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "mesh.data": _mesh_axis,
     "mesh.fsdp": _mesh_axis,
     "mesh.tensor": _mesh_axis,
+    "model.tiny.hidden": _positive,
+    "model.tiny.layers": _positive,
+    "model.tiny.heads": _positive,
+    "model.tiny.kv_heads": _positive,
+    "model.tiny.intermediate": _positive,
 }
 
 # Fields holding a tuple whose every element must come from a set.
-    "logs.round": (lambda v: v >= -1, ">= -1 (-1 = automatic)"),
-    "logs.num_items": _non_negative,
-    "logs.num_users": _non_negative,
-    "logs.max_record_bytes": _positive,
-    "logs.records_per_shard": _positive,
 TUPLE_CHOICES: dict[str, tuple[str, ...]] = {
     "rounds.methods": CHOICES["train.method"],
     "loss.rewards": ("format", "anchor_match", "ground_truth", "simulator"),
@@ -271,8 +277,63 @@ def _lookup(config: ml_collections.ConfigDict, path: str) -> tuple[bool, Any]:
     return True, node
 
 
-def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Check every known field present in `config`; raise ConfigError naming the first bad one."""
+GGUF_MAGIC = b"GGUF"
+
+
+def gguf_problem(path: str) -> str | None:
+    """Why `path` cannot be a GGUF file (missing, a directory, wrong magic bytes), or None."""
+    p = pathlib.Path(path)
+    if not p.exists():
+        return "does not exist"
+    if not p.is_file():
+        return "is not a file (a GGUF checkpoint is one .gguf file)"
+    with open(p, "rb") as f:
+        head = f.read(4)
+    if head != GGUF_MAGIC:
+        return f"is not a GGUF file (it starts with {head!r}, not {GGUF_MAGIC!r})"
+    return None
+
+
+def _check_model_path(config: ml_collections.ConfigDict) -> None:
+    """model.source=hf|gguf reads config.model.path: it must exist and be of that kind."""
+    source, path = config.model.get("source"), config.model.get("path", "")
+    if source not in ("hf", "gguf"):
+        return
+    kind = ("a Hugging Face checkpoint directory (config.json + *.safetensors)" if source == "hf"
+            else "a .gguf file")
+    if not path:
+        raise ConfigError(f"config.model.path is empty; config.model.source={source!r} needs {kind}")
+    p = pathlib.Path(path).expanduser()
+    if source == "hf" and not (p.is_dir() or (p.is_file() and p.suffix == ".safetensors")):
+        why = "does not exist" if not p.exists() else "is not a directory or a .safetensors file"
+        raise ConfigError(f"config.model.path={path!r} {why}; config.model.source='hf' needs {kind}")
+    problem = gguf_problem(str(p)) if source == "gguf" else None
+    if problem:
+        raise ConfigError(f"config.model.path={path!r} {problem}; config.model.source='gguf' "
+                          f"needs {kind}")
+
+
+def _check_cross_fields(config: ml_collections.ConfigDict) -> None:
+    """Checks that involve more than one field or a tuple's entries; each names the field."""
+    found, tiny = _lookup(config, "model.tiny")
+    if found and tiny.heads % tiny.kv_heads:
+        raise ConfigError(f"config.model.tiny.heads={tiny.heads} is not a multiple of "
+                          f"config.model.tiny.kv_heads={tiny.kv_heads} (each KV head serves a "
+                          "whole group of query heads)")
+    found, ks = _lookup(config, "eval.ks")
+    if found and (not ks or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1
+                                    for k in ks)):
+        raise ConfigError(f"config.eval.ks={tuple(ks)!r} is out of range; it must be a non-empty "
+                          "tuple of integers >= 1 (the K of HR@K / NDCG@K)")
+
+
+def validate(config: ml_collections.ConfigDict, files: bool = False) -> ml_collections.ConfigDict:
+    """Check every known field present in `config`; raise ConfigError naming the first bad one.
+
+    With `files=True` (the CLI) the files the config names are checked too (config.model.path
+    exists and is a checkpoint of config.model.source's kind), so a wrong path fails before any
+    work; without it a config for another machine still validates.
+    """
     for path, allowed in CHOICES.items():
         found, value = _lookup(config, path)
         if found and value not in allowed:
@@ -298,4 +359,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                 raise ConfigError(
                     f"config.{path} contains {v!r}, which is not allowed; each entry must be "
                     "one of: " + ", ".join(allowed))
+    _check_cross_fields(config)
+    if files and "model" in config:
+        _check_model_path(config)
     return config

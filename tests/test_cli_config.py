@@ -127,3 +127,150 @@ def test_python_m_abpo_jax_data_runs_on_movielens_1m():
     for text in ("ml-1m", "6,040", "3,706", "1,000,209", "Candidates (ID: title):",
                  "<item_id>"):
         assert text in out.stdout
+
+
+# --- issue 14: --help after every command, one-line errors before any work -------------------
+
+
+@pytest.mark.parametrize("command", sorted(cli.COMMANDS))
+def test_help_after_every_command(command):
+    _, default_cfg, about = cli.COMMANDS[command]
+    for flag in ("--help", "-h"):
+        out = run_cli(command, flag, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert "Unknown command line flag" not in out.stderr and "Traceback" not in out.stderr
+        text = out.stdout
+        assert text.startswith(f"abpo-jax {command}: {about}")
+        assert f"config: configs/{default_cfg} (default)" in text
+        assert f"usage: abpo-jax {command} [--config=FILE]" in text
+        assert "fields (defaults of this config" in text
+
+
+def test_help_shows_run_command_and_field_defaults():
+    text = cli.command_help("train")
+    assert "run (from the config's docstring):\n  abpo-jax train --config=configs/ml1m.py" in text
+    for field in ("data: dataset='ml-1m'", "k_core=5", "loss:", "epsilon_low=0.2",
+                  "model:", "source='smollm2'", "rounds:", "train:", "batch_size="):
+        assert field in text, field
+    # --config=FILE picks the config whose fields are shown; a broken one is said, not raised
+    assert "source='tiny'" in cli.command_help("train", "configs/tiny.py")
+    assert "cannot read the config's fields" in cli.command_help("train", "configs/nope.py")
+    out = run_cli("help", "demo")
+    assert out.returncode == 0 and out.stdout.startswith("abpo-jax demo:")
+
+
+def _gguf_like(path: pathlib.Path, head: bytes) -> str:
+    path.write_bytes(head + b"\0" * 32)
+    return str(path)
+
+
+# (kind, overrides, files, expected ConfigError message or None = valid)
+HOSTILE_CONFIGS = [
+    ("eval.ks has 0", {"eval.ks": (0,)}, False, r"config\.eval\.ks=\(0,\) is out of range"),
+    ("eval.ks empty", {"eval.ks": ()}, False, r"config\.eval\.ks=\(\) is out of range"),
+    ("eval.ks negative", {"eval.ks": (5, -1)}, False, r"config\.eval\.ks=\(5, -1\)"),
+    ("epsilon_low 2.0", {"loss.epsilon_low": 2.0}, False,
+     r"config\.loss\.epsilon_low=2\.0 is out of range; it must be in \[0, 1\)"),
+    ("epsilon_low 1.0", {"loss.epsilon_low": 1.0}, False, r"config\.loss\.epsilon_low=1\.0"),
+    ("epsilon_low NaN", {"loss.epsilon_low": math.nan}, False, r"config\.loss\.epsilon_low=nan"),
+    ("tiny heads vs kv_heads", {"model.tiny.heads": 5}, False,
+     r"config\.model\.tiny\.heads=5 is not a multiple of config\.model\.tiny\.kv_heads=2"),
+    ("tiny kv_heads 0", {"model.tiny.kv_heads": 0}, False,
+     r"config\.model\.tiny\.kv_heads=0 is out of range"),
+    ("tiny layers 0", {"model.tiny.layers": 0}, False, r"config\.model\.tiny\.layers=0"),
+    ("hf without a path", {"model.source": "hf"}, True,
+     r"config\.model\.path is empty; config\.model\.source='hf' needs a Hugging Face"),
+    ("hf path missing", {"model.source": "hf", "model.path": "/no/such/ckpt"}, True,
+     r"config\.model\.path='/no/such/ckpt' does not exist; config\.model\.source='hf'"),
+    ("hf path is a text file", {"model.source": "hf", "model.path": "README.md"}, True,
+     r"config\.model\.path='README\.md' is not a directory or a \.safetensors file"),
+    ("gguf without a path", {"model.source": "gguf"}, True, r"config\.model\.path is empty"),
+    ("gguf path is a .bin pickle", {"model.source": "gguf", "model.path": "BIN"}, True,
+     r"config\.model\.path='.*model\.bin' is not a GGUF file \(it starts with b'\\x80\\x04"),
+    ("gguf path is a directory", {"model.source": "gguf", "model.path": "configs"}, True,
+     r"config\.model\.path='configs' is not a file"),
+    ("gguf path with GGUF magic", {"model.source": "gguf", "model.path": "GGUF"}, True, None),
+    ("hf path missing, files not checked (config for another machine)",
+     {"model.source": "hf", "model.path": "/no/such/ckpt"}, False, None),
+    ("k_core negative", {"data.k_core": -1}, False, r"config\.data\.k_core=-1 is out of range"),
+]
+
+
+@pytest.mark.parametrize("kind, overrides, files, message", HOSTILE_CONFIGS,
+                         ids=[case[0] for case in HOSTILE_CONFIGS])
+def test_hostile_configs(tmp_path, monkeypatch, kind, overrides, files, message):
+    monkeypatch.chdir(REPO)
+    config = base_config()
+    for path, value in overrides.items():
+        if value == "BIN":
+            value = _gguf_like(tmp_path / "model.bin", b"\x80\x04\x95")
+        elif value == "GGUF":
+            value = _gguf_like(tmp_path / "m.gguf", b"GGUF")
+        section, field = path.rsplit(".", 1)
+        node = config
+        for part in section.split("."):
+            node = node[part]
+        node[field] = value
+    if message is None:
+        validate(config, files=files)
+        return
+    with pytest.raises(ConfigError, match=message) as e:
+        validate(config, files=files)
+    assert "\n" not in str(e.value)
+
+
+def _one_line_failure(out: subprocess.CompletedProcess, *needles: str) -> None:
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, out.stderr[-3000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_cli_model_path_and_config_errors_are_one_line_before_any_work(tmp_path):
+    bin_file = _gguf_like(tmp_path / "pytorch_model.bin", b"\x80\x04\x95")
+    _one_line_failure(run_cli("train", "--config.model.source=gguf",
+                              f"--config.model.path={bin_file}"),
+                      "config.model.path=", "pytorch_model.bin", "is not a GGUF file")
+    _one_line_failure(run_cli("demo", "--config.model.source=hf"),
+                      "abpo-jax demo: config.model.path is empty")
+    _one_line_failure(run_cli("eval", "--config.model.source=hf",
+                              f"--config.model.path={tmp_path / 'missing'}"),
+                      "config.model.path=", "does not exist")
+    _one_line_failure(run_cli("train", "--config=configs/tiny.py", "--config.model.tiny.heads=5"),
+                      "config.model.tiny.heads=5 is not a multiple of config.model.tiny.kv_heads")
+    _one_line_failure(run_cli("eval", "--config.eval.ks=(0,)"), "config.eval.ks=(0,)")
+    _one_line_failure(run_cli("train", "--config.loss.epsilon_low=2.0"),
+                      "config.loss.epsilon_low=2.0 is out of range")
+
+
+_RERE_HEADER = ("user_id,item_asins,item_asin,history_item_id,item_id,history_item_title,"
+                "item_title,history_rating,rating,history_timestamp,timestamp\n")
+
+
+def test_cli_data_errors_are_one_line(tmp_path):
+    amazon = ("--config.data.dataset=amazon2018",)
+    _one_line_failure(run_cli("data", *amazon, f"--config.data.path={tmp_path / 'nope'}"),
+                      "abpo-jax data:", "nope: file or directory not found")
+    (tmp_path / "x.csv").write_text("a,b\n1,2\n")
+    _one_line_failure(run_cli("data", *amazon, f"--config.data.path={tmp_path / 'x.csv'}"),
+                      "not an Amazon 2018 CSV this loader reads")
+    rows = "".join(f'u{k},"[\'A\']",B,"[0]",1,"[\'a\']",b,"[5.0]",4.0,"[{k}]",{k + 1}\n'
+                   for k in range(4))
+    (tmp_path / "S_test.csv").write_text(_RERE_HEADER + rows)
+    (tmp_path / "S_info.txt").write_text("a\t0\nb\t1\n")
+    out = run_cli("data", *amazon, f"--config.data.path={tmp_path / 'S_test.csv'}")
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "abpo-jax data: config.data.k_core=5 removed every interaction" in out.stderr
+
+
+@pytest.mark.skipif(not (REPO.parent / "shared/data/amazon2018/Office_Products_test.csv").is_file(),
+                    reason="Amazon 2018 sample only in the team checkout (../shared/data)")
+def test_cli_data_warns_in_one_line_when_k_core_removes_most():
+    out = run_cli("data", "--config.data.dataset=amazon2018",
+                  f"--config.data.path={REPO.parent / 'shared/data/amazon2018'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert ("abpo-jax data: warning: config.data.k_core=5 kept 1,183 of 3,231 users (37%) and "
+            "7,548 of 22,447 interactions (34%)") in out.stderr
+    assert "UserWarning" not in out.stderr and "warnings.warn" not in out.stderr

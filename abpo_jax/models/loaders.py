@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
 
+from abpo_jax.config import gguf_problem
 from abpo_jax.models.config import ModelConfig
 from abpo_jax.models.decoder import Decoder
 from abpo_jax.models.sharding import Rules, state_shardings
@@ -186,6 +187,9 @@ def load_hf_checkpoint(directory: str | os.PathLike, mesh: Mesh | None = None,
                        rules: Rules | None = None, dtype: Any = None, param_dtype: Any = None,
                        **config_overrides: Any) -> tuple[Decoder, ModelConfig]:
     """Load `config.json` + `*.safetensors` (sharded index supported) into a Decoder."""
+    if not pathlib.Path(directory).exists():   # before config.json is looked for inside it
+        raise CheckpointError(f"{directory}: checkpoint directory does not exist "
+                              "(config.model.path)")
     config = read_hf_config(directory, **_dtype_overrides(dtype, param_dtype), **config_overrides)
     files = safetensors_files(directory)
     model = place_weights(config, _hf_tensors(files, config), str(directory), mesh, rules)
@@ -302,9 +306,13 @@ def load_gguf(path: str | os.PathLike, mesh: Mesh | None = None, rules: Rules | 
     import gguf
 
     path = str(path)
-    _refuse_pickles([pathlib.Path(path)], path)
-    if not os.path.exists(path):
-        raise CheckpointError(f"{path}: GGUF file does not exist")
+    if reader is None:
+        # Name the file and what is wrong before gguf's reader fails on the magic bytes.
+        problem = gguf_problem(path)
+        if problem:
+            raise CheckpointError(f"{path}: {problem}" + (
+                "; pickle-based weights (.bin/.pt) are refused"
+                if pathlib.Path(path).suffix in PICKLE_SUFFIXES else ""))
     reader = reader or gguf.GGUFReader(path)
     config = gguf_config(reader, path, **_dtype_overrides(dtype, param_dtype), **config_overrides)
     model = place_weights(config, _gguf_tensors(reader, config, path), path, mesh, rules)
