@@ -42,7 +42,7 @@ from array_record.python import array_record_module
 from abpo_jax.data.logs import (CORRUPT, DUPLICATE_REQUEST, FIELDS, INVALID_VALUE,
                                 MAX_RECORD_BYTES, RESERVED_KEYS, SCHEMA_VERSION, TOO_LARGE,
                                 WRONG_TYPE, BadRecord, LogRecord, LogValidationError,
-                                decode_raw, short_repr, validate_record)
+                                decode_raw, parse_json, short_repr, validate_record)
 
 MANIFEST = "manifest.json"
 QUARANTINE = "quarantine.jsonl"
@@ -540,34 +540,62 @@ def _parse_cell(kind: str, text: str) -> Any:
     return values if all(type(v) is int for v in values) else text
 
 
+_NOT_STRUCTURE = re.compile(r'[^",\r\n]+')
+
+
+def _skeleton(text: str) -> str:
+    """`text` with every run of plain characters cut to one 'x': what decides where CSV fields
+    and rows end (quotes, commas, line ends) is kept, the bulk is not."""
+    return _NOT_STRUCTURE.sub("x", text)
+
+
 class _CsvLines:
-    """Physical lines of a binary CSV file for `csv.reader`: bounded in length, decoded with
-    `surrogateescape` (an invalid byte becomes a marker the row check finds, not a crash of the
-    whole file), UTF-8 BOM dropped; remembers the lines of the row being parsed."""
+    """Physical lines of a binary CSV file for `csv.reader`: decoded with `surrogateescape` (an
+    invalid byte becomes a marker the row check finds, not a crash of the whole file), UTF-8 BOM
+    dropped; remembers the lines of the row being parsed.
+
+    Memory stays bounded: once a line or the row being read passes `limit` bytes, the reader is
+    fed only the line's skeleton, so it still finds where that row ends (a 10 MB quoted cell does
+    not make the rows inside it look like records) and the row is rejected as too large.
+    """
 
     def __init__(self, f: Any, limit: int):
-        self._lines = _bounded_lines(f, limit)
+        self._f = f
         self.limit = limit
         self.line_no = 0
-        self.row: list[tuple[int, str, int]] = []    # (line number, text, full size)
+        self.row: list[tuple[int, str, int]] = []    # (line number, text kept, full size)
+        self._row_size = 0
 
     def __iter__(self) -> "_CsvLines":
         return self
 
     def __next__(self) -> str:
-        raw, size = next(self._lines)
+        raw = self._f.readline(self.limit + 1)
+        if not raw:
+            raise StopIteration
         self.line_no += 1
         if self.line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]
         text = raw.decode("utf-8", "surrogateescape")
-        self.row.append((self.line_no, text, size))
-        # An overlong line is replaced by a bare line end: the row it belongs to is rejected
-        # as too large, and a cut line must not be parsed as data.
-        return text if size <= self.limit else "\n"
+        size = len(raw)
+        if size > self.limit and not raw.endswith(b"\n"):   # an overlong line: skim the rest
+            parts = [_skeleton(text)]
+            while chunk := self._f.readline(1 << 20):
+                size += len(chunk)
+                parts.append(_skeleton(chunk.decode("utf-8", "surrogateescape")))
+                if chunk.endswith(b"\n"):
+                    break
+            text = "".join(parts)
+        self._row_size += size
+        if self._row_size > self.limit:
+            text = _skeleton(text)
+        self.row.append((self.line_no, text[:QUARANTINE_RAW_CHARS] if self._row_size >
+                         self.limit else text, size))
+        return text
 
     def take_row(self) -> tuple[str, str, int]:
         """(position suffix 'N' or 'N-M', raw text, byte size) of the lines since the last call."""
-        lines, self.row = self.row, []
+        lines, self.row, self._row_size = self.row, [], 0
         if not lines:
             return str(self.line_no), "", 0
         first, last = lines[0][0], lines[-1][0]
@@ -592,14 +620,14 @@ def _csv_header(reader: Any, lines: _CsvLines, path: PathLike) -> list[str]:
     if _BAD_BYTES.search("".join(header)):
         raise LogValidationError(f"{path}: the CSV header is not valid UTF-8")
     header = [h.strip() for h in header]
-    repeated = sorted({h for h in header if header.count(h) > 1})
-    if repeated:
-        raise LogValidationError(f"{path}: the CSV header repeats column(s) {repeated}")
     missing = [name for name in FIELDS if name not in header]
     if missing:
         raise LogValidationError(
             f"{path}: the CSV header lacks column(s) {', '.join(missing)} (found: "
             f"{short_repr(', '.join(header), 200)}; need {', '.join(FIELDS)})")
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:
+        raise LogValidationError(f"{path}: the CSV header repeats column(s) {repeated}")
     return header
 
 
@@ -618,9 +646,9 @@ def _csv_record(header: list[str], row: list[str], raw: str) -> dict[str, Any] |
         if name == "extras":
             if value.strip():
                 try:
-                    extras = json.loads(value)
-                except (ValueError, RecursionError) as e:
-                    return Rejected(WRONG_TYPE, f"extras cell is not JSON ({short_repr(e)})", raw)
+                    extras = parse_json(value)
+                except BadRecord as e:
+                    return Rejected(WRONG_TYPE, f"extras cell: {e.detail}", raw)
                 if not isinstance(extras, dict):
                     return Rejected(WRONG_TYPE, "extras cell must be a JSON object, got "
                                                 f"{type(extras).__name__}", raw)
@@ -636,7 +664,8 @@ def _csv_record(header: list[str], row: list[str], raw: str) -> dict[str, Any] |
         else:
             record[name] = value   # unknown column: a string extra
     if extras:
-        shadowed = sorted((RESERVED_KEYS | set(header)).intersection(extras))
+        shadowed = sorted((RESERVED_KEYS | set(header)).difference({"extras"})
+                          .intersection(extras))
         if shadowed:   # which value would count? refuse rather than guess
             return Rejected(INVALID_VALUE, f"extras cell sets {shadowed}, also column(s) or "
                                            "schema fields", raw)
@@ -654,7 +683,10 @@ def read_csv(path: PathLike, max_record_bytes: int = MAX_RECORD_BYTES
     so the good rows behind a stray quote are not swallowed.
     """
     limit = ROW_SLACK * max_record_bytes
-    previous_limit = csv.field_size_limit(limit)   # default 128 KiB: our own exports exceed it
+    # csv's default 128 KiB cell limit is below what our own exports write; rows past `limit`
+    # are skeletons from then on (see _CsvLines), so 2x bounds a cell's text unless a skeleton
+    # itself is huge (millions of quotes), which then fails that row alone.
+    previous_limit = csv.field_size_limit(2 * limit)
     try:
         with open(path, "rb") as f:
             lines = _CsvLines(f, limit)

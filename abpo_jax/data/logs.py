@@ -151,6 +151,19 @@ def _object_without_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, An
     return d
 
 
+def parse_json(text: bytes | str) -> Any:
+    """json.loads that raises BadRecord(CORRUPT) for anything unreadable: bad UTF-8, deep
+    nesting, integers past Python's 4300-digit limit, and keys repeated in one object."""
+    try:
+        return json.loads(text, object_pairs_hook=_object_without_duplicate_keys)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadRecord(CORRUPT, f"not JSON ({type(e).__name__}: {e})") from None
+    except RecursionError:
+        raise BadRecord(CORRUPT, "JSON nested too deeply to parse") from None
+    except ValueError as e:   # e.g. an integer literal with 5,000 digits
+        raise BadRecord(CORRUPT, f"unreadable JSON value ({e})") from None
+
+
 def decode_raw(raw: bytes | str | Mapping[str, Any] | LogRecord) -> dict[str, Any]:
     """Raw input (record bytes, a JSON line, a dict or a LogRecord) -> dict; BadRecord if corrupt."""
     if isinstance(raw, LogRecord):
@@ -162,14 +175,7 @@ def decode_raw(raw: bytes | str | Mapping[str, Any] | LogRecord) -> dict[str, An
         return dict(raw)
     if not isinstance(raw, (bytes, bytearray, str)):
         raise BadRecord(CORRUPT, f"not a record: {type(raw).__name__}")
-    try:
-        obj = json.loads(raw, object_pairs_hook=_object_without_duplicate_keys)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BadRecord(CORRUPT, f"not a JSON object ({type(e).__name__}: {e})") from None
-    except RecursionError:
-        raise BadRecord(CORRUPT, "JSON nested too deeply to parse") from None
-    except ValueError as e:   # e.g. an integer literal past Python's 4300-digit limit
-        raise BadRecord(CORRUPT, f"unreadable JSON value ({e})") from None
+    obj = parse_json(raw)
     if not isinstance(obj, dict):
         raise BadRecord(CORRUPT, f"expected a JSON object, got {type(obj).__name__}")
     return obj

@@ -27,11 +27,11 @@ CSV_COLUMNS = ["schema_version", "request_id", "round", "policy_revision", "user
 CSV_HEADER = (",".join(CSV_COLUMNS) + "\r\n").encode()
 
 
-def csv_line(record: dict, **cells: str) -> bytes:
+def csv_line(record: dict, columns: list[str] = CSV_COLUMNS, **cells: str) -> bytes:
     """One CSV row (CRLF, as `csv.writer`) of a record; `cells` replace single cells verbatim."""
     d = dict(record)
     values = []
-    for col in CSV_COLUMNS:
+    for col in columns:
         if col in cells:
             values.append(cells[col])
         elif col == "extras":
