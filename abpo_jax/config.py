@@ -15,6 +15,26 @@ from typing import Any, Callable
 import ml_collections
 
 
+# Logical axis -> mesh axis (a name, a tuple of names, or None = replicated), in the spirit of
+# MaxText's `logical_axis_rules`; `models/sharding.py` reads this table (`config.mesh.rules`).
+LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("vocab", "tensor"),
+    ("layers", None),
+    ("lora_rank", None),
+    ("cache_length", None),
+)
+
+# The continual-round methods (`rounds.methods`).
+METHODS = ("abpo", "grpo", "anchor_no_snips", "sft_positive", "no_update")
+
+
 class ConfigError(ValueError):
     """A config field holds a value the program cannot run with."""
 
@@ -58,9 +78,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     # --- policy (action space) ------------------------------------------------------------
     c.policy = ml_collections.ConfigDict()
-    c.policy.mode = "item"            # item (score the closed candidate list) | text (sample)
+    c.policy.mode = "item"            # item (score the closed candidate list); text: not yet
     c.policy.logging_temperature = 1.0  # temperature of the deployed logging policy
-    c.policy.max_new_tokens = 32      # text mode only
 
     # --- user simulator -------------------------------------------------------------------
     c.sim = ml_collections.ConfigDict()
@@ -97,7 +116,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.kl_ratio_correction = False  # multiply the per-token KL by the PPO ratio (TRL use_bias_correction_kl)
     # --- optimisation ---------------------------------------------------------------------
     c.train = ml_collections.ConfigDict()
-    c.train.method = "abpo"           # abpo | grpo | anchor_no_snips | sft_positive | no_update
     c.train.optimizer = "adamw"       # adamw | sgd
     c.train.learning_rate = 1e-5
     c.train.warmup_steps = 0
@@ -128,6 +146,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.data = 1
     c.mesh.fsdp = -1                  # -1 = fill with the remaining devices
     c.mesh.tensor = 1
+    c.mesh.rules = LOGICAL_AXIS_RULES  # logical axis -> mesh axes (read by models/sharding.py)
 
     # --- checkpoints and outputs ---------------------------------------------------------
     c.checkpoint = ml_collections.ConfigDict()
@@ -172,7 +191,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "model.source": ("smollm2", "hf", "gguf", "tiny"),
     "model.dtype": ("float32", "bfloat16"),
     "model.param_dtype": ("float32", "bfloat16"),
-    "policy.mode": ("item", "text"),
+    "policy.mode": ("item",),         # text mode (sampled completions) is not implemented
     "sim.preference": ("mf", "cooc"),
     "loss.anchor": ("off", "baseline_only", "full"),
     "loss.snips": ("on", "off"),
@@ -182,7 +201,6 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "loss.std": ("none", "population", "bessel"),
     "loss.kl_estimator": ("k1", "k3"),
     "loss.aggregation": ("token_mean", "sequence_mean", "constant"),
-    "train.method": ("abpo", "grpo", "anchor_no_snips", "sft_positive", "no_update"),
     "train.optimizer": ("adamw", "sgd"),
     "train.schedule": ("constant", "cosine"),
     "rounds.reference": ("previous", "initial"),
@@ -262,7 +280,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 # Fields holding a tuple whose every element must come from a set.
 TUPLE_CHOICES: dict[str, tuple[str, ...]] = {
-    "rounds.methods": CHOICES["train.method"],
+    "rounds.methods": METHODS,
     "loss.rewards": ("format", "anchor_match", "ground_truth", "simulator"),
     "gee.strategies": ("full-ctr", "partial-ctr", "random-ctr", "no-drop", "explore-exploit"),
 }

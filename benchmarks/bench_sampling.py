@@ -117,12 +117,13 @@ def run(config: Any) -> list[dict]:
 
     from abpo_jax.sampling.generate import SamplingParams, generate, left_pad
     from abpo_jax.sampling.group_scoring import bucket
-    from abpo_jax.sampling.recommend import held_out_requests, load_policy
+    from abpo_jax.sampling.recommend import held_out_requests
+    from abpo_jax.train.policy import load_pretrained
     from abpo_jax.sampling.trie import build_batch_trie, candidate_token_sequences
 
     opts = {**DEFAULTS, **dict(config.get("bench_sampling", {}) or {})}
     b, g, repeats = opts["num_prompts"], opts["num_generations"], opts["repeats"]
-    model, tok = load_policy(config)
+    model, tok = load_pretrained(config)
     req = held_out_requests(config, tok, b)
     prompts = [tok.encode(p) for p in req.prompts]
     seqs = [candidate_token_sequences(tok, cs) for cs in req.completions]

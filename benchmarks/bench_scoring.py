@@ -59,12 +59,13 @@ def _timed(fn, repeats: int) -> tuple[float, float, Any]:
 def run(config: Any) -> list[dict]:
     from abpo_jax.sampling.group_scoring import (bucket, pack_group, score_packed,
                                                  sequence_logprobs)
-    from abpo_jax.sampling.recommend import held_out_requests, load_policy
+    from abpo_jax.sampling.recommend import held_out_requests
+    from abpo_jax.train.policy import load_pretrained
     from abpo_jax.sampling.trie import candidate_token_sequences
 
     opts = {**DEFAULTS, **dict(config.get("bench_scoring", {}) or {})}
     b, g, repeats = opts["num_prompts"], opts["num_generations"], opts["repeats"]
-    model, tok = load_policy(config)
+    model, tok = load_pretrained(config)
     req = held_out_requests(config, tok, b)
     prompts = [tok.encode(p) for p in req.prompts]
     comps = [candidate_token_sequences(tok, cs[:g]) for cs in req.completions]

@@ -21,8 +21,8 @@ B, P, C, L = 4, 256, 8, 12
 
 
 def _batch(vocab: int, seed: int = 0):
-    from abpo_jax.train.policy import pack_candidates
-    from abpo_jax.train.step import RLBatch
+    from abpo_jax.sampling.group_scoring import pack_candidates
+    from abpo_jax.train.learner import RLBatch
     rng = np.random.default_rng(seed)
     prompts = [list(rng.integers(100, vocab, size=P - 8)) for _ in range(B)]
     comps = [[[1, *rng.integers(100, vocab, size=L - 4).tolist(), 2, 3] for _ in range(C)]
@@ -43,7 +43,7 @@ def _time_step(config, lora_rank: int, steps: int) -> dict:
     from abpo_jax.models import lora
     from abpo_jax.models.loaders import load_smollm2
     from abpo_jax.train import state as st
-    from abpo_jax.train.step import init_step_state, make_policy_step
+    from abpo_jax.train.learner import init_step_state, make_policy_step
 
     config.model.lora.rank = lora_rank
     config.loss.num_generations = 4

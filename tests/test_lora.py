@@ -101,10 +101,10 @@ def test_bad_targets_and_rank():
 
 
 def test_adapters_sharded_on_mesh():
-    from abpo_jax.models import sharding as sh
+    from abpo_jax.models.decoder import create_sharded_model
 
     mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"))
-    model = sh.create_sharded_model(CONFIG, mesh)
+    model = create_sharded_model(CONFIG, mesh)
     lora.apply_lora(model, RANK, ALPHA, ("q_proj", "v_proj"), mesh=mesh)
     a = model.layers[0].self_attn.q_proj.lora_a[...]
     b = model.layers[0].self_attn.q_proj.lora_b[...]

@@ -21,40 +21,6 @@ from abpo_jax.data.logs import LogRecord
 Featurize = Callable[[LogRecord], dict[str, np.ndarray]]
 
 
-def numeric_featurizer(history_len: int, num_candidates: int) -> Featurize:
-    """Featurizer giving fixed-shape numeric arrays for one record.
-
-    Keys: `user` [], `candidates` [C] int32 (padded with 0), `candidate_mask` [C] bool,
-    `exposed_index` [] int32, `propensity` [] float32, `outcome` [] int32,
-    `context` [H] int32 (most recent H items, oldest first, padded with 0 at the end),
-    `context_mask` [H] bool, `round` [] int32.
-    """
-
-    def featurize(record: LogRecord) -> dict[str, np.ndarray]:
-        cands = record.candidate_item_ids
-        if len(cands) > num_candidates:
-            raise ValueError(f"request {record.request_id!r}: {len(cands)} candidates > "
-                             f"num_candidates={num_candidates} (config data.num_candidates)")
-        context = record.context_item_ids[-history_len:] if history_len else ()
-        out_cands = np.zeros(num_candidates, np.int32)
-        out_cands[:len(cands)] = cands
-        out_context = np.zeros(history_len, np.int32)
-        out_context[:len(context)] = context
-        return {
-            "user": np.int32(record.user_id),
-            "candidates": out_cands,
-            "candidate_mask": np.arange(num_candidates) < len(cands),
-            "exposed_index": np.int32(record.exposed_index),
-            "propensity": np.float32(record.propensity),
-            "outcome": np.int32(record.outcome),
-            "context": out_context,
-            "context_mask": np.arange(history_len) < len(context),
-            "round": np.int32(record.round),
-        }
-
-    return featurize
-
-
 def _process_index_and_count(process_index: int | None,
                              process_count: int | None) -> tuple[int, int]:
     if process_index is None or process_count is None:
@@ -76,7 +42,7 @@ def log_dataset(shards: Sequence[str | os.PathLike], *, batch_size: int, seed: i
       shards: shard paths (e.g. `RoundLog.shard_paths`, possibly of several rounds).
       batch_size: per-process batch size.
       seed: shuffle seed (same on every process; epochs are reshuffled).
-      featurize: record -> dict of numpy arrays (`numeric_featurizer` or a tokenizing one).
+      featurize: record -> dict of numpy arrays (e.g. `train.learner.featurize`).
       process_index / process_count: this process's slot; default `jax.process_index/count()`.
       num_epochs: passes over the data.
       drop_remainder: drop the last short batch (static shapes for jit); the per-process slices

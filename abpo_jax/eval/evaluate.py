@@ -1,14 +1,13 @@
-"""Evaluation of an item-mode policy: ranking, exposure bias, simulated CTR, SNIPS estimate.
+"""Evaluation metrics of an item-mode policy: ranking, exposure bias, simulated CTR, SNIPS.
 
-    abpo-jax eval --config=configs/tiny.py           # newest checkpoint of the run (or base)
-
-`policy_metrics` is pure numpy/jax over the policy's candidate log-probabilities, so the rounds
-runner, the CLI and tests share one definition of every number in the per-round table.
+`policy_metrics` and `log_metrics` are pure numpy over the policy's candidate log-probabilities,
+so the rounds runner, `abpo-jax eval` (`train/rounds.evaluate_run`) and tests share one
+definition of every number in the per-round table.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -74,10 +73,4 @@ def log_metrics(log_probs: np.ndarray, exposed_index: np.ndarray, propensity: np
     return {"snips_ctr": est, "log_sim_ctr": truth, "snips_bias": est - truth}
 
 
-def main(config: Any) -> None:
-    """`abpo-jax eval`: evaluate the run's newest checkpoint per method (base model if none)."""
-    from abpo_jax.train.rounds import evaluate_run
-    evaluate_run(config)
-
-
-__all__ = ["TABLE_COLUMNS", "log_metrics", "main", "policy_metrics", "snips_ctr"]
+__all__ = ["TABLE_COLUMNS", "log_metrics", "policy_metrics", "snips_ctr"]

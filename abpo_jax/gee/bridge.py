@@ -23,18 +23,17 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from abpo_jax.gee.loop import RoundResult
+from abpo_jax.gee.results import RoundResult
 
 FIELDS = ("request_id", "round", "policy_revision", "user_id", "context_item_ids",
           "candidate_item_ids", "exposed_item_id", "propensity", "outcome", "timestamp")
 
 
-def round_records(result: "RoundResult", *, strategy: str, slate_size: int) -> list[dict]:
+def round_records(result: RoundResult, *, strategy: str, slate_size: int) -> list[dict]:
     """Bandit-log records (dicts with `FIELDS`) of one simulated round."""
     r = result.record["round"]
     ids = np.asarray(result.item_ids)
@@ -60,7 +59,7 @@ def round_records(result: "RoundResult", *, strategy: str, slate_size: int) -> l
     return records
 
 
-def write_bandit_log(out_dir: pathlib.Path | str, rounds: Sequence["RoundResult"], *,
+def write_bandit_log(out_dir: pathlib.Path | str, rounds: Sequence[RoundResult], *,
                      strategy: str, slate_size: int, persona_names: Sequence[str]) -> pathlib.Path:
     """Write every round of a strategy as validated bandit-log rounds (ArrayRecord + manifest,
     `abpo_jax.data.log_store`) under `out_dir`, plus personas.json (user_id -> persona name)."""

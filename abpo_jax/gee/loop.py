@@ -10,7 +10,6 @@ so a strategy's run does not depend on which other strategies run beside it.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import pathlib
@@ -27,16 +26,10 @@ from abpo_jax.gee import click_model, outputs, prompts
 from abpo_jax.gee.backends import TextBackend, stable_hash
 from abpo_jax.gee.judge import SCORE_MODES, Judge
 from abpo_jax.gee.personas import Persona
+from abpo_jax.gee.results import RoundResult
 from abpo_jax.gee.strategies import STRATEGIES, Item, Plan, Request, plan_round
 
 MAX_ENUMERATED_SLATES = 200_000   # above this many K-subsets the analytic CTR is skipped
-
-
-@dataclasses.dataclass
-class RoundResult:
-    record: dict                          # JSON-serialisable summary (one history line)
-    item_ids: np.ndarray                  # [N] pool item ids, index = pool position
-    interactions: dict[str, np.ndarray]   # persona [S], shown [S, K], clicked [S] (pool positions)
 
 
 def _seed(*parts: object) -> int:

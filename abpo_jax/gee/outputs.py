@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from abpo_jax.gee.loop import RoundResult
+from abpo_jax.gee.results import RoundResult
 
 
-def pool_ctr_table(results: dict[str, list["RoundResult"]]) -> tuple[list[str], list[list[str]]]:
+def pool_ctr_table(results: dict[str, list[RoundResult]]) -> tuple[list[str], list[list[str]]]:
     """Header and rows: one row per strategy with pool CTR per round and the summary columns."""
     n_rounds = max(len(r) for r in results.values())
     header = (["strategy"] + [f"r{i}" for i in range(n_rounds)]
@@ -35,7 +33,7 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
-def plot_ctr(results: dict[str, list["RoundResult"]], path: pathlib.Path) -> None:
+def plot_ctr(results: dict[str, list[RoundResult]], path: pathlib.Path) -> None:
     """PNG of pool CTR per round per strategy (solid: simulated, dotted: analytic expectation)."""
     import matplotlib
     matplotlib.use("Agg")
@@ -62,7 +60,7 @@ def plot_ctr(results: dict[str, list["RoundResult"]], path: pathlib.Path) -> Non
     plt.close(fig)
 
 
-def write_all(run_dir: pathlib.Path, results: dict[str, list["RoundResult"]], *,
+def write_all(run_dir: pathlib.Path, results: dict[str, list[RoundResult]], *,
               initial_malformed: list[dict], meta: dict) -> dict[str, pathlib.Path]:
     """Write history.jsonl, results.txt, summary.json and ctr_per_round.png; print the table."""
     run_dir = pathlib.Path(run_dir)
@@ -87,7 +85,7 @@ def write_all(run_dir: pathlib.Path, results: dict[str, list["RoundResult"]], *,
     return paths
 
 
-def write_scalars(log_dir: pathlib.Path, results: dict[str, list["RoundResult"]]) -> None:
+def write_scalars(log_dir: pathlib.Path, results: dict[str, list[RoundResult]]) -> None:
     """TensorBoard scalars gee/<strategy>/{pool_ctr,expected_pool_ctr} with step = round."""
     from tensorboardX import SummaryWriter
 

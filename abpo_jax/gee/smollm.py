@@ -3,7 +3,8 @@
 Generation: chat-templated prompt + the answer prefix "New Question:" (so even a 135M model
 answers in the expected format), sampled with the jit-compiled KV-cache sampler
 (`sampling.generate`). Judging: one teacher-forced pass per batch scoring the ten labels after
-"Score:" in a shared-prefix packed row (`sampling.group_scoring`), no sampling.
+"Score:" as candidates in a shared-prefix packed row (`group_scoring.pack_candidates`, the
+policy's token path), no sampling.
 Batch and prompt lengths are padded to buckets so repeated calls reuse compiled programs.
 """
 
@@ -18,7 +19,7 @@ import numpy as np
 from abpo_jax.gee.judge import exclusive_label_logprobs
 from abpo_jax.gee.prompts import ANSWER_PREFIX
 from abpo_jax.sampling.generate import SamplingParams, generate, left_pad
-from abpo_jax.sampling.group_scoring import bucket, pack_group, score_packed
+from abpo_jax.sampling.group_scoring import bucket, candidate_scores, pack_candidates
 from abpo_jax.sampling.trie import candidate_token_sequences
 
 JUDGE_PREFIX = "Score:"
@@ -44,9 +45,9 @@ class SmolLMBackend:
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> "SmolLMBackend":
         """Load `config.model` (smollm2 | hf | gguf) and its tokenizer."""
-        from abpo_jax.sampling.recommend import load_policy
+        from abpo_jax.train.policy import load_pretrained
 
-        model, tok = load_policy(config)
+        model, tok = load_pretrained(config)
         name = f"{config.model.source}:{config.model.path}" if config.model.path else \
             config.model.source
         return cls(model, tok, name=name, top_p=config.gee.gen_top_p,
@@ -89,10 +90,8 @@ class SmolLMBackend:
             chunk = prompts[s:s + self.judge_batch_size]
             ids = [self.tokenizer.encode(self._chat(p, JUDGE_PREFIX)) for p in chunk]
             ids = ids + [ids[-1]] * (self.judge_batch_size - len(ids))
-            packed = pack_group(ids, [label_ids] * len(ids),
-                                prompt_len=bucket(max(map(len, ids)), PROMPT_MULTIPLE),
-                                completion_len=bucket(max(map(len, label_ids)), 4),
-                                pad_id=self.tokenizer.pad_id)
-            scores = score_packed(self.model, packed)
+            batch = pack_candidates(ids, [label_ids] * len(ids), pad_id=self.tokenizer.pad_id,
+                                    prompt_multiple=PROMPT_MULTIPLE, completion_multiple=4)
+            _, scores = candidate_scores(self.model, batch)
             out.append(np.asarray(scores.sequence_logprobs)[:len(chunk)])
         return exclusive_label_logprobs(np.concatenate(out), label_ids)

@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from abpo_jax.models.config import ModelConfig
-from abpo_jax.models.sharding import constrain
+from abpo_jax.models.sharding import as_auto_mesh, constrain, create_sharded, logical_to_spec
 
 Array = jax.Array
 
@@ -51,18 +51,15 @@ def init_cache(config: ModelConfig, batch: int, max_len: int, dtype: Any = jnp.f
 CACHE_AXES = ("layers", "batch", "cache_length", "kv_heads", "head_dim")
 
 
-def cache_shardings(config: ModelConfig, mesh: Any, batch: int, max_len: int,
-                    rules: Any = None) -> KVCache:
+def cache_shardings(config: ModelConfig, mesh: Any, batch: int, max_len: int) -> KVCache:
     """NamedShardings for a KVCache on `mesh` (batch over data/fsdp, kv heads over tensor)."""
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from abpo_jax.models.sharding import as_auto_mesh, logical_to_spec
-
     mesh = as_auto_mesh(mesh)
     shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
-    kv = NamedSharding(mesh, logical_to_spec(CACHE_AXES, shape, dict(mesh.shape), rules))
+    kv = NamedSharding(mesh, logical_to_spec(CACHE_AXES, shape, dict(mesh.shape)))
     pos = NamedSharding(mesh, logical_to_spec(("batch", "cache_length"), (batch, max_len),
-                                              dict(mesh.shape), rules))
+                                              dict(mesh.shape)))
     return KVCache(k=kv, v=kv, positions=pos, index=NamedSharding(mesh, PartitionSpec()))
 
 
@@ -342,3 +339,8 @@ class Decoder(nnx.Module):
         """
         x, new_cache = self.hidden_states(tokens, positions, attn_mask, cache)
         return self.logits_from_hidden(x), new_cache
+
+
+def create_sharded_model(config: ModelConfig, mesh: Any, rngs_seed: int = 0) -> Decoder:
+    """A `Decoder(config)` with parameters initialised directly in their shardings on `mesh`."""
+    return create_sharded(lambda: Decoder(config, rngs=nnx.Rngs(rngs_seed)), mesh)

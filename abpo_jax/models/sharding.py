@@ -1,38 +1,28 @@
 """Logical-axis sharding: rules, meshes, parameter shardings and sharded model construction.
 
 Parameters and activations carry logical axis names (`vocab`, `embed`, `mlp`, `heads`,
-`kv_heads`, `head_dim`, `batch`, `length`); a rules table maps them to the mesh axes
+`kv_heads`, `head_dim`, `batch`, `length`); the rules table in `config.py`
+(`LOGICAL_AXIS_RULES`, shown as `config.mesh.rules`) maps them to the mesh axes
 `("data", "fsdp", "tensor")`. A mesh axis that does not divide a dimension is dropped for that
 dimension (replicated), so tiny test models shard on any mesh.
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from abpo_jax.config import LOGICAL_AXIS_RULES
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
-# logical axis -> mesh axis (or tuple of mesh axes, or None = replicated)
+# logical axis -> mesh axis (or tuple of mesh axes, or None = replicated): config data.
 Rules = Sequence[tuple[str, Any]]
-DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
-    ("batch", ("data", "fsdp")),
-    ("length", None),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("head_dim", None),
-    ("vocab", "tensor"),
-    ("layers", None),
-    ("lora_rank", None),
-    ("cache_length", None),
-)
+RULES: Rules = LOGICAL_AXIS_RULES
 
 
 def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
@@ -72,7 +62,7 @@ def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int] | None,
     Mesh axes missing from the mesh, already used by an earlier dimension, or not dividing the
     dimension are dropped (that dimension is then replicated over them).
     """
-    table = dict(DEFAULT_RULES if rules is None else rules)
+    table = dict(RULES if rules is None else rules)
     used: set[str] = set()
     out: list[Any] = []
     for i, name in enumerate(axes):
@@ -96,27 +86,12 @@ def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int] | None,
     return PartitionSpec(*out)
 
 
-# Rules used by `constrain` while tracing; set with `use_rules` (default DEFAULT_RULES).
-_ACTIVE_RULES: list[Rules] = []
-
-
-@contextlib.contextmanager
-def use_rules(rules: Rules) -> Iterator[None]:
-    """Activation constraints inside this context use `rules` instead of DEFAULT_RULES."""
-    _ACTIVE_RULES.append(tuple(rules))
-    try:
-        yield
-    finally:
-        _ACTIVE_RULES.pop()
-
-
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     """`with_sharding_constraint` by logical axes when a mesh is set (`jax.set_mesh`); else x."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or not all(t == AxisType.Auto for t in mesh.axis_types):
         return x
-    rules = _ACTIVE_RULES[-1] if _ACTIVE_RULES else DEFAULT_RULES
-    spec = logical_to_spec(axes, x.shape, dict(mesh.shape), rules)
+    spec = logical_to_spec(axes, x.shape, dict(mesh.shape))
     return jax.lax.with_sharding_constraint(x, spec)
 
 
@@ -129,7 +104,7 @@ def _variable_axes(var: nnx.Variable) -> tuple | None:
 def state_shardings(state: Any, mesh: Mesh, rules: Rules | None = None) -> Any:
     """NamedSharding for every leaf of an nnx State from its logical `out_sharding` metadata.
 
-    Leaves without annotations are replicated.
+    Leaves without annotations are replicated; `rules` default to the config table.
     """
     mesh = as_auto_mesh(mesh)
     mesh_shape = dict(mesh.shape)
@@ -146,25 +121,15 @@ def state_shardings(state: Any, mesh: Mesh, rules: Rules | None = None) -> Any:
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def create_sharded(ctor: Callable[[], nnx.Module], mesh: Mesh,
-                   rules: Rules | None = None) -> nnx.Module:
+def create_sharded(ctor: Callable[[], nnx.Module], mesh: Mesh) -> nnx.Module:
     """Build `ctor()` with every variable born sharded (abstract eval, then jitted init)."""
     mesh = as_auto_mesh(mesh)
     abstract = nnx.eval_shape(ctor)
     graphdef, abs_state = nnx.split(abstract)
-    shardings = state_shardings(abs_state, mesh, rules)
+    shardings = state_shardings(abs_state, mesh)
 
     def init() -> Any:
         return nnx.state(ctor())
 
     state = jax.jit(init, out_shardings=shardings)()
     return nnx.merge(graphdef, state)
-
-
-def create_sharded_model(config: Any, mesh: Mesh, rules: Rules | None = None,
-                         rngs_seed: int = 0) -> nnx.Module:
-    """A `Decoder(config)` with parameters initialised directly in their shardings on `mesh`."""
-    from abpo_jax.models.decoder import Decoder  # decoder imports this module
-
-    return create_sharded(lambda: Decoder(config, rngs=nnx.Rngs(rngs_seed)), mesh, rules)
-

@@ -11,13 +11,16 @@ the prompt. The prompt is encoded once instead of K times. The first token of ev
 is predicted from the prompt's last logits; token j > 0 from the logits of its own token j-1.
 
 Also here: :func:`sequence_logprobs` (plain causal scoring of ordinary batches, the naive
-reference), :func:`candidate_distribution` (the item-mode policy) and
+reference), :func:`candidate_distribution` (the item-mode policy), the one token path to it that
+training, evaluation, `recommend` and GEE share (:func:`pack_candidates` ->
+:func:`score_candidates`: log pi~, sequence log-probs, self-certainty of the item-id span) and
 :func:`candidate_log_policy` (strings in, log pi(item | x) [B, C] out, with padded-length buckets
 so repeated calls reuse compiled code).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any, Sequence
@@ -188,6 +191,89 @@ def candidate_distribution(sequence_logprobs: jax.Array, valid: jax.Array | None
     return jax.nn.log_softmax(z, axis=-1)
 
 
+@dataclasses.dataclass
+class CandidateBatch:
+    """B prompts with their C candidate completions, packed (host numpy or device arrays).
+
+    packed: the shared-prefix layout; item_mask [B, C, L] float: tokens of the item id inside
+    each completion (self-certainty span); valid [B, C] bool: real candidates.
+    """
+    packed: PackedGroup
+    item_mask: Any
+    valid: Any
+
+
+jax.tree_util.register_dataclass(
+    CandidateBatch, data_fields=["packed", "item_mask", "valid"], meta_fields=[])
+
+
+def item_span_mask(completions: Sequence[Sequence[Sequence[int]]], num_candidates: int,
+                   completion_len: int) -> np.ndarray:
+    """[B, C, L] mask of the tokens that name the item: everything except the token prefix and
+    suffix that all of a prompt's candidates share (the tag and eos tokens, whatever the
+    tokenizer splits them into). A single candidate keeps its whole completion."""
+    out = np.zeros((len(completions), num_candidates, completion_len), np.float32)
+    for b, comps in enumerate(completions):
+        if len(comps) < 2:
+            for c, o in enumerate(comps):
+                out[b, c, :len(o)] = 1.0
+            continue
+        shortest = min(len(o) for o in comps)
+        pre = 0
+        while pre < shortest and len({o[pre] for o in comps}) == 1:
+            pre += 1
+        suf = 0
+        while suf < shortest - pre and len({o[len(o) - 1 - suf] for o in comps}) == 1:
+            suf += 1
+        for c, o in enumerate(comps):
+            out[b, c, pre:len(o) - suf] = 1.0
+    return out
+
+
+def pack_candidates(prompts: Sequence[Sequence[int]],
+                    completions: Sequence[Sequence[Sequence[int]]], *,
+                    prompt_len: int | None = None, completion_len: int | None = None,
+                    num_candidates: int | None = None, pad_id: int = 0,
+                    prompt_multiple: int = 16, completion_multiple: int = 4) -> CandidateBatch:
+    """Pack token ids (prompts [B][P], completions [B][C][L]) into a :class:`CandidateBatch`.
+
+    Lengths default to bucketed batch maxima, so similar batches reuse one compiled program.
+    """
+    P = prompt_len or bucket(max(map(len, prompts)), prompt_multiple)
+    L = completion_len or bucket(max(len(o) for cs in completions for o in cs),
+                                 completion_multiple)
+    C = num_candidates or max(len(cs) for cs in completions)
+    packed = pack_group(prompts, completions, prompt_len=P, completion_len=L,
+                        num_completions=C, pad_id=pad_id)
+    valid = np.zeros((len(prompts), C), bool)
+    for b, cs in enumerate(completions):
+        valid[b, :len(cs)] = True
+    return CandidateBatch(packed, item_span_mask(completions, C, L), valid)
+
+
+def candidate_scores(model: Any, batch: CandidateBatch, temperature: float = 1.0
+                     ) -> tuple[jax.Array, GroupScores]:
+    """(log pi~ [B, C] at `temperature`, the per-completion :class:`GroupScores`)."""
+    scores = score_packed(model, batch.packed)
+    return candidate_distribution(scores.sequence_logprobs, batch.valid, temperature), scores
+
+
+def score_candidates(model: Any, batch: CandidateBatch, certainty_on: str = "item"
+                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(log pi~ [B, C], summed completion log-probs [B, C], self-certainty [B, C]).
+
+    The item-mode policy pi~_theta(c | x) = softmax_c(sum_t log pi_theta(o_c,t | x, o_c,<t)).
+    Self-certainty is the mean of SC_t = logsumexp(z_t) - mean(z_t) (full vocabulary) over the
+    item-id span (`certainty_on="item"`) or over all completion tokens ("completion").
+    Differentiable in the model's parameters.
+    """
+    cand_logp, scores = candidate_scores(model, batch)
+    m = batch.item_mask if certainty_on == "item" else scores.mask.astype(jnp.float32)
+    certainty = (jnp.sum(scores.self_certainty * m, axis=-1)
+                 / jnp.maximum(jnp.sum(m, axis=-1), 1.0))
+    return cand_logp, scores.sequence_logprobs, certainty
+
+
 def candidate_log_policy(model: nnx.Module, tokenizer: Any, prompts: Sequence[str],
                          candidates: Sequence[Sequence[str]], temperature: float = 1.0,
                          append_eos: bool = True, prompt_multiple: int = 64,
@@ -210,13 +296,11 @@ def candidate_log_policy(model: nnx.Module, tokenizer: Any, prompts: Sequence[st
     extra = bucket(n, batch_multiple) - n
     prompts, candidates = list(prompts) + [prompts[0]] * extra, list(candidates) + \
         [candidates[0]] * extra
-    prompt_ids = [tokenizer.encode(p) for p in prompts]
-    comp_ids = [candidate_token_sequences(tokenizer, cs, append_eos) for cs in candidates]
-    packed = pack_group(
-        prompt_ids, comp_ids,
-        prompt_len=bucket(max(map(len, prompt_ids)), prompt_multiple),
-        completion_len=bucket(max(len(o) for cs in comp_ids for o in cs), completion_multiple),
-        pad_id=getattr(tokenizer, "pad_id", 0) or 0)
-    scores = jax.tree.map(lambda x: x[:n], score_packed(model, packed))
-    logp = candidate_distribution(scores.sequence_logprobs, scores.mask.any(-1), temperature)
+    batch = pack_candidates([tokenizer.encode(p) for p in prompts],
+                            [candidate_token_sequences(tokenizer, cs, append_eos)
+                             for cs in candidates],
+                            pad_id=getattr(tokenizer, "pad_id", 0) or 0,
+                            prompt_multiple=prompt_multiple,
+                            completion_multiple=completion_multiple)
+    logp, scores = jax.tree.map(lambda x: x[:n], candidate_scores(model, batch, temperature))
     return (logp, scores) if return_scores else logp

@@ -22,21 +22,9 @@ from abpo_jax.data.splits import Example, build_examples, prepare_data
 from abpo_jax.sampling.generate import SamplingParams, generate, left_pad
 from abpo_jax.sampling.group_scoring import bucket, candidate_log_policy
 from abpo_jax.sampling.trie import build_batch_trie, candidate_token_sequences
+from abpo_jax.train.policy import load_pretrained
 
 DEFAULT_NUM_USERS = 3
-
-
-def load_policy(config: Any) -> tuple[Any, Any]:
-    """(Decoder, Tokenizer) for `config.model` (pretrained sources only)."""
-    from abpo_jax.models.loaders import load_model
-    from abpo_jax.models.tokenizer import load_tokenizer
-
-    source = config.model.source
-    if source == "tiny":
-        raise ValueError("config.model.source=tiny is an untrained item-id model; recommend "
-                         "needs smollm2, hf or gguf")
-    model, _ = load_model(source, config.model.path, dtype=config.model.dtype)
-    return model, load_tokenizer(source, config.model.path)
 
 
 @dataclasses.dataclass
@@ -76,7 +64,7 @@ def main(config: Any) -> list[dict]:
     num_users = DEFAULT_NUM_USERS
     if "recommend" in config and "num_users" in config.recommend:
         num_users = int(config.recommend.num_users)
-    model, tok = load_policy(config)
+    model, tok = load_pretrained(config)
     req = held_out_requests(config, tok, num_users)
     examples, prompts, completions = req.examples, req.prompts, req.completions
     cand_ids, titles, short_ids = req.candidate_ids, req.titles, req.short_ids

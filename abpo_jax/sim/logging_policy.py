@@ -5,6 +5,10 @@ candidate list (item mode; the model's packed candidate scorer plugs in here). T
 draws the exposed item from softmax(log pi / temperature), logs that probability as the
 propensity, asks the user simulator for the outcome, and commits the round through
 `data.log_store` (validated, atomic). Randomness: `fold_in(PRNGKey(seed), round)`.
+
+Each record's `extras` carry what the update needs, computed once here so the training side
+never calls the simulator: the held-out target (`TARGET`), the history ratings (`HISTORY_RATINGS`,
+the exact prompt) and every candidate's simulated click probability (`CLICK_PROBS`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ class ExampleLike(Protocol):
     history: np.ndarray      # [h] item ids, oldest first
     candidates: np.ndarray   # [C] item ids
 
+
+# Keys of the record extras written by `log_round`.
+TARGET, HISTORY_RATINGS, CLICK_PROBS = "target_item_id", "history_ratings", "click_probs"
 
 ScoreFn = Callable[[Sequence[ExampleLike]], "jax.Array | np.ndarray"]
 
@@ -111,12 +118,18 @@ def log_round(examples: Sequence[ExampleLike], score_fn: ScoreFn, simulator: Use
     candidates = np.stack([np.asarray(e.candidates) for e in examples])
     exposed = candidates[np.arange(len(examples)), np.asarray(index)]
     outcome = np.asarray(simulator.sample_outcomes(jax.random.fold_in(key, 1), users, exposed))
+    click = np.asarray(simulator.click_probs(users, candidates), np.float32)
     propensity = np.asarray(propensity, np.float64)
     stamp = time.time() if timestamp is None else float(timestamp)
 
     def records():
         for i, e in enumerate(examples):
-            extras = {"target_item_id": int(e.target)} if hasattr(e, "target") else {}
+            extras = {CLICK_PROBS: [float(p) for p in click[i]]}
+            if hasattr(e, "target"):
+                extras[TARGET] = int(e.target)
+            if hasattr(e, "history_ratings"):
+                extras[HISTORY_RATINGS] = [float(r) for r in np.asarray(e.history_ratings,
+                                                                         np.float32)]
             yield LogRecord(
                 request_id=request_id(round_index, int(e.user)), round=round_index,
                 policy_revision=policy_revision, user_id=int(e.user),

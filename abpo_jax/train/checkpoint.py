@@ -1,24 +1,29 @@
 """Orbax checkpoints of the continual run: train state, run metadata, grain iterator state.
 
 One `CheckpointManager` per run directory. A checkpoint is a Composite of
-`state` (params + optimizer state per method, RNG key data; restored born-sharded from an
-abstract tree), `meta` (JSON: round, phase, method index, step, log manifests) and optionally
-`iter` (a grain iterator). Restoring walks from the newest step down, so a truncated or corrupt
-newest checkpoint falls back to the previous one with a warning.
+`state` (restored born-sharded from an abstract tree), `meta` (JSON: a :class:`RunState` plus
+the update's metric history) and optionally `iter` (a grain iterator). Restoring walks from the
+newest step down, so a truncated or corrupt newest checkpoint falls back to the previous one
+with a warning. Checkpoint ids only grow: a new one goes past every existing step.
+
+The layout (`Layout`): mid-SFT the state is {"sft": train state}; from the end of round 0 on it
+is {"methods": {method: train state + "ref" (pi_ref's params)}}.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import pathlib
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import orbax.checkpoint as ocp
 
 from abpo_jax.train.faults import kill_point
+from abpo_jax.train.state import abstract_like
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +32,51 @@ def checkpoint_dir(config) -> str:
     """`config.checkpoint.dir`, or `<run_dir>/checkpoints` when empty (absolute for Orbax)."""
     d = config.checkpoint.dir or os.path.join(config.run_dir, "checkpoints")
     return d if "://" in d else str(pathlib.Path(d).absolute())
+
+
+PHASES = ("start", "sft", "update", "done")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunState:
+    """Where a run stands: `phase` start | sft (mid-SFT) | update (mid-update of `method` in
+    `round`) | done (`method` of `round` finished; round 0 = SFT evaluated), `step` done so far
+    within the phase."""
+    phase: str = "start"
+    round: int = 0
+    method: str = ""
+    step: int = 0
+
+    def to_meta(self, **extra: Any) -> dict:
+        return {**dataclasses.asdict(self), **extra}
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> "RunState":
+        return cls(**{f.name: meta[f.name] for f in dataclasses.fields(cls) if f.name in meta})
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """The checkpoint tree of every phase, as abstract (shape, dtype, sharding) targets."""
+    methods: Sequence[str]
+    sft_state: Callable[[], dict]      # a fresh SFT train state
+    method_state: Callable[[], dict]   # a fresh round train state, "ref" included
+
+    def abstract(self, run_state: RunState) -> dict:
+        if run_state.phase == "sft":
+            return {"sft": abstract_like(self.sft_state())}
+        one = abstract_like(self.method_state())
+        return {"methods": {m: one for m in self.methods}}
+
+
+@dataclasses.dataclass
+class Restored:
+    """A restored checkpoint: its id, state tree, run state, metadata, grain iterator."""
+    step: int
+    state: Any
+    run_state: RunState
+    meta: dict
+    data_iter: Any = None
 
 
 class Checkpointer:
@@ -52,6 +102,10 @@ class Checkpointer:
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
+    def next_step(self) -> int:
+        """An id past every existing checkpoint, including an unreadable newest one."""
+        return max([0, *self.steps()]) + 1
+
     def restore_meta(self, step: int) -> dict:
         return self.manager.restore(
             step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -67,22 +121,22 @@ class Checkpointer:
         out = self.manager.restore(step, args=ocp.args.Composite(**items))
         return out["state"], out["meta"]
 
-    def restore_latest(self, abstract_state_for: Callable[[dict], Any],
-                       iterator_for: Callable[[dict], Any] | None = None
-                       ) -> tuple[int, Any, dict] | None:
-        """Newest restorable checkpoint as (step, state, meta); None when there is none.
+    def restore_latest(self, abstract_state_for: Callable[[RunState], Any],
+                       iterator_for: Callable[[RunState], Any] | None = None
+                       ) -> Restored | None:
+        """Newest restorable checkpoint; None when there is none.
 
-        `abstract_state_for(meta)` gives the abstract tree for that checkpoint's metadata;
-        `iterator_for(meta)` the grain iterator to restore in place (or None: not saved).
+        `abstract_state_for(run_state)` gives the abstract tree for that checkpoint;
+        `iterator_for(run_state)` the grain iterator to restore in place (or None: not saved).
         Unreadable checkpoints are skipped with a warning (and the next-older one is tried).
         """
         for step in reversed(self.steps()):
             try:
-                meta = self.restore_meta(step)
-                data_iter = iterator_for(meta) if iterator_for is not None else None
-                state, meta = self.restore(step, abstract_state_for(meta), data_iter)
+                run_state = RunState.from_meta(self.restore_meta(step))
+                data_iter = iterator_for(run_state) if iterator_for is not None else None
+                state, meta = self.restore(step, abstract_state_for(run_state), data_iter)
                 jax.block_until_ready(state)
-                return step, state, meta
+                return Restored(step, state, run_state, meta, data_iter)
             except Exception as e:  # noqa: BLE001 — any unreadable checkpoint means "older one"
                 warnings.warn(f"checkpoint {self.directory}/{step} is unreadable "
                               f"({type(e).__name__}: {e}); falling back to an older one")

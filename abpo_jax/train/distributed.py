@@ -13,13 +13,12 @@ distributed system when the run spans more than one process:
 * otherwise (one CPU/GPU process, a Colab TPU) it does nothing.
 
 Orbax checkpointing must run on *every* process (it coordinates the hosts itself); plain files
-(metrics, plots, tables, log shards) are written by process 0 only: :func:`on_main_process`,
-:func:`main_process_only`, followed by :func:`barrier` when other processes read them back.
+(metrics, plots, tables, log shards) are written by process 0 only (:func:`on_main_process`),
+followed by :func:`barrier` when other processes read them back.
 """
 
 from __future__ import annotations
 
-import functools
 import glob
 import logging
 import os
@@ -140,14 +139,6 @@ def initialize_distributed(config: Any = None) -> bool:
 def on_main_process(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
     """`fn(*args, **kwargs)` on process 0 only (e.g. a file write); None elsewhere."""
     return fn(*args, **kwargs) if is_main_process() else None
-
-
-def main_process_only(fn: Callable[..., T]) -> Callable[..., T | None]:
-    """Decorator form of :func:`on_main_process`."""
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> T | None:
-        return on_main_process(fn, *args, **kwargs)
-    return wrapper
 
 
 def barrier(name: str) -> None:

@@ -1,4 +1,7 @@
-"""The jitted train steps (item mode): policy-gradient (ABPO / GRPO / anchor-no-SNIPS) and SFT.
+"""The learner role: jitted train steps (item mode) and the loops that feed them.
+
+Steps: policy-gradient (ABPO / GRPO / anchor-no-SNIPS), SFT (round-0 warm start and
+`sft_positive`). The losses API is called from one function, :func:`policy_objective`.
 
 One step = one global batch of B prompts, split into `grad_accum` micro-batches ([A, B/A, ...]):
   1. no-grad pre-pass over all micro-batches with the same packed scorer: log pi~_old [B, C]
@@ -8,22 +11,32 @@ One step = one global batch of B prompts, split into `grad_accum` micro-batches 
      — so accumulation is exact (no per-micro-batch statistics);
   3. grad pass: scan over micro-batches summing grad(loss_sum) and denom; update with
      grad_sum / denom_sum. Non-finite loss or grads: the update is skipped and counted.
-RNG: fold_in(fold_in(PRNGKey(seed), round), step).
+RNG: fold_in(RngStreams.train_round(round), step).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+import math
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from abpo_jax.data.logs import LogRecord
+from abpo_jax.data.pipeline import log_iterator
+from abpo_jax.data.splits import Example
 from abpo_jax.losses.certainty import CertaintyStats
 from abpo_jax.losses.objective import AnchorTerms, abpo_objective, anchor_terms
 from abpo_jax.losses.settings import LossSettings
-from abpo_jax.train.policy import CandidateBatch, score_candidates
+from abpo_jax.sampling.group_scoring import CandidateBatch, PackedGroup, score_candidates
+from abpo_jax.train import state as st
+from abpo_jax.train.faults import kill_point
+from abpo_jax.train.outputs import progress
+from abpo_jax.train.policy import Encoder, example_from_record, record_click_probs
 from abpo_jax.train.state import ModelSplit
 
 POLICY_METHODS = ("abpo", "grpo", "anchor_no_snips")
@@ -124,6 +137,56 @@ def _finite_update(state: dict, grads: Any, loss: jax.Array, tx: optax.GradientT
     }, finite
 
 
+@dataclasses.dataclass
+class Objective:
+    """The whole-batch quantities of one policy step and its per-micro-batch loss."""
+    terms: AnchorTerms          # anchor reward r_0, SNIPS weight, certainty, running stats
+    rollouts: jax.Array         # [A, b, G] candidate indices drawn from pi~_old
+    rewards: jax.Array          # [A, b, G]
+    rollout_mask: jax.Array     # [A, b, G]
+    micro_loss: Callable[[jax.Array, int], tuple]  # (log pi~_theta [b, C], i) -> (sum, den, m)
+
+
+def policy_objective(settings: LossSettings, batch: RLBatch, old_logp: jax.Array,
+                     ref_logp: jax.Array, certainty: jax.Array, stats: CertaintyStats,
+                     key: jax.Array) -> Objective:
+    """The method's objective over one global batch [A, b, C]: the one place that calls the
+    losses API (`anchor_terms`, `rollout_rewards`, `abpo_objective`).
+
+    Whole-batch quantities (SNIPS mean, certainty min/max) are computed here, over every
+    micro-batch, so accumulation is exact; `micro_loss(logp, i)` is micro-batch i's
+    (loss_sum, denominator, metrics) at the current log pi~_theta.
+    """
+    A, b, _ = old_logp.shape
+    valid = batch.valid.astype(jnp.float32)
+    anchor_old = _take(old_logp, batch.exposed[..., None])[..., 0]
+    terms = anchor_terms(
+        settings, outcome=batch.outcome,
+        self_certainty=_take(certainty, batch.exposed[..., None])[..., 0],
+        target_prob=jnp.exp(anchor_old), propensity=batch.propensity, mask=valid,
+        stats=stats if settings.certainty_norm == "running" else None)
+    # Drawn over the flat global batch, so the draws do not depend on grad_accum.
+    rollouts = jax.random.categorical(
+        key, old_logp.reshape(A * b, 1, -1), axis=-1,
+        shape=(A * b, settings.num_generations)).reshape(A, b, settings.num_generations)
+    rewards = rollout_rewards(rollouts, batch, terms.reward, settings)
+    rollout_mask = jnp.broadcast_to(valid[..., None], rewards.shape)
+
+    def micro_loss(logp: jax.Array, i: int) -> tuple:
+        roll = rollouts[i]
+        anchor_i = AnchorTerms(terms.reward[i], terms.weight[i], terms.certainty[i], None)
+        return abpo_objective(
+            settings, rollout_rewards=rewards[i],
+            logp=_take(logp, roll)[..., None],
+            old_logp=_take(old_logp[i], roll)[..., None],
+            ref_logp=_take(ref_logp[i], roll)[..., None],
+            mask=rollout_mask[i][..., None], rollout_mask=rollout_mask[i],
+            anchor=anchor_i, anchor_logp=_take(logp, batch.exposed[i][..., None]),
+            anchor_mask=valid[i][..., None], anchor_row_mask=valid[i])
+
+    return Objective(terms, rollouts, rewards, rollout_mask, micro_loss)
+
+
 def make_policy_step(split: ModelSplit, tx: optax.GradientTransformation,
                      settings: LossSettings, certainty_on: str = "item") -> Callable:
     """Pure policy-gradient step `(state, frozen, ref_params, batch, round_key) -> (state, metrics)`.
@@ -132,7 +195,6 @@ def make_policy_step(split: ModelSplit, tx: optax.GradientTransformation,
     extremes for certainty_norm=running); `ref_params` are pi_ref's trainable params (pi_{k-1});
     `settings` already reflect the method (see `method_settings`).
     """
-    G = settings.num_generations
 
     def score(params, frozen, cands):
         cand_logp, _, cert = score_candidates(split.merge(params, frozen), cands, certainty_on)
@@ -148,35 +210,14 @@ def make_policy_step(split: ModelSplit, tx: optax.GradientTransformation,
                 _scan_micro(lambda c: score(ref_params, frozen, c), batch.cands)[0])
         else:
             ref_logp = old_logp
-        A, b, _ = old_logp.shape
+        A = old_logp.shape[0]
         valid = batch.valid.astype(jnp.float32)
-
-        # Whole-batch quantities (SNIPS mean, certainty min/max): exact under accumulation.
-        anchor_old = _take(old_logp, batch.exposed[..., None])[..., 0]
-        terms = anchor_terms(
-            settings, outcome=batch.outcome,
-            self_certainty=_take(cert, batch.exposed[..., None])[..., 0],
-            target_prob=jnp.exp(anchor_old), propensity=batch.propensity, mask=valid,
-            stats=state["cert"] if settings.certainty_norm == "running" else None)
-        # Drawn over the flat global batch, so the draws do not depend on grad_accum.
-        rollouts = jax.random.categorical(
-            key, old_logp.reshape(A * b, 1, -1), axis=-1, shape=(A * b, G)).reshape(A, b, G)
-        rewards = rollout_rewards(rollouts, batch, terms.reward, settings)
-        rollout_mask = jnp.broadcast_to(valid[..., None], rewards.shape)
+        objective = policy_objective(settings, batch, old_logp, ref_logp, cert,
+                                     state["cert"], key)
 
         def micro_loss(p, i):
             logp, _ = score(p, frozen, jax.tree.map(lambda x: x[i], batch.cands))
-            roll = rollouts[i]
-            anchor_i = AnchorTerms(terms.reward[i], terms.weight[i], terms.certainty[i], None)
-            out = abpo_objective(
-                settings, rollout_rewards=rewards[i],
-                logp=_take(logp, roll)[..., None],
-                old_logp=_take(old_logp[i], roll)[..., None],
-                ref_logp=_take(ref_logp[i], roll)[..., None],
-                mask=rollout_mask[i][..., None], rollout_mask=rollout_mask[i],
-                anchor=anchor_i, anchor_logp=_take(logp, batch.exposed[i][..., None]),
-                anchor_mask=valid[i][..., None], anchor_row_mask=valid[i])
-            return _split_aux(out)
+            return _split_aux(objective.micro_loss(logp, i))
 
         grad_fn = jax.grad(micro_loss, has_aux=True)
 
@@ -194,6 +235,7 @@ def make_policy_step(split: ModelSplit, tx: optax.GradientTransformation,
         grads = jax.tree.map(lambda g: g / denom, g_sum)
         loss = loss_sum / denom
         new_state, finite = _finite_update(state, grads, loss, tx)
+        terms, rewards, rollout_mask = objective.terms, objective.rewards, objective.rollout_mask
         if settings.certainty_norm == "running":
             new_state["cert"] = terms.stats
         else:
@@ -259,3 +301,176 @@ def make_sft_step(split: ModelSplit, tx: optax.GradientTransformation) -> Callab
     return step
 
 
+
+
+# --- input: logged records -> RL batches ----------------------------------------------------
+
+
+def featurize(record: LogRecord, encoder: Encoder) -> dict[str, np.ndarray]:
+    """One logged request as fixed-shape arrays: the exact logged prompt, re-tokenized, and the
+    click probabilities the record carries (no simulator call in the input pipeline)."""
+    ex = example_from_record(record)
+    cands = encoder.encode([ex])
+    p = cands.packed
+    return {
+        "tokens": p.tokens[0], "positions": p.positions[0], "segments": p.segments[0],
+        "prompt_lengths": p.prompt_lengths[0], "completion_tokens": p.completion_tokens[0],
+        "completion_mask": p.completion_mask[0], "item_mask": cands.item_mask[0],
+        "valid_cands": cands.valid[0],
+        "exposed": np.int32(record.exposed_index),
+        "propensity": np.float32(record.propensity),
+        "outcome": np.int32(record.outcome),
+        "target": np.int32(ex.target_index), "sim_reward": record_click_probs(record),
+    }
+
+
+def log_batches(shards: Sequence[str], encoder: Encoder, *, steps: int, batch_size: int,
+                seed: int, num_records: int) -> Iterator[dict]:
+    """This process's share of `steps` global batches of a round's log (grain iterator,
+    checkpointable; reshuffled every epoch)."""
+    per_epoch = max(num_records // batch_size, 1)
+    return iter(log_iterator(
+        list(shards), batch_size=batch_size // jax.process_count(), seed=seed,
+        featurize=lambda record: featurize(record, encoder),
+        num_epochs=max(1, math.ceil(steps / per_epoch))))
+
+
+def rl_batch(b: dict) -> RLBatch:
+    """A featurized host batch (dict of [n, ...]) as an :class:`RLBatch`."""
+    packed = PackedGroup(tokens=b["tokens"], positions=b["positions"],
+                         segments=b["segments"], prompt_lengths=b["prompt_lengths"],
+                         completion_tokens=b["completion_tokens"],
+                         completion_mask=b["completion_mask"])
+    return RLBatch(cands=CandidateBatch(packed, b["item_mask"], b["valid_cands"]),
+                   exposed=b["exposed"], propensity=b["propensity"], outcome=b["outcome"],
+                   target=b["target"], sim_reward=b["sim_reward"],
+                   valid=np.ones(len(b["exposed"]), np.float32))
+
+
+# --- the learner: jitted steps and their loops ------------------------------------------------
+
+SaveFn = Callable[[dict, int, list], None]   # (train state, next step, metric history)
+STATE_KEYS = ("params", "opt", "step", "skipped", "cert")
+
+
+@dataclasses.dataclass
+class Learner:
+    """Runs the SFT and per-method update loops on the mesh; steps are jitted once per name
+    (donated state, explicit shardings, batch over data x fsdp)."""
+
+    split: ModelSplit
+    frozen: Any
+    mesh: Mesh
+    config: Any                    # the run config: `train.*` and `loss.*` fields
+    show_progress: bool = False
+
+    def __post_init__(self):
+        self.settings = LossSettings.from_mapping(self.config.loss)
+        self.micro_sharding = NamedSharding(self.mesh, P(None, ("data", "fsdp")))
+        self.replicated = st.replicated(self.mesh)
+        self.compiled: dict[str, Callable] = {}   # jit cache: pure memo, name -> step
+
+    def update_steps(self) -> int:
+        """Update steps per round: `train.steps_per_round`, else epochs over the round's log."""
+        t = self.config.train
+        if t.steps_per_round > 0:
+            return int(t.steps_per_round)
+        return (self.config.data.users_per_round // t.batch_size) * int(t.epochs_per_round)
+
+    def optimizer(self, sft: bool) -> optax.GradientTransformation:
+        t = self.config.train
+        steps = int(t.sft_steps) if sft else self.update_steps()
+        lr = t.sft_learning_rate if sft else t.learning_rate
+        return st.make_optimizer(self.config, float(lr), max(steps, 1))
+
+    def fresh_state(self, params: Any, sft: bool = False) -> dict:
+        """A train state of `params` with a new optimizer state."""
+        return init_step_state(params, st.init_opt_state(self.optimizer(sft), params,
+                                                         self.mesh))
+
+    def _jit(self, name: str, make: Callable[[], Callable], state: dict, num_batch_args: int,
+             with_ref: bool = False) -> Callable:
+        if name not in self.compiled:
+            sh = jax.tree.map(lambda x: x.sharding, state)
+            ins = [sh, jax.tree.map(lambda x: x.sharding, self.frozen)]
+            if with_ref:
+                ins.append(jax.tree.map(lambda x: x.sharding, state["params"]))
+            ins += [self.micro_sharding] * num_batch_args
+            if with_ref:
+                ins.append(self.replicated)
+            self.compiled[name] = jax.jit(make(), in_shardings=tuple(ins),
+                                          out_shardings=(sh, self.replicated), donate_argnums=0)
+        return self.compiled[name]
+
+    def _micro(self, host: Any) -> Any:
+        """This process's [B/P, ...] host arrays (P processes) -> global [A, B/A, ...] arrays
+        placed with the micro-batch sharding (each process fills its devices' rows)."""
+        a = int(self.config.train.grad_accum)
+        host = jax.tree.map(lambda x: np.asarray(x).reshape((a, -1) + np.shape(x)[1:]), host)
+        return jax.tree.map(
+            lambda x: jax.make_array_from_process_local_data(self.micro_sharding, x), host)
+
+    def sft(self, state: dict, examples: Sequence[Example], encoder: Encoder, start: int,
+            save: SaveFn) -> dict:
+        """Round-0 warm start: steps `start..train.sft_steps` on next-item targets."""
+        t = self.config.train
+        steps, bs = int(t.sft_steps), int(t.batch_size)
+        tx = self.optimizer(sft=True)
+        fn = self._jit("sft", lambda: make_sft_step(self.split, tx), state, 3)
+        share = bs // jax.process_count()
+        lo = jax.process_index() * share
+        for s in progress(range(start, steps), "sft", total=steps - start,
+                          enabled=self.show_progress):
+            # this process's share of the global batch (all of it with one process)
+            ex = [examples[i % len(examples)] for i in range(s * bs + lo, s * bs + lo + share)]
+            cands = self._micro(encoder.encode(ex))
+            index = self._micro(np.array([e.target_index for e in ex], np.int32))
+            weight = self._micro(np.ones(len(ex), np.float32))
+            with jax.set_mesh(self.mesh):
+                state, _ = fn(state, self.frozen, cands, index, weight)
+            kill_point("sft")
+            self._maybe_save(save, state, s + 1, steps, [])
+        return state
+
+    def update(self, method: str, state: dict, ref: Any, batches: Iterator[dict],
+               round_key: jax.Array, start: int, hist: list, save: SaveFn
+               ) -> tuple[dict, dict]:
+        """One method's round update from step `start` (with the metric history `hist` of
+        the steps before it). Returns (train state, mean train metrics of the round)."""
+        steps = self.update_steps()
+        tx = self.optimizer(sft=False)
+        state = {key: state[key] for key in STATE_KEYS}
+        if method in POLICY_METHODS:
+            settings = method_settings(self.settings, method)
+            fn = self._jit(f"policy:{method}", lambda: make_policy_step(
+                self.split, tx, settings, settings.certainty_tokens), state, 1, with_ref=True)
+        else:  # sft_positive: SFT on the logged item, weighted by its positive outcome
+            fn = self._jit("sft_positive", lambda: make_sft_step(self.split, tx), state, 3)
+        hist = list(hist)
+        for s in progress(range(start, steps), "update", total=steps - start,
+                          enabled=self.show_progress):
+            batch = self._micro(rl_batch(next(batches)))
+            with jax.set_mesh(self.mesh):
+                if method in POLICY_METHODS:
+                    state, m = fn(state, self.frozen, ref, batch, round_key)
+                else:
+                    state, m = fn(state, self.frozen, batch.cands, batch.exposed,
+                                  batch.outcome.astype(jnp.float32))
+            hist.append({key: float(v) for key, v in jax.device_get(m).items()})
+            kill_point("update")
+            self._maybe_save(save, state, s + 1, steps, hist)
+        return state, train_summary(hist, state)
+
+    def _maybe_save(self, save: SaveFn, state: dict, done: int, steps: int, hist: list) -> None:
+        every = int(self.config.checkpoint.every_steps)
+        if every and done % every == 0 and done < steps:
+            save(state, done, hist)
+
+
+def train_summary(hist: list[dict], state: dict) -> dict:
+    """Mean of every step metric over the round (`train/<name>`), plus skipped steps."""
+    if not hist:
+        return {}
+    out = {f"train/{key}": float(np.mean([h[key] for h in hist])) for key in hist[0]}
+    out["train/skipped"] = int(state["skipped"])
+    return out

@@ -1,10 +1,12 @@
-"""Item-mode policy over packed candidate completions (DESIGN.md "Action space and policy").
+"""The item-mode policy role: request -> tokens -> log pi~ (DESIGN.md "Action space and policy").
 
 pi~_theta(c | x) = softmax_c( sum_t log pi_theta(o_c,t | x, o_c,<t) ) over the closed candidate
-list. Scoring uses the sampling engineer's shared-prefix packing (`sampling.group_scoring`):
-the prompt once, the C completions after it. This module adds what training needs on top:
-the item-id span of each completion (for self-certainty) and a differentiable scorer of
-(params, frozen) that the jitted steps call.
+list, scored with the shared-prefix packing of `sampling.group_scoring` (`pack_candidates` ->
+`score_candidates`, the one token path). This module adds the request side: `Encoder` renders and
+tokenizes `Example`s with run-wide fixed padded sizes (one compiled program), `example_from_record`
+rebuilds the exact logged request, and `Policy` scores batches of requests with given trainable
+params on the run's mesh. Deploy, the update featurizer, evaluation, `recommend` and GEE all go
+through here.
 """
 
 from __future__ import annotations
@@ -13,84 +15,135 @@ import dataclasses
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
 
-from abpo_jax.sampling.group_scoring import (PackedGroup, bucket, candidate_distribution,
-                                             pack_group, score_packed)
+from abpo_jax.data.logs import LogRecord
+from abpo_jax.data.prompts import render_completion, render_messages
+from abpo_jax.data.splits import Example
+from abpo_jax.sampling.group_scoring import (CandidateBatch, bucket, pack_candidates,
+                                             score_candidates)
+from abpo_jax.sampling.trie import candidate_token_sequences
+from abpo_jax.sim.logging_policy import CLICK_PROBS, HISTORY_RATINGS, TARGET
+from abpo_jax.train.faults import kill_point
+from abpo_jax.train.outputs import progress
+from abpo_jax.train.state import ModelSplit
+
+
+def load_pretrained(config: Any) -> tuple[Any, Any]:
+    """(Decoder, Tokenizer) for a pretrained `config.model` (smollm2 | hf | gguf)."""
+    from abpo_jax.models.loaders import load_model
+    from abpo_jax.models.tokenizer import load_tokenizer
+
+    source = config.model.source
+    if source == "tiny":
+        raise ValueError("config.model.source=tiny is an untrained item-id model; recommend "
+                         "needs smollm2, hf or gguf")
+    model, _ = load_model(source, config.model.path, dtype=config.model.dtype)
+    return model, load_tokenizer(source, config.model.path)
+
+
+def prompt_style(config: Any) -> str:
+    """`ids_only` prompts for the tiny item-id decoder, full chat prompts otherwise."""
+    return "ids_only" if config.model.source == "tiny" else "full"
 
 
 @dataclasses.dataclass
-class CandidateBatch:
-    """B prompts with their C candidate completions, packed (host numpy or device arrays).
+class Encoder:
+    """Renders and tokenizes requests (history + candidates) with fixed padded sizes, so every
+    batch of the run has one shape (one compiled step)."""
 
-    packed: the shared-prefix layout; item_mask [B, C, L] float: tokens of the item id inside
-    each completion (self-certainty span); valid [B, C] bool: real candidates.
-    """
-    packed: PackedGroup
-    item_mask: Any
-    valid: Any
+    tokenizer: Any
+    titles: Sequence[str]
+    short_ids: Sequence[str]
+    style: str
+    show_ratings: bool
+    prompt_len: int = 0
+    completion_len: int = 0
+    num_candidates: int = 0
 
+    def prompt_ids(self, example: Example) -> list[int]:
+        messages = render_messages(example, self.titles, self.short_ids,
+                                   show_ratings=self.show_ratings, style=self.style)
+        out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        return list(self.tokenizer.encode(out) if isinstance(out, str) else out)
 
-jax.tree_util.register_dataclass(
-    CandidateBatch, data_fields=["packed", "item_mask", "valid"], meta_fields=[])
+    def completion_ids(self, example: Example) -> list[list[int]]:
+        texts = [render_completion(self.short_ids[int(c)]) for c in example.candidates]
+        return [list(x) for x in candidate_token_sequences(self.tokenizer, texts, True)]
 
+    def fit(self, examples: Sequence[Example]) -> "Encoder":
+        """Fix the padded sizes from every request the run will see (bucketed)."""
+        self.prompt_len = bucket(max(len(self.prompt_ids(e)) for e in examples), 16)
+        self.completion_len = max(len(o) for e in examples[:64] for o in self.completion_ids(e))
+        self.completion_len = bucket(self.completion_len + 2, 4)  # room for longer ids
+        self.num_candidates = max(len(e.candidates) for e in examples)
+        return self
 
-def item_span_mask(completions: Sequence[Sequence[Sequence[int]]], num_candidates: int,
-                   completion_len: int) -> np.ndarray:
-    """[B, C, L] mask of the tokens that name the item: everything except the token prefix and
-    suffix that all of a prompt's candidates share (the tag and eos tokens, whatever the
-    tokenizer splits them into). A single candidate keeps its whole completion."""
-    out = np.zeros((len(completions), num_candidates, completion_len), np.float32)
-    for b, comps in enumerate(completions):
-        if len(comps) < 2:
-            for c, o in enumerate(comps):
-                out[b, c, :len(o)] = 1.0
-            continue
-        shortest = min(len(o) for o in comps)
-        pre = 0
-        while pre < shortest and len({o[pre] for o in comps}) == 1:
-            pre += 1
-        suf = 0
-        while suf < shortest - pre and len({o[len(o) - 1 - suf] for o in comps}) == 1:
-            suf += 1
-        for c, o in enumerate(comps):
-            out[b, c, pre:len(o) - suf] = 1.0
-    return out
-
-
-def pack_candidates(prompts: Sequence[Sequence[int]],
-                    completions: Sequence[Sequence[Sequence[int]]], *,
-                    prompt_len: int | None = None, completion_len: int | None = None,
-                    num_candidates: int | None = None, pad_id: int = 0,
-                    prompt_multiple: int = 16, completion_multiple: int = 4) -> CandidateBatch:
-    """Pack token ids (prompts [B][P], completions [B][C][L]) into a :class:`CandidateBatch`.
-
-    Lengths default to bucketed batch maxima, so similar batches reuse one compiled step.
-    """
-    P = prompt_len or bucket(max(map(len, prompts)), prompt_multiple)
-    L = completion_len or bucket(max(len(o) for cs in completions for o in cs),
-                                 completion_multiple)
-    C = num_candidates or max(len(cs) for cs in completions)
-    packed = pack_group(prompts, completions, prompt_len=P, completion_len=L,
-                        num_completions=C, pad_id=pad_id)
-    valid = np.zeros((len(prompts), C), bool)
-    for b, cs in enumerate(completions):
-        valid[b, :len(cs)] = True
-    return CandidateBatch(packed, item_span_mask(completions, C, L), valid)
+    def encode(self, examples: Sequence[Example]) -> CandidateBatch:
+        return pack_candidates(
+            [self.prompt_ids(e) for e in examples], [self.completion_ids(e) for e in examples],
+            prompt_len=self.prompt_len, completion_len=self.completion_len,
+            num_candidates=self.num_candidates,
+            pad_id=int(getattr(self.tokenizer, "pad_id", 0) or 0))
 
 
-def score_candidates(model: Any, batch: CandidateBatch, certainty_on: str = "item"
-                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(log pi~ [B, C], summed completion log-probs [B, C], self-certainty [B, C]).
+def example_from_record(record: LogRecord) -> Example:
+    """The request of a logged exposure, as logged (target -1 and ratings 0 when unknown)."""
+    cands = np.asarray(record.candidate_item_ids, np.int32)
+    target = int(record.extras.get(TARGET, -1))
+    hits = np.flatnonzero(cands == target)
+    history = np.asarray(record.context_item_ids, np.int32)
+    ratings = record.extras.get(HISTORY_RATINGS)
+    ratings = (np.zeros(len(history), np.float32) if ratings is None
+               else np.asarray(ratings, np.float32))
+    return Example(user=record.user_id, history=history, history_ratings=ratings, target=target,
+                   candidates=cands, target_index=int(hits[0]) if hits.size else -1)
 
-    Self-certainty is the mean of SC_t = logsumexp(z_t) - mean(z_t) (full vocabulary) over the
-    item-id span (`certainty_on="item"`) or over all completion tokens ("completion").
-    Differentiable in the model's parameters.
-    """
-    scores = score_packed(model, batch.packed)
-    cand_logp = candidate_distribution(scores.sequence_logprobs, batch.valid)
-    m = batch.item_mask if certainty_on == "item" else scores.mask.astype(jnp.float32)
-    certainty = (jnp.sum(scores.self_certainty * m, axis=-1)
-                 / jnp.maximum(jnp.sum(m, axis=-1), 1.0))
-    return cand_logp, scores.sequence_logprobs, certainty
+
+def record_click_probs(record: LogRecord) -> np.ndarray:
+    """The simulated click probabilities [C] the record was logged with."""
+    return np.asarray(record.extras[CLICK_PROBS], np.float32)
+
+
+@dataclasses.dataclass
+class Policy:
+    """log pi~ of the run's model for any trainable params: batched, padded, sharded."""
+
+    split: ModelSplit
+    frozen: Any
+    encoder: Encoder
+    mesh: Mesh
+    batch_sharding: NamedSharding
+    batch_size: int
+    certainty_on: str = "item"
+    show_progress: bool = False
+
+    def __post_init__(self):
+        split, certainty_on = self.split, self.certainty_on
+
+        def score(params, frozen, cands):
+            return score_candidates(split.merge(params, frozen), cands, certainty_on)[0]
+
+        replicated = NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        self.score = jax.jit(score, out_shardings=replicated)
+
+    def log_probs(self, params: Any, examples: Sequence[Example], desc: str,
+                  kill: str | None = None) -> np.ndarray:
+        """log pi~ [N, C] of the policy with trainable `params` over the examples' candidates."""
+        bs = self.batch_size
+        out = []
+        chunks = range(0, len(examples), bs)
+        for i in progress(chunks, desc, total=len(chunks), enabled=self.show_progress):
+            chunk = list(examples[i:i + bs])
+            n = len(chunk)
+            chunk += [chunk[-1]] * (bs - n)
+            # Host arrays holding the *global* batch (identical on every process) -> sharded.
+            cands = jax.tree.map(lambda x: jax.device_put(np.asarray(x), self.batch_sharding),
+                                 self.encoder.encode(chunk))
+            with jax.set_mesh(self.mesh):
+                lp = self.score(params, self.frozen, cands)
+            out.append(np.asarray(lp)[:n])
+            if kill:
+                kill_point(kill)
+        return np.concatenate(out)

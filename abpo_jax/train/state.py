@@ -112,13 +112,12 @@ def init_opt_state(tx: optax.GradientTransformation, params: Any, mesh: Mesh) ->
     return jax.jit(tx.init, out_shardings=out_sh)(params)
 
 
-def place_model(model: nnx.Module, config, mesh: Mesh, rules: Any = None
-                ) -> tuple[ModelSplit, Any, Any]:
+def place_model(model: nnx.Module, config, mesh: Mesh) -> tuple[ModelSplit, Any, Any]:
     """Split a built model into (ModelSplit, trainable params, frozen rest), each leaf placed
     with the sharding of its logical axes (models.sharding rules)."""
     split, params, frozen = split_model(model, config)
-    params = shard_like(params, state_shardings(params, mesh, rules))
-    frozen = shard_like(frozen, state_shardings(frozen, mesh, rules))
+    params = shard_like(params, state_shardings(params, mesh))
+    frozen = shard_like(frozen, state_shardings(frozen, mesh))
     return split, params, frozen
 
 

@@ -36,11 +36,12 @@ def tiny_config(run_dir: pathlib.Path, sim_cache: pathlib.Path):
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    from abpo_jax.train.rounds import ContinualRun
+    from abpo_jax.train import rounds
+    from abpo_jax.train.experiment import build
     run_dir = tmp_path_factory.mktemp("rounds")
     config = tiny_config(run_dir, tmp_path_factory.mktemp("sim"))
-    run = ContinualRun(config, devices=jax.devices()[:1])
-    rows = run.run()
+    run = build(config, devices=jax.devices()[:1])
+    rows = rounds.run(run)
     return run, rows, run_dir
 
 
@@ -65,8 +66,12 @@ def test_two_rounds_write_finite_metrics_and_outputs(finished):
 
 
 def _params(run, step, method):
-    _, tree, meta = run.ckpt.restore_latest(run._abstract) if step is None else (
-        step, *run.ckpt.restore(step, run._abstract(run.ckpt.restore_meta(step))))
+    from abpo_jax.train.checkpoint import RunState
+    if step is None:
+        tree = run.ckpt.restore_latest(run.layout.abstract).state
+    else:
+        run_state = RunState.from_meta(run.ckpt.restore_meta(step))
+        tree, _ = run.ckpt.restore(step, run.layout.abstract(run_state))
     return [np.asarray(x) for x in jax.tree.leaves(tree["methods"][method]["params"])]
 
 
@@ -90,6 +95,7 @@ def test_eval_command_reproduces_final_row(finished):
     from abpo_jax.train.rounds import evaluate_run
     run, rows, _ = finished
     rows_eval = {r["method"]: r for r in evaluate_run(run.config, jax.devices()[:1])}
+    assert rows_eval.keys() == set(METHODS)
     final = {r["method"]: r for r in rows if r["round"] == 2}
     for m in METHODS:
         assert rows_eval[m]["round"] == 2

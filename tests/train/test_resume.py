@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 # Tiny config, 1 round of ABPO with 3 update steps; checkpoints after every step.
 SCRIPT = r"""
@@ -47,10 +47,11 @@ c.mesh.fsdp = 1
 from abpo_jax.config import validate
 validate(c)
 import jax
-from abpo_jax.train.rounds import ContinualRun
-run = ContinualRun(c, devices=jax.devices()[:1])
-run.run()
-step, tree, meta = run.ckpt.restore_latest(run._abstract)
+from abpo_jax.train import rounds
+from abpo_jax.train.experiment import build
+run = build(c, devices=jax.devices()[:1])
+rounds.run(run)
+tree = run.ckpt.restore_latest(run.layout.abstract).state
 leaves = jax.tree.leaves(tree["methods"]["abpo"]["params"])
 np.savez(os.path.join(c.run_dir, "final.npz"), *[np.asarray(x) for x in leaves])
 """

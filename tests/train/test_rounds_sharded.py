@@ -10,7 +10,8 @@ from test_rounds import tiny_config
 
 
 def _run(tmp_path_factory, devices, data, fsdp, tensor):
-    from abpo_jax.train.rounds import ContinualRun
+    from abpo_jax.train import rounds
+    from abpo_jax.train.experiment import build
     run_dir = tmp_path_factory.mktemp(f"mesh{len(devices)}")
     config = tiny_config(run_dir, tmp_path_factory.mktemp("sim"))
     config.rounds.num_rounds = 1
@@ -18,9 +19,9 @@ def _run(tmp_path_factory, devices, data, fsdp, tensor):
     config.outputs.plots = False
     config.outputs.tensorboard = False
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = data, fsdp, tensor
-    run = ContinualRun(config, devices=devices)
-    rows = run.run()
-    _, tree, _ = run.ckpt.restore_latest(run._abstract)
+    run = build(config, devices=devices)
+    rows = rounds.run(run)
+    tree = run.ckpt.restore_latest(run.layout.abstract).state
     params = [np.asarray(x) for x in jax.tree.leaves(tree["methods"]["abpo"]["params"])]
     return rows, params
 

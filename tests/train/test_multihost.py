@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 ROWS, COLS = 2, 3   # per-process block of the global array
 
 
@@ -226,16 +226,9 @@ def test_bad_settings_fail_clearly(recorded_init, monkeypatch, env, config, mess
     assert recorded_init == []
 
 
-def test_main_process_helpers_single_process(tmp_path):
-    from abpo_jax.train.distributed import barrier, main_process_only, on_main_process
+def test_main_process_helpers_single_process():
+    from abpo_jax.train.distributed import barrier, on_main_process
     assert on_main_process(lambda a, b=0: a + b, 1, b=2) == 3      # process 0 of 1
-
-    @main_process_only
-    def write(path):
-        path.write_text("x")
-        return "wrote"
-
-    assert write(tmp_path / "f") == "wrote" and (tmp_path / "f").read_text() == "x"
     barrier("no-op with one process")
 
 
@@ -333,9 +326,10 @@ def test_two_processes_run_one_tiny_round(tmp_path):
 
     from abpo_jax.config import validate
     from abpo_jax.data import log_store
-    from abpo_jax.train.rounds import ContinualRun
+    from abpo_jax.train import rounds
+    from abpo_jax.train.experiment import build
 
-    ref = ContinualRun(validate(_tiny_round_config(tmp_path / "ref")), jax.devices()[:4]).run()
+    ref = rounds.run(build(validate(_tiny_round_config(tmp_path / "ref")), jax.devices()[:4]))
     assert [(r["round"], r["method"]) for r in ref] == [(0, "abpo"), (1, "abpo")]
     rows = sorted(rows, key=lambda r: r["round"])
     assert rows[0].keys() == ref[0].keys()

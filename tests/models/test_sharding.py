@@ -10,7 +10,8 @@ from jax.sharding import PartitionSpec as P
 
 from abpo_jax.models import sharding as sh
 from abpo_jax.models.config import ModelConfig
-from abpo_jax.models.decoder import Decoder, cache_shardings, causal_mask, init_cache
+from abpo_jax.models.decoder import (Decoder, cache_shardings, causal_mask, create_sharded_model,
+                                     init_cache)
 
 CONFIG = ModelConfig.tiny(128, hidden_size=64, num_heads=4, num_kv_heads=2, intermediate_size=128)
 B, T = 4, 8
@@ -25,7 +26,7 @@ def mesh():
 def models(mesh):
     with jax.default_device(jax.devices()[0]):
         single = Decoder(CONFIG, rngs=nnx.Rngs(0))
-    return single, sh.create_sharded_model(CONFIG, mesh, rngs_seed=0)
+    return single, create_sharded_model(CONFIG, mesh, rngs_seed=0)
 
 
 def _inputs():
@@ -120,7 +121,7 @@ def test_remat_sharded_gradients_match(models, mesh):
     single, _ = models
     remat_config = ModelConfig.tiny(128, hidden_size=64, num_heads=4, num_kv_heads=2,
                                     intermediate_size=128, remat=True)
-    remat_sharded = sh.create_sharded_model(remat_config, mesh, rngs_seed=0)
+    remat_sharded = create_sharded_model(remat_config, mesh, rngs_seed=0)
     tokens, positions = _inputs()
 
     def loss(model):

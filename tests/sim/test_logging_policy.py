@@ -65,8 +65,13 @@ def test_exposures_match_logged_propensities(tmp_path, temperature):
     chi2 = np.sum((observed - n * expected) ** 2 / (n * expected))
     assert chi2 < 16.27, (observed, n * expected)
     assert records[17].request_id == "r00001-u17" and records[17].round == 1
-    assert records[17].extras == {"target_item_id": 2}
     assert records[17].context_item_ids == (1, 3)
+    extras = records[17].extras
+    assert extras[lp.TARGET] == 2 and extras[lp.HISTORY_RATINGS] == [1.0, 1.0]
+    # the click probabilities of every candidate, computed once at log time
+    want = np.asarray(make_sim().click_probs(np.array([records[17].user_id]),
+                                             np.array([records[17].candidate_item_ids])))[0]
+    np.testing.assert_allclose(extras[lp.CLICK_PROBS], want, rtol=1e-6)
 
 
 def test_outcomes_follow_simulator(tmp_path):

@@ -14,10 +14,10 @@ from abpo_jax.losses.settings import LossSettings
 from abpo_jax.models.config import ModelConfig
 from abpo_jax.models.decoder import Decoder
 from abpo_jax.models.sharding import create_sharded
+from abpo_jax.sampling.group_scoring import item_span_mask, pack_candidates, score_candidates
 from abpo_jax.train import state as st
-from abpo_jax.train.policy import item_span_mask, pack_candidates, score_candidates
-from abpo_jax.train.step import (RLBatch, init_step_state, make_policy_step, make_sft_step,
-                                 method_settings)
+from abpo_jax.train.learner import (RLBatch, init_step_state, make_policy_step, make_sft_step,
+                                    method_settings)
 
 B, C, G = 8, 4, 4
 

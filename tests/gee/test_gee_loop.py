@@ -13,7 +13,7 @@ from abpo_jax.gee.backends import KeywordJudge, ScriptedGenerator, stable_hash
 from abpo_jax.gee.personas import load_personas
 from abpo_jax.gee.strategies import STRATEGIES
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _config(**gee):

@@ -29,28 +29,18 @@ def shards(tmp_path_factory):
     return log.shard_paths
 
 
-FEATURIZE = pipeline.numeric_featurizer(history_len=4, num_candidates=5)
+def FEATURIZE(r: LogRecord) -> dict[str, np.ndarray]:
+    """A small fixed-shape featurizer (C = 5 candidates, H = 4 context items, zero-padded)."""
+    cands, context = np.zeros(5, np.int32), np.zeros(4, np.int32)
+    cands[:len(r.candidate_item_ids)] = r.candidate_item_ids
+    context[:len(r.context_item_ids[-4:])] = r.context_item_ids[-4:]
+    return {"user": np.int32(r.user_id), "candidates": cands, "context": context,
+            "exposed_index": np.int32(r.exposed_index), "propensity": np.float32(r.propensity),
+            "outcome": np.int32(r.outcome)}
 
 
 def users(it) -> list[int]:
     return [int(u) for batch in it for u in batch["user"]]
-
-
-def test_numeric_featurizer_hand_checked():
-    r = LogRecord(request_id="x", round=1, policy_revision="r", user_id=7,
-                  context_item_ids=(11, 12), candidate_item_ids=(5, 9, 3),
-                  exposed_item_id=3, propensity=0.25, outcome=1, timestamp=0.0)
-    f = pipeline.numeric_featurizer(history_len=3, num_candidates=4)(r)
-    np.testing.assert_array_equal(f["candidates"], [5, 9, 3, 0])
-    np.testing.assert_array_equal(f["candidate_mask"], [True, True, True, False])
-    np.testing.assert_array_equal(f["context"], [11, 12, 0])
-    np.testing.assert_array_equal(f["context_mask"], [True, True, False])
-    assert f["exposed_index"] == 2 and f["propensity"] == np.float32(0.25) and f["outcome"] == 1
-    long = pipeline.numeric_featurizer(history_len=2, num_candidates=4)(
-        r.__class__(**{**r.__dict__, "context_item_ids": (1, 2, 3, 4)}))
-    np.testing.assert_array_equal(long["context"], [3, 4])            # most recent H
-    with pytest.raises(ValueError, match="num_candidates"):
-        pipeline.numeric_featurizer(history_len=2, num_candidates=2)(r)
 
 
 def test_batches_are_featurized_records(shards):

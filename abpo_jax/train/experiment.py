@@ -1,0 +1,148 @@
+"""Everything one continual experiment needs, built once from the config (no work done yet).
+
+    mesh -> data (slices, examples) -> simulator -> tokenizer/encoder -> model + LoRA (born
+    sharded) -> roles: Policy (scoring), Rollout (deploy + log), Learner (steps + loops),
+    Evaluator (table rows); checkpoint layout, checkpointer and metrics writer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+
+from abpo_jax.data.splits import Example, build_examples, build_train_examples, prepare_data
+from abpo_jax.sim.users import simulator_from_config
+from abpo_jax.train import state as st
+from abpo_jax.train.checkpoint import Checkpointer, Layout, checkpoint_dir
+from abpo_jax.train.distributed import barrier, on_main_process
+from abpo_jax.train.evaluation import Evaluator
+from abpo_jax.train.learner import Learner
+from abpo_jax.train.outputs import MetricsWriter
+from abpo_jax.train.policy import Encoder, Policy, prompt_style
+from abpo_jax.train.rollout import Exposures, Rollout
+from abpo_jax.train.seeds import RngStreams
+
+
+@dataclasses.dataclass
+class Experiment:
+    config: Any
+    methods: tuple[str, ...]
+    streams: RngStreams
+    init_params: Any
+    sft_examples: list[Example]
+    encoder: Encoder
+    learner: Learner
+    rollout: Rollout
+    evaluator: Evaluator
+    layout: Layout
+    ckpt: Checkpointer
+    writer: MetricsWriter
+
+
+def check_sizes(config: Any, batch_ways: int) -> None:
+    """Batch sizes that divide the mesh and give every round at least one update step."""
+    b, a = config.train.batch_size, config.train.grad_accum
+    if b % a:
+        raise ValueError(f"config.train.batch_size={b} must be divisible by "
+                         f"config.train.grad_accum={a}")
+    if (b // a) % batch_ways:
+        raise ValueError(f"config.train.batch_size/grad_accum={b // a} must be divisible by "
+                         f"the batch mesh axes data*fsdp={batch_ways}")
+    if config.eval.batch_size % batch_ways:
+        raise ValueError(f"config.eval.batch_size={config.eval.batch_size} must be divisible by "
+                         f"data*fsdp={batch_ways}")
+    if config.data.users_per_round < b:
+        raise ValueError(f"config.data.users_per_round={config.data.users_per_round} < "
+                         f"config.train.batch_size={b}: a round's log would give no step")
+
+
+def build_model(config: Any, vocab_size: int, mesh: Any, streams: RngStreams) -> nnx.Module:
+    """The tiny item-id decoder or a pretrained model, born sharded, LoRA applied."""
+    c = config.model
+    dtype, param_dtype, remat = c.dtype, c.param_dtype, bool(c.remat)
+    if c.source == "tiny":
+        from abpo_jax.models.config import ModelConfig
+        from abpo_jax.models.decoder import create_sharded_model
+        t = c.tiny
+        mc = ModelConfig.tiny(vocab_size, hidden_size=t.hidden, num_layers=t.layers,
+                              num_heads=t.heads, num_kv_heads=t.kv_heads,
+                              head_dim=t.hidden // t.heads, intermediate_size=t.intermediate,
+                              dtype=dtype, param_dtype=param_dtype, remat=remat)
+        model = create_sharded_model(mc, mesh, rngs_seed=streams.model_init)
+    else:
+        from abpo_jax.models.loaders import load_model
+        model, _ = load_model(c.source, c.path, mesh=mesh, dtype=dtype,
+                              param_dtype=param_dtype, remat=remat)
+    if int(c.lora.rank) > 0:
+        from abpo_jax.models import lora
+        model = lora.apply_lora(model, int(c.lora.rank), float(c.lora.alpha),
+                                tuple(c.lora.targets), rngs=nnx.Rngs(streams.lora_init),
+                                mesh=mesh)
+    return model
+
+
+def build(config: Any, devices: Sequence[jax.Device] | None = None) -> Experiment:
+    """Build (not run) the experiment of `config` on `devices` (default: all)."""
+    run_dir, streams = pathlib.Path(config.run_dir), RngStreams(int(config.seed))
+    mesh = st.build_mesh(config, list(devices) if devices is not None else None)
+    check_sizes(config, mesh.shape["data"] * mesh.shape["fsdp"])
+
+    # --- data and simulator ----------------------------------------------------------------
+    data = prepare_data(config)
+    inter = data.interactions
+
+    def fit_sim():
+        return simulator_from_config(
+            config, inter.user, inter.item, inter.num_users, inter.num_items,
+            cache_dir=config.sim.cache_dir or str(run_dir / "sim"))
+
+    # Process 0 fits and caches the simulator; the others then load that cache.
+    sim = on_main_process(fit_sim)
+    barrier("simulator-cache")
+    sim = fit_sim() if sim is None else sim
+    d = config.data
+    common = dict(history_len=d.history_len, num_candidates=d.num_candidates,
+                  num_items=inter.num_items, seed=config.seed)
+    test_examples = build_examples(data.split, data.slices.test, "test", **common)
+    round_examples = [build_examples(data.split, users, "test", **common)
+                      for users in data.slices.rounds]
+    warm = build_train_examples(data.split, data.slices.warm, last_per_user=2, **common)
+    order = np.random.default_rng(streams.sft_order).permutation(len(warm))
+    sft_needed = config.train.sft_steps * config.train.batch_size
+    sft_examples = [warm[i] for i in order[:max(sft_needed, 1)]] if warm else []
+    if config.train.sft_steps > 0 and not sft_examples:
+        raise ValueError("config.train.sft_steps > 0 but no warm-start examples: raise "
+                         "config.data.max_users or lower num_test_users / users_per_round")
+
+    # --- tokenizer, model, roles -------------------------------------------------------------
+    from abpo_jax.models.tokenizer import load_tokenizer
+    tokenizer = load_tokenizer(config.model.source, config.model.path, data.short_ids)
+    encoder = Encoder(tokenizer, inter.item_titles, data.short_ids, prompt_style(config),
+                      bool(d.show_ratings))
+    encoder.fit(test_examples + [e for r in round_examples for e in r] + sft_examples)
+    model = build_model(config, int(tokenizer.vocab_size), mesh, streams)
+    split, init_params, frozen = st.place_model(model, config, mesh)
+    show = bool(config.outputs.progress)
+    policy = Policy(split, frozen, encoder, mesh, st.batch_sharding(mesh),
+                    int(config.eval.batch_size), config.loss.certainty_tokens, show)
+    learner = Learner(split, frozen, mesh, config, show)
+    logs_root = run_dir / "logs"
+    exposures = Exposures(logs_root)
+    popularity = np.bincount(inter.item, minlength=inter.num_items).astype(np.float32)
+    methods = tuple(config.rounds.methods)
+    layout = Layout(methods, lambda: learner.fresh_state(init_params, sft=True),
+                    lambda: {**learner.fresh_state(init_params), "ref": init_params})
+    return Experiment(
+        config=config, methods=methods, streams=streams, init_params=init_params,
+        sft_examples=sft_examples, encoder=encoder, learner=learner,
+        rollout=Rollout(policy, sim, round_examples, logs_root, streams.logging,
+                        float(config.policy.logging_temperature)),
+        evaluator=Evaluator(policy, test_examples, sim, inter.num_items, popularity, exposures,
+                            tuple(config.eval.ks)),
+        layout=layout, ckpt=Checkpointer(checkpoint_dir(config), config.checkpoint.max_to_keep),
+        writer=MetricsWriter(run_dir, tensorboard=config.outputs.tensorboard))
