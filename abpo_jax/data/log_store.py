@@ -16,10 +16,12 @@ a `.tmp-*` directory that `list_rounds` ignores and `clean_incomplete` (run by e
 removes. One writer per logs directory. Opening a round verifies its manifest and checksums.
 
 Ingest streams: memory is bounded by one shard writer plus 8 bytes per request id of this round
-and of the committed rounds (a request id may appear once per logs directory), so a 1M-record log
-takes a few MB beyond the interpreter. Readers never abort on a bad line: each one is quarantined
+and 12 per id of the committed rounds (a request id may appear once per logs directory: a later
+round repeating one quarantines it, so re-importing a log cannot silently double it), so a
+1M-record log takes a few MB beyond the interpreter. Importing a file whose sha256 a committed
+round records is refused outright. Readers never abort on a bad line: each one is quarantined
 with its line number; only a file that cannot be a log at all (no header, a header without the
-schema's columns, no records) is refused with one message.
+schema's columns, no records) is refused with one message, and nothing is committed.
 """
 
 from __future__ import annotations
@@ -106,13 +108,13 @@ class CommittedIds:
     """Request-id hashes of a logs directory's committed rounds, to refuse re-imports."""
 
     def __init__(self, logs_dir: PathLike | None, exclude_round: int | None = None):
-        hashes, rounds = [np.empty(0, np.uint64)], [np.empty(0, np.int64)]
+        hashes, rounds = [np.empty(0, np.uint64)], [np.empty(0, np.int32)]
         for path in list_rounds(logs_dir) if logs_dir is not None else []:
             index = int(path.name.removeprefix(ROUND_PREFIX))
             if index != exclude_round:
                 h = _round_hashes(path)
                 hashes.append(h)
-                rounds.append(np.full(len(h), index, np.int64))
+                rounds.append(np.full(len(h), index, np.int32))
         all_hashes = np.concatenate(hashes)
         order = np.argsort(all_hashes)
         self._hashes, self._rounds = all_hashes[order], np.concatenate(rounds)[order]
@@ -127,9 +129,8 @@ class CommittedIds:
 
 def _round_hashes(path: pathlib.Path) -> np.ndarray:
     """Sorted request-id hashes of a committed round (from its index file, else its shards)."""
-    manifest = json.loads((path / MANIFEST).read_text())
     index = path / REQUEST_IDS
-    if index.is_file() and index.stat().st_size == 8 * manifest["num_records"]:
+    if index.is_file() and index.stat().st_size == 8 * len(open_round(path, verify=False)):
         return np.fromfile(index, "<u8").astype(np.uint64)
     # Rounds written before the index existed (or with a damaged one): hash the records.
     return np.sort(np.fromiter((SeenIds.hash(r.request_id) for r in open_round(path)),

@@ -212,6 +212,9 @@ def _check_text(where: str, s: str) -> None:
                                  "(not encodable text)")
 
 
+_NUMBERS = frozenset((int, float, bool))
+
+
 def check_json_value(v: Any, where: str, depth: int = 0) -> None:
     """Raise BadRecord unless `v` is a JSON value that encodes and decodes back unchanged."""
     t = type(v)
@@ -228,7 +231,7 @@ def check_json_value(v: Any, where: str, depth: int = 0) -> None:
                     raise BadRecord(WRONG_TYPE, f"{where} has a non-string key {short_repr(k)}")
                 _check_text(f"{where} key", k)
                 check_json_value(x, f"{where}.{k}", depth + 1)
-        else:
+        elif not _NUMBERS.issuperset(map(type, v)):   # fast path: lists of numbers
             for i, x in enumerate(v):
                 check_json_value(x, f"{where}[{i}]", depth + 1)
     else:

@@ -377,14 +377,15 @@ def test_in_memory_records_with_non_json_extras_are_quarantined(tmp_path):
     """Producers (the round runner) put open extras in records: a value JSON would change or
     cannot hold is refused by name instead of crashing the ingest or coming back different."""
     np = pytest.importorskip("numpy")
+    def record(i: int, extras: dict) -> LogRecord:
+        return dataclasses.replace(LogRecord.from_dict(good_record(i)), extras=extras)
+
     bad = [
-        (LogRecord.from_dict(good_record(900)).__class__(**{
-            **{k: v for k, v in LogRecord.from_dict(good_record(900)).__dict__.items()},
-            "extras": {"p": np.float32(0.5)}}), logs.WRONG_TYPE, "numpy"),
-        (good_record(901, extras={1: "int key"}), logs.WRONG_TYPE, "non-string key"),
-        (dataclasses.replace(LogRecord.from_dict(good_record(902)), extras={"propensity": 0.9}),
-         logs.INVALID_VALUE, "shadow"),
-        (good_record(903, blob=b"bytes"), logs.WRONG_TYPE, "bytes"),
+        (record(900, {"p": np.float32(0.5)}), logs.WRONG_TYPE, "numpy"),
+        (record(901, {"probs": np.zeros(3)}), logs.WRONG_TYPE, "numpy"),
+        (good_record(902, extras={1: "int key"}), logs.WRONG_TYPE, "non-string key"),
+        (record(903, {"propensity": 0.9}), logs.INVALID_VALUE, "shadow"),
+        (good_record(904, blob=b"bytes"), logs.WRONG_TYPE, "bytes"),
         (42, logs.CORRUPT, "not a record"),
         (None, logs.CORRUPT, "not a record"),
     ]
@@ -396,3 +397,21 @@ def test_in_memory_records_with_non_json_extras_are_quarantined(tmp_path):
              (log_store.round_path(tmp_path, 1) / "quarantine.jsonl").read_text().splitlines()]
     for line, (_, reason, detail) in zip(lines, bad):
         assert line["reason"] == reason and detail in line["detail"], line
+
+
+def test_own_csv_export_of_a_10mb_record_reimports(tmp_path):
+    """A round whose records exceed the default bound (written with a raised
+    `logs.max_record_bytes`) exports to CSV and re-imports under the same bound; under the
+    default bound the big row is quarantined by line number and the others are kept."""
+    bound = 16 << 20
+    records = [good_record(i, note="q" * BIG if i == 2 else "") for i in range(N_GOOD)]
+    log_store.write_round(records, tmp_path / "a", 1, max_record_bytes=bound, report=None)
+    path = tmp_path / "big.csv"
+    log_store.export_log(log_store.round_path(tmp_path / "a", 1), path)
+    manifest = log_store.import_log(path, tmp_path / "b", 1, max_record_bytes=bound, report=None)
+    assert manifest["num_records"] == N_GOOD
+    back = list(log_store.open_round(log_store.round_path(tmp_path / "b", 1)))
+    assert [r.to_bytes() for r in back] == [LogRecord.from_dict(g).to_bytes() for g in records]
+    manifest = log_store.import_log(path, tmp_path / "c", 1, report=None)
+    assert manifest["num_records"] == N_GOOD - 1 and manifest["quarantine"] == {logs.TOO_LARGE: 1}
+    assert manifest["first_quarantined"]["position"] == f"{path}:4"
