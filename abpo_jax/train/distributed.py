@@ -89,7 +89,7 @@ def distributed_settings(config: Any = None) -> dict[str, Any] | None:
     return given
 
 
-def _on_cloud_tpu_vm() -> bool:
+def on_cloud_tpu_vm() -> bool:
     """TPU chips attached to this host (Cloud TPU VM), excluding Colab's single-host TPUs."""
     if "COLAB_RELEASE_TAG" in os.environ or "COLAB_TPU_ADDR" in os.environ:
         return False
@@ -126,7 +126,7 @@ def initialize_distributed(config: Any = None) -> bool:
     if explicit is not None:
         log.info("jax.distributed.initialize(%s)", explicit)
         jax.distributed.initialize(**explicit, initialization_timeout=timeout)
-    elif mode == "on" or force == "1" or _on_cloud_tpu_vm() or _cluster_with_many_tasks():
+    elif mode == "on" or force == "1" or on_cloud_tpu_vm() or _cluster_with_many_tasks():
         log.info("jax.distributed.initialize() with cluster auto-detection")
         jax.distributed.initialize(initialization_timeout=timeout)
     else:

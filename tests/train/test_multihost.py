@@ -145,7 +145,7 @@ def recorded_init(monkeypatch):
     calls = []
     monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
     monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
-    monkeypatch.setattr(distributed, "_on_cloud_tpu_vm", lambda: False)
+    monkeypatch.setattr(distributed, "on_cloud_tpu_vm", lambda: False)
     return calls
 
 
@@ -185,12 +185,12 @@ def test_auto_detection_and_switches(recorded_init, monkeypatch):
     assert distributed.initialize_distributed(None) is True          # Slurm, several tasks
     monkeypatch.setenv("SLURM_NTASKS", "1")
     assert distributed.initialize_distributed(None) is False
-    monkeypatch.setattr(distributed, "_on_cloud_tpu_vm", lambda: True)
+    monkeypatch.setattr(distributed, "on_cloud_tpu_vm", lambda: True)
     assert distributed.initialize_distributed(None) is True          # TPU VM
     assert distributed.initialize_distributed(_cfg(mode="off")) is False
     monkeypatch.setenv("ABPO_DISTRIBUTED", "0")
     assert distributed.initialize_distributed(None) is False
-    monkeypatch.setattr(distributed, "_on_cloud_tpu_vm", lambda: False)
+    monkeypatch.setattr(distributed, "on_cloud_tpu_vm", lambda: False)
     monkeypatch.setenv("ABPO_DISTRIBUTED", "1")
     assert distributed.initialize_distributed(None) is True          # launcher forces it
     assert distributed.initialize_distributed(_cfg(mode="on")) is True
@@ -202,9 +202,9 @@ def test_colab_tpu_is_not_a_pod(monkeypatch):
     monkeypatch.setattr(distributed.glob, "glob", lambda pattern: ["/dev/accel0"])
     monkeypatch.delenv("COLAB_RELEASE_TAG", raising=False)
     monkeypatch.delenv("COLAB_TPU_ADDR", raising=False)
-    assert distributed._on_cloud_tpu_vm() is True
+    assert distributed.on_cloud_tpu_vm() is True
     monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab_20261101")
-    assert distributed._on_cloud_tpu_vm() is False
+    assert distributed.on_cloud_tpu_vm() is False
 
 
 @pytest.mark.parametrize("env, config, message", [

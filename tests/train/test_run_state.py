@@ -1,0 +1,34 @@
+"""Run bookkeeping: RunState <-> checkpoint metadata, the RNG stream table, config rejections."""
+
+import jax
+import numpy as np
+import pytest
+
+from abpo_jax.config import ConfigError, base_config, validate
+from abpo_jax.train.checkpoint import RunState
+from abpo_jax.train.seeds import RngStreams
+
+
+def test_run_state_round_trips_through_meta():
+    rs = RunState("update", 2, "grpo", 5)
+    meta = rs.to_meta(train_hist=[{"loss": 1.0}])
+    assert meta == {"phase": "update", "round": 2, "method": "grpo", "step": 5,
+                    "train_hist": [{"loss": 1.0}]}
+    assert RunState.from_meta(meta) == rs
+    assert RunState.from_meta({}) == RunState("start", 0, "", 0)
+
+
+def test_rng_streams_keep_the_historical_seeds():
+    s = RngStreams(3)
+    assert (s.model_init, s.lora_init, s.sft_order, s.logging) == (3, 4, [3, 7], 4)
+    assert s.log_shuffle(2) == 3002
+    want = jax.random.fold_in(jax.random.key(3), 2)
+    np.testing.assert_array_equal(jax.random.key_data(s.train_round(2)),
+                                  jax.random.key_data(want))
+
+
+def test_text_mode_is_rejected_at_validation():
+    c = base_config()
+    c.policy.mode = "text"
+    with pytest.raises(ConfigError, match="config.policy.mode='text' is not allowed"):
+        validate(c)
