@@ -499,11 +499,18 @@ def read_jsonl(path: PathLike, max_record_bytes: int = MAX_RECORD_BYTES
     """(`file:line`, raw line bytes) for each non-blank line; decoding is left to validation.
     A line over `ROW_SLACK * max_record_bytes` comes as a `Rejected` (memory stays bounded)."""
     limit = ROW_SLACK * max_record_bytes
+    first = True
     with open(path, "rb") as f:
         for line_no, (line, size) in enumerate(_bounded_lines(f, limit), 1):
             if size > limit:
                 yield f"{path}:{line_no}", _too_large(size, max_record_bytes, line)
             elif line.strip():
+                if first and line.strip().lstrip(b"\xef\xbb\xbf") == b"[":
+                    # a pretty-printed JSON array: every line would be quarantined as a fragment
+                    raise LogValidationError(
+                        f"{path}: this is one JSON array, not JSON Lines; write one record "
+                        "object per line (e.g. `jq -c '.[]' in.json > out.jsonl`)")
+                first = False
                 yield f"{path}:{line_no}", line
 
 

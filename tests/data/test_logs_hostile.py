@@ -257,6 +257,8 @@ REFUSED = [
     Case("too_many_bad_lines", "jsonl",
          lambda: b"".join(map(jsonl_line, goods())) + b"garbage\n" * 5,
          refused="5 of 25 records are bad (20.0% > logs.max_bad_fraction=5.0%)"),
+    Case("pretty_json_array", "jsonl",
+         lambda: json.dumps(goods(), indent=1).encode(), refused="not JSON Lines"),
     Case("empty_file", "csv", lambda: b"", refused="empty file"),
     Case("header_only", "csv", lambda: CSV_HEADER, refused="no records"),
     Case("bom_and_header_only", "csv", lambda: b"\xef\xbb\xbf" + CSV_HEADER, refused="no records"),
