@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
+from abpo_jax.data import log_store
 from abpo_jax.eval.evaluate import TABLE_COLUMNS
 from abpo_jax.train.checkpoint import Restored, RunState
 from abpo_jax.train.distributed import initialize_distributed
@@ -44,7 +45,6 @@ def _copy(tree: Any) -> Any:
 
 def round_batches(exp: Experiment, k: int, method: str):
     """The grain iterator over `method`'s committed round-k log (fresh or to restore into)."""
-    from abpo_jax.data import log_store
     roundlog = log_store.open_round(round_path(exp.rollout.logs_root, method, k))
     return log_batches([str(p) for p in roundlog.shard_paths], exp.encoder,
                        steps=exp.learner.update_steps(),
