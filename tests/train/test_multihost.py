@@ -344,6 +344,7 @@ def test_two_processes_run_one_tiny_round(tmp_path):
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT / "tests"))   # run as a script: `helpers` lives in tests/
     if sys.argv[1] == "--round":
         _round_worker(pathlib.Path(sys.argv[2]))
     else:
