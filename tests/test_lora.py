@@ -13,7 +13,8 @@ from abpo_jax.models import lora
 from abpo_jax.models.config import ModelConfig
 from abpo_jax.models.decoder import Decoder, causal_mask
 
-CONFIG = ModelConfig.tiny(64, qkv_bias=True, tie_embeddings=False)
+# The unscanned layout indexes layers[i]; the scanned (stacked) one: tests/models/test_scan_layers.py
+CONFIG = ModelConfig.tiny(64, qkv_bias=True, tie_embeddings=False, scan_layers=False)
 RANK, ALPHA = 4, 8.0
 
 

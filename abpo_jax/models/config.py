@@ -13,6 +13,10 @@ from typing import Any
 FAMILIES = ("llama", "qwen2", "gemma3")
 ACTIVATIONS = ("silu", "gelu_tanh")
 LAYER_TYPES = ("full", "sliding")
+ATTENTION_IMPLS = ("dense", "dot_product_attention")
+ATTENTION_BACKENDS = ("auto", "xla", "cudnn")
+REMAT_POLICIES = ("nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable",
+                  "everything_saveable")
 
 # HF `model_type` -> our family.
 _HF_MODEL_TYPES = {
@@ -70,6 +74,18 @@ class ModelConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: bool = False
+    # --- execution (same computation, different program) ----------------------------------
+    # One `jax.lax.scan` over the layers' stacked parameters (leading logical axis `layers`):
+    # an L-layer model compiles like a 1-layer one. False: a Python loop over `nnx.List` blocks.
+    scan_layers: bool = True
+    # With `remat`: what the backward may keep from the forward (a `jax.checkpoint_policies`
+    # name); the rest is recomputed. nothing_saveable = full rematerialisation per layer.
+    remat_policy: str = "nothing_saveable"
+    # dense: the reference einsum/softmax over [B, K, G, T, S] scores. dot_product_attention:
+    # `jax.nn.dot_product_attention` (XLA on CPU/TPU; `cudnn` fused kernel on GPU when
+    # attention_backend allows it).
+    attention: str = "dense"
+    attention_backend: str = "auto"   # auto (jax chooses) | xla | cudnn
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -77,6 +93,18 @@ class ModelConfig:
         if self.activation not in ACTIVATIONS:
             raise ValueError(
                 f"ModelConfig.activation={self.activation!r}; choose one of {ACTIVATIONS}")
+        if self.attention not in ATTENTION_IMPLS:
+            raise ValueError(f"ModelConfig.attention={self.attention!r}; choose one of "
+                             f"{ATTENTION_IMPLS}")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"ModelConfig.attention_backend={self.attention_backend!r}; choose "
+                             f"one of {ATTENTION_BACKENDS}")
+        if self.attention != "dense" and self.attn_logit_softcapping:
+            raise ValueError("ModelConfig.attention=dot_product_attention has no attention-logit "
+                             "soft-capping; use attention='dense' for this model")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"ModelConfig.remat_policy={self.remat_policy!r}; choose one of "
+                             f"{REMAT_POLICIES}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"ModelConfig.num_heads={self.num_heads} is not a multiple of "
                              f"num_kv_heads={self.num_kv_heads}")

@@ -6,6 +6,13 @@ Module and parameter names mirror Hugging Face (`embed_tokens`, `layers[i].self_
 
 Attention takes an explicit boolean mask so callers can pass causal, padded or block-causal
 (shared-prefix packed) masks; sliding-window layers add a position-distance mask on top.
+
+Layer layout (`ModelConfig.scan_layers`): by default the L blocks' parameters are stacked on a
+leading `layers` axis (`layers.self_attn.q_proj.kernel` is [L, in, out]) and the forward is one
+`jax.lax.scan` over them, so compile time does not grow with depth (MaxText's `scan_layers`); the
+per-layer RoPE frequencies and sliding windows (Gemma-3 mixes layer types) are scanned as data.
+`scan_layers=False` keeps an `nnx.List` of blocks (`layers[i]....`) run by a Python loop. Both
+compute the same function; `stack_layers_state` / `unstack_layers_state` convert between them.
 """
 
 from __future__ import annotations
@@ -155,8 +162,13 @@ class Attention(nnx.Module):
 
     def __call__(self, x: Array, positions: Array, mask: Array, k_cache: Array | None,
                  v_cache: Array | None, key_positions: Array, index: Array | None,
-                 layer: Array | int = 0) -> tuple[Array, Array, Array]:
+                 layer: Array | int = 0, rope: tuple[Array, Array] | None = None
+                 ) -> tuple[Array, Array, Array]:
         """Returns (output [B,T,D], keys, values).
+
+        `rope` = (inv_freq [head_dim/2], window scalar) overrides this layer's static RoPE
+        frequencies and sliding window (scanned layout: one module serves every layer type;
+        a window >= NO_WINDOW means full attention).
 
         With a cache, `k_cache`/`v_cache` are the stacked caches of all layers [L,B,S_max,..];
         this call's keys/values are written into layer `layer` at slot `index` and the updated
@@ -166,7 +178,10 @@ class Attention(nnx.Module):
         """
         c = self.config
         b, t, _ = x.shape
-        inv_freq = np.asarray(self.inv_freq, np.float32)
+        if rope is not None:
+            inv_freq, window = rope
+        else:
+            inv_freq, window = np.asarray(self.inv_freq, np.float32), self.window
         q = self.q_proj(x).reshape(b, t, c.num_heads, c.head_dim)
         k = self.k_proj(x).reshape(b, t, c.num_kv_heads, c.head_dim)
         v = self.v_proj(x).reshape(b, t, c.num_kv_heads, c.head_dim)
@@ -186,10 +201,20 @@ class Attention(nnx.Module):
         k = constrain(k, ("batch", "length", "kv_heads", "head_dim"))
         v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
 
-        if self.window is not None:
+        if window is not None:
             # Sliding window (HF semantics): key s visible iff pos_q - pos_k < window.
-            near = (positions[:, :, None] - key_positions[:, None, :]) < self.window
+            near = (positions[:, :, None] - key_positions[:, None, :]) < window
             mask = mask & near
+        if c.attention == "dot_product_attention":
+            # GQA natively ([B,T,N,H] queries, [B,S,K,H] keys); fused kernel where available.
+            out = jax.nn.dot_product_attention(
+                q, k.astype(q.dtype), v.astype(q.dtype), mask=mask[:, None, :, :],
+                scale=c.attention_scale,
+                implementation=None if c.attention_backend == "auto" else c.attention_backend)
+            out = out.reshape(b, t, c.num_heads * c.head_dim)
+            if k_cache is not None:
+                return self.o_proj(out), k_cache, v_cache
+            return self.o_proj(out), k, v
         groups = c.num_heads // c.num_kv_heads
         qg = q.reshape(b, t, c.num_kv_heads, groups, c.head_dim)
         scores = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(q.dtype),
@@ -242,9 +267,10 @@ class Block(nnx.Module):
 
     def __call__(self, x: Array, positions: Array, mask: Array, k_cache: Array | None,
                  v_cache: Array | None, key_positions: Array, index: Array | None,
-                 layer: Array | int = 0) -> tuple[Array, Array, Array]:
+                 layer: Array | int = 0, rope: tuple[Array, Array] | None = None
+                 ) -> tuple[Array, Array, Array]:
         h, k, v = self.self_attn(self.input_layernorm(x), positions, mask, k_cache, v_cache,
-                                 key_positions, index, layer)
+                                 key_positions, index, layer, rope)
         if self.sandwich:
             x = x + self.post_attention_layernorm(h)
             x = x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
@@ -260,6 +286,71 @@ def _block_call(block: Block, *args: Any) -> tuple[Array, Array, Array]:
 
 _remat_block_call = nnx.remat(_block_call)
 
+# A window this large never masks anything (positions stay far below 2**30).
+NO_WINDOW = 2 ** 30
+
+
+def layer_rope_tables(config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Per-layer RoPE inverse frequencies float32 [L, head_dim/2] and windows int32 [L]
+    (NO_WINDOW for full-attention layers): what the scanned layout feeds each layer as data."""
+    c = config
+    inv = [rope_inv_freq(c.head_dim, c.rope_local_base_freq)
+           if t == "sliding" and c.rope_local_base_freq is not None
+           else rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling) for t in c.layer_types]
+    windows = [c.sliding_window if t == "sliding" else NO_WINDOW for t in c.layer_types]
+    return np.stack(inv).astype(np.float32), np.asarray(windows, np.int32)
+
+
+def _is_variable(x: Any) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def _stack_variables(*variables: nnx.Variable) -> nnx.Variable:
+    """One Variable holding the layers' values stacked on axis 0 (logical axis `layers`)."""
+    first = variables[0]
+    axes = first.get_metadata().get("out_sharding")
+    meta = {"out_sharding": ("layers", *axes)} if axes else {}
+    return first.replace(jnp.stack([v[...] for v in variables]), **meta)
+
+
+def stack_blocks(blocks: list[nnx.Module]) -> nnx.Module:
+    """A module shaped like `blocks[0]` whose every parameter is the blocks' stacked on axis 0."""
+    graphdef, _ = nnx.split(blocks[0])
+    states = [nnx.state(b) for b in blocks]
+    stacked = jax.tree.map(_stack_variables, *states, is_leaf=_is_variable)
+    return nnx.merge(graphdef, stacked)
+
+
+def stack_layers_state(flat: dict[tuple, Any], num_layers: int) -> dict[tuple, Any]:
+    """Flat `{path: array}` with per-layer paths `("layers", i, *rest)` -> stacked
+    `("layers", *rest)` arrays [L, ...] (numpy or jax); other paths unchanged."""
+    out: dict[tuple, Any] = {}
+    per_layer: dict[tuple, dict[int, Any]] = {}
+    for path, value in flat.items():
+        if len(path) > 1 and path[0] == "layers" and isinstance(path[1], int):
+            per_layer.setdefault(("layers", *path[2:]), {})[path[1]] = value
+        else:
+            out[path] = value
+    for path, layers in per_layer.items():
+        if sorted(layers) != list(range(num_layers)):
+            raise ValueError(f"{'.'.join(map(str, path))}: have layers {sorted(layers)}, need "
+                             f"0..{num_layers - 1}")
+        xp = jnp if any(isinstance(v, jax.Array) for v in layers.values()) else np
+        out[path] = xp.stack([layers[i] for i in range(num_layers)])
+    return out
+
+
+def unstack_layers_state(flat: dict[tuple, Any], num_layers: int) -> dict[tuple, Any]:
+    """Inverse of :func:`stack_layers_state`: stacked `("layers", *rest)` -> per-layer paths."""
+    out: dict[tuple, Any] = {}
+    for path, value in flat.items():
+        if len(path) > 1 and path[0] == "layers" and not isinstance(path[1], int):
+            for i in range(num_layers):
+                out[("layers", i, *path[1:])] = value[i]
+        else:
+            out[path] = value
+    return out
+
 
 class Decoder(nnx.Module):
     """Token ids -> float32 logits, optionally reading/writing a KV cache."""
@@ -272,7 +363,9 @@ class Decoder(nnx.Module):
             param_dtype=jnp.dtype(c.param_dtype),
             embedding_init=_partitioned(nnx.initializers.normal(0.02), ("vocab", "embed")),
             rngs=rngs)
-        self.layers = nnx.List([Block(c, t, rngs) for t in c.layer_types])
+        # Built block by block in both layouts, so a seed gives the same weights either way.
+        blocks = [Block(c, t, rngs) for t in c.layer_types]
+        self.layers = stack_blocks(blocks) if c.scan_layers else nnx.List(blocks)
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.norm_offset, "embed", c.param_dtype)
         if not c.tie_embeddings:
             self.lm_head = linear(c.hidden_size, c.vocab_size, ("embed", "vocab"), c, rngs)
@@ -302,19 +395,53 @@ class Decoder(nnx.Module):
             if attn_mask.shape[-1] != t:
                 raise ValueError(f"attn_mask has {attn_mask.shape[-1]} keys for {t} tokens")
             key_positions, ks, vs, index = positions, None, None, None
-        # Cached passes (sampling) are never differentiated, and nnx.remat inside the decode
-        # while_loop would try to lift the outer trace's Params: remat cache-free passes only.
-        call = _remat_block_call if c.remat and cache is None else _block_call
-        for i, block in enumerate(self.layers):
-            # Every layer threads the whole stacked cache and writes only its new slots.
-            x, k, v = call(block, x, positions, attn_mask, ks, vs, key_positions, index, i)
-            if ks is not None:
-                ks, vs = k, v
+        if c.scan_layers:
+            x, ks, vs = self._scan_layers(x, positions, attn_mask, ks, vs, key_positions, index,
+                                          remat=c.remat and cache is None)
+        else:
+            # Cached passes (sampling) are never differentiated, and nnx.remat inside the decode
+            # while_loop would try to lift the outer trace's Params: remat cache-free passes only.
+            call = _remat_block_call if c.remat and cache is None else _block_call
+            for i, block in enumerate(self.layers):
+                # Every layer threads the whole stacked cache and writes only its new slots.
+                x, k, v = call(block, x, positions, attn_mask, ks, vs, key_positions, index, i)
+                if ks is not None:
+                    ks, vs = k, v
         x = self.norm(x)
         new_cache = None
         if cache is not None:
             new_cache = KVCache(k=ks, v=vs, positions=key_positions, index=index + t)
         return x, new_cache
+
+    def _scan_layers(self, x: Array, positions: Array, attn_mask: Array, ks: Array | None,
+                     vs: Array | None, key_positions: Array, index: Array | None,
+                     remat: bool) -> tuple[Array, Array | None, Array | None]:
+        """All layers as one `jax.lax.scan` over the stacked block parameters.
+
+        Carry: the hidden states and (when decoding) the whole stacked KV cache, into which
+        layer i writes its new slots in place, exactly as the unscanned loop does. xs: each
+        layer's parameters, its index, RoPE frequencies and window.
+        """
+        c = self.config
+        graphdef, state = nnx.split(self.layers)
+        inv_freq, windows = layer_rope_tables(c)
+        sliding = "sliding" in c.layer_types
+
+        def body(carry, xs):
+            h, k_all, v_all = carry
+            layer_state, i, inv_i, window_i = xs
+            block = nnx.merge(graphdef, layer_state)
+            h, k, v = block(h, positions, attn_mask, k_all, v_all, key_positions, index, i,
+                            (inv_i, window_i if sliding else None))
+            return (h, k if k_all is not None else None, v if v_all is not None else None), None
+
+        if remat:
+            policy = getattr(jax.checkpoint_policies, c.remat_policy)
+            body = jax.checkpoint(body, policy=policy, prevent_cse=False)
+        xs = (state, jnp.arange(c.num_layers, dtype=jnp.int32), jnp.asarray(inv_freq),
+              jnp.asarray(windows))
+        (x, ks, vs), _ = jax.lax.scan(body, (x, ks, vs), xs)
+        return x, ks, vs
 
     def logits_from_hidden(self, x: Array) -> Array:
         """LM head (tied or not) and optional final soft-capping; float32 logits."""

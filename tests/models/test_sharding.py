@@ -13,7 +13,9 @@ from abpo_jax.models.config import ModelConfig
 from abpo_jax.models.decoder import (Decoder, cache_shardings, causal_mask, create_sharded_model,
                                      init_cache)
 
-CONFIG = ModelConfig.tiny(128, hidden_size=64, num_heads=4, num_kv_heads=2, intermediate_size=128)
+# The unscanned layout indexes layers[i]; the scanned (stacked) one: tests/models/test_scan_layers.py
+CONFIG = ModelConfig.tiny(128, hidden_size=64, num_heads=4, num_kv_heads=2, intermediate_size=128,
+                         scan_layers=False)
 B, T = 4, 8
 
 
@@ -120,7 +122,7 @@ def test_sharded_cached_decode_matches_single_device(models, mesh):
 def test_remat_sharded_gradients_match(models, mesh):
     single, _ = models
     remat_config = ModelConfig.tiny(128, hidden_size=64, num_heads=4, num_kv_heads=2,
-                                    intermediate_size=128, remat=True)
+                                    intermediate_size=128, remat=True, scan_layers=False)
     remat_sharded = create_sharded_model(remat_config, mesh, rngs_seed=0)
     tokens, positions = _inputs()
 
@@ -147,7 +149,7 @@ def test_load_hf_checkpoint_sharded(mesh, tmp_path):
         vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2)).eval()
     hf.save_pretrained(tmp_path, safe_serialization=True)
-    model, _ = load_hf_checkpoint(tmp_path, mesh=mesh)
+    model, _ = load_hf_checkpoint(tmp_path, mesh=mesh, scan_layers=False)
     kernel = model.layers[0].self_attn.q_proj.kernel[...]
     assert kernel.sharding.spec == P("fsdp", "tensor") and len(kernel.sharding.device_set) == 8
     tokens, positions = _inputs()
