@@ -149,6 +149,8 @@ def run(argv: list[str] | None = None) -> None:
     if any(a in ("-h", "--help", "-help", "--helpfull", "help") for a in rest):
         print(command_help(command, _config_arg(rest)))
         return
+    quick = command == "bench" and "--quick" in rest   # = --config.bench.quick=True
+    rest = [a for a in rest if not (quick and a == "--quick")]
     if not any(a == "--config" or a.startswith("--config=") for a in rest):
         rest = [f"--config={CONFIG_DIR / default_cfg}"] + rest
     for i, a in enumerate(rest):
@@ -174,11 +176,16 @@ def run(argv: list[str] | None = None) -> None:
     except (flags.Error, ValueError, TypeError) as e:
         sys.exit(f"abpo-jax {command}: {e}")
     config = flags.FLAGS.config
+    if quick:
+        config.bench.quick = True
     try:
         validate(config, files=True)
     except ConfigError as e:
         sys.exit(f"abpo-jax {command}: {e}")
     _one_line_warnings(command)
+    from abpo_jax import compile_cache
+
+    compile_cache.enable(config)   # before anything compiles: a re-run or resume compiles nothing
     try:
         _resolve(target)(config)
     except Exception as e:
