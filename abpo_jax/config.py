@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 import ml_collections
 
+from abpo_jax.models.config import ATTENTION_BACKENDS, ATTENTION_IMPLS, REMAT_POLICIES
+
 
 # Logical axis -> mesh axis (a name, a tuple of names, or None = replicated), in the spirit of
 # MaxText's `logical_axis_rules`; `models/sharding.py` reads this table (`config.mesh.rules`).
@@ -65,6 +67,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"         # compute dtype: float32 | bfloat16
     c.model.param_dtype = "float32"
     c.model.remat = False
+    c.model.remat_policy = "nothing_saveable"  # what remat keeps (a jax.checkpoint_policies name)
+    c.model.scan_layers = True        # one lax.scan over stacked layers (compiles like 1 layer)
+    c.model.attention = "dense"       # dense (reference) | dot_product_attention (jax.nn; fused where available)
+    c.model.attention_backend = "auto"  # dot_product_attention implementation: auto | xla | cudnn
     c.model.tiny = ml_collections.ConfigDict()   # only for source=tiny (item-id tokens)
     c.model.tiny.hidden = 64
     c.model.tiny.layers = 2
@@ -129,6 +135,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.schedule = "constant"     # constant | cosine (linear warmup, then cosine decay)
     c.train.steps_per_round = 0       # 0 = one pass (epochs_per_round) over the round's log
     c.train.reset_optimizer = True    # fresh optimizer state at the start of each round update
+    c.train.compile_cache_dir = ""    # JAX persistent compilation cache: "" = <run_dir>/jax_cache; off
+    c.train.compile_cache_min_secs = 0.0  # cache programs that took at least this long to compile
 
     # --- continual rounds ----------------------------------------------------------------
     c.rounds = ml_collections.ConfigDict()
@@ -191,6 +199,9 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "model.source": ("smollm2", "hf", "gguf", "tiny"),
     "model.dtype": ("float32", "bfloat16"),
     "model.param_dtype": ("float32", "bfloat16"),
+    "model.remat_policy": REMAT_POLICIES,
+    "model.attention": ATTENTION_IMPLS,
+    "model.attention_backend": ATTENTION_BACKENDS,
     "policy.mode": ("item",),         # text mode (sampled completions) is not implemented
     "sim.preference": ("mf", "cooc"),
     "loss.anchor": ("off", "baseline_only", "full"),
