@@ -3,7 +3,8 @@
 Each benchmark module exposes `run(config) -> list[dict]`; a row holds `benchmark`, `metric`,
 `ours`, and, where a peer (TRL, HF generate, naive scoring) ran the same work in the same process,
 `peer`, `peer_name` and `ratio`. Results go to `<run_dir>/bench-<timestamp>.json` together with
-the machine description, so runs can be compared over time.
+the machine description, so runs can be compared over time. `--config.bench.quick=True`
+(`abpo-jax bench --quick`) runs only the benchmarks that set `supports_quick = True`, at CI size.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def discover(only: str = "") -> dict[str, pathlib.Path]:
 def _load(name: str, path: pathlib.Path):
     spec = importlib.util.spec_from_file_location(f"benchmarks.bench_{name}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and pickling look their module up by name
     spec.loader.exec_module(module)
     return module
 
@@ -61,12 +63,16 @@ def main(config: ml_collections.ConfigDict) -> list[dict]:
     import jax
 
     only = config.get("bench", {}).get("only", "") if "bench" in config else ""
+    quick = bool(config.get("bench", {}).get("quick", False)) if "bench" in config else False
     rows: list[dict] = []
     failures: dict[str, str] = {}
     for name, path in discover(only).items():
-        print(f"== benchmark {name} ({path.name})", flush=True)
         try:
-            rows.extend(_load(name, path).run(config))
+            module = _load(name, path)
+            if quick and not only and not getattr(module, "supports_quick", False):
+                continue  # --quick runs the CI-sized benchmarks only (unless named in `only`)
+            print(f"== benchmark {name} ({path.name})", flush=True)
+            rows.extend(module.run(config))
         except Exception:  # one failing benchmark must not hide the others' numbers
             failures[name] = traceback.format_exc()
             print(failures[name], file=sys.stderr)
@@ -80,6 +86,7 @@ def main(config: ml_collections.ConfigDict) -> list[dict]:
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                     "jax": jax.__version__, "backend": jax.default_backend(),
                     "devices": [str(d) for d in jax.devices()]},
+        "quick": quick,
         "rows": rows,
         "failures": failures,
     }

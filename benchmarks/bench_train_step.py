@@ -1,91 +1,286 @@
-"""Train-step time and tokens/s of the jitted ABPO step on SmolLM2-135M (LoRA and full) at the
-demo's sizes (B=4 prompts of ~256 tokens, C=8 candidates, G=4).
+"""The jitted item-mode ABPO step (full and LoRA) against the same step written the PyTorch way.
 
     abpo-jax bench --config.bench.only=train_step
-    python benchmarks/bench_train_step.py
+    abpo-jax bench --quick          # tiny random Llama, CI-sized (~1 min on 2 CPU cores)
 
-Tokens/s counts the packed tokens the step scores (B x (P + C*L)) per step; each step runs the
-pi_old/pi_ref pre-passes and one forward+backward over them. No peer: there is no reference
-implementation of the ABPO step to race.
+Work per step: B prompts of P tokens, each with C candidate completions of L tokens, G rollouts
+(the demo's sizes on SmolLM2-135M: B=4, P=256, C=8, L=12, G=4). Ours scores the C completions
+of a prompt in one shared-prefix packed pass (B x (P + C L) tokens); each step runs the pi_old
+pass (and the pi_ref pass when beta != 0) and one forward + backward, then clipping + AdamW.
+
+Peer ("torch"): the step as a user would write it with `transformers` + torch (test-only
+dependency, imported here only): the same weights loaded into `LlamaForCausalLM`; every
+candidate scored as its own prompt + completion sequence (B C sequences of P + L tokens), a
+no-grad pi_old (and pi_ref) pass, then forward, backward, global-norm clipping and
+`torch.optim.AdamW`. The loss head is the package's own objective on the peer's [B, C] log pi~
+(`policy_objective`, evaluated with jax at the peer's values; its gradient w.r.t. log pi~ is fed
+to `logp.backward`), so both sides minimise literally the same loss and the row checks that the
+two first-step losses agree to float tolerance (`loss_abs_diff`). The head is [B, C]-sized:
+its cost is nothing next to the model passes. Reported: groups (prompts) per second and
+ours / peer.
+
+FLOPs (written to the JSON as `step_flops`, `useful_flops`, `flop_fraction`): N = parameters
+outside the token embedding and LM head, d = hidden size, V = vocabulary,
+
+    F_fwd = 2 N B (P + C L)  +  2 d V B C L        (LM head on completion rows only)
+    step  = F_fwd x (1 [pi_old] + 1 [pi_ref, if beta != 0] + 3 [forward + backward])
+    useful = step - F_fwd  when ppo_epochs = 1 (pi_old's values are then the gradient pass's)
+
+(LoRA: the backward skips the weight gradients, so its forward + backward counts 2, not 3.)
+Attention score FLOPs are not counted. `flop_fraction` = useful / step_s / peak, with `peak`
+the float32 matmul FLOP/s measured in the same run (best of 5 [2048 x 2048] @ [2048 x 2048]).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-B, P, C, L = 4, 256, 8, 12
+supports_quick = True
 
 
-def _batch(vocab: int, seed: int = 0):
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    B: int = 4
+    P: int = 256
+    C: int = 8
+    L: int = 12
+    G: int = 4
+
+
+FULL, QUICK = Sizes(), Sizes(B=2, P=32, C=4, L=6, G=4)
+
+
+def _options(config) -> dict:
+    bench = config.get("bench", {}) if hasattr(config, "get") else {}
+    quick = bool(bench.get("quick", False))
+    return {"quick": quick, "steps": int(bench.get("train_steps", 1 if quick else 2)),
+            "peer": bool(bench.get("train_peer", True)),
+            "peer_steps": int(bench.get("train_peer_steps", 1))}
+
+
+def _tokens(s: Sizes, vocab: int, seed: int = 0):
+    """Random prompts (P - 8 real tokens) and completions `[1, item..., 2, 3]` of L tokens."""
+    rng = np.random.default_rng(seed)
+    prompts = [list(rng.integers(100 % vocab, vocab, size=s.P - 8)) for _ in range(s.B)]
+    comps = [[[1, *rng.integers(4, vocab, size=s.L - 3).tolist(), 2, 3] for _ in range(s.C)]
+             for _ in range(s.B)]
+    return prompts, comps
+
+
+def _batch(s: Sizes, prompts, comps):
     from abpo_jax.sampling.group_scoring import pack_candidates
     from abpo_jax.train.learner import RLBatch
-    rng = np.random.default_rng(seed)
-    prompts = [list(rng.integers(100, vocab, size=P - 8)) for _ in range(B)]
-    comps = [[[1, *rng.integers(100, vocab, size=L - 4).tolist(), 2, 3] for _ in range(C)]
-             for _ in range(B)]
-    cands = pack_candidates(prompts, comps, prompt_len=P, completion_len=L, num_candidates=C)
-    batch = RLBatch(cands=cands, exposed=rng.integers(0, C, B).astype(np.int32),
-                    propensity=np.full(B, 1.0 / C, np.float32),
-                    outcome=(rng.random(B) < 0.5).astype(np.int32),
-                    target=np.zeros(B, np.int32), sim_reward=np.zeros((B, C), np.float32),
-                    valid=np.ones(B, np.float32))
+    rng = np.random.default_rng(1)
+    cands = pack_candidates(prompts, comps, prompt_len=s.P, completion_len=s.L,
+                            num_candidates=s.C)
+    fields = dict(cands=cands, exposed=rng.integers(0, s.C, s.B).astype(np.int32),
+                  propensity=np.full(s.B, 1.0 / s.C, np.float32),
+                  outcome=(rng.random(s.B) < 0.5).astype(np.int32),
+                  target=np.zeros(s.B, np.int32), sim_reward=np.zeros((s.B, s.C), np.float32),
+                  valid=np.ones(s.B, np.float32))
+    # per-row fields added to RLBatch later (e.g. round_certainty) default to zeros [B]
+    for f in dataclasses.fields(RLBatch):
+        fields.setdefault(f.name, np.zeros(s.B, np.float32))
+    batch = RLBatch(**fields)
     return jax.tree.map(lambda x: np.asarray(x)[None], batch)
 
 
-def _time_step(config, lora_rank: int, steps: int) -> dict:
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """Best float32 matmul FLOP/s of this backend over `repeats` timed [n, n] @ [n, n]."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best
+
+
+def step_flops(mc, s: Sizes, beta: float, lora: bool) -> tuple[float, float]:
+    """(all FLOPs, useful FLOPs) of one step by the module docstring's formula."""
+    d, v = mc.hidden_size, mc.vocab_size
+    per_layer = (d * mc.num_heads * mc.head_dim * 2 + d * mc.num_kv_heads * mc.head_dim * 2
+                 + 3 * d * mc.intermediate_size)
+    n = mc.num_layers * per_layer
+    fwd = 2 * n * s.B * (s.P + s.C * s.L) + 2 * d * v * s.B * s.C * s.L
+    train = 2 if lora else 3
+    total = fwd * (1 + (1 if beta != 0 else 0) + train)
+    return float(total), float(total - fwd)
+
+
+def _model(quick: bool, mesh):
+    from abpo_jax.models.loaders import load_smollm2
+    if not quick:
+        return load_smollm2(mesh=mesh)
+    from abpo_jax.models.config import ModelConfig
+    from abpo_jax.models.decoder import create_sharded_model
+    mc = ModelConfig.tiny(512, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                          intermediate_size=128)
+    return create_sharded_model(mc, mesh), mc
+
+
+def _settings(config, s: Sizes):
+    from abpo_jax.losses.settings import LossSettings
+    config.loss.num_generations = s.G
+    return LossSettings.from_mapping(config.loss)
+
+
+def _ours(config, s: Sizes, lora_rank: int, steps: int, quick: bool) -> dict:
     from flax import nnx
 
-    from abpo_jax.losses.settings import LossSettings
     from abpo_jax.models import lora
-    from abpo_jax.models.loaders import load_smollm2
+    from abpo_jax.models.loaders import hf_state_dict
     from abpo_jax.train import state as st
     from abpo_jax.train.learner import init_step_state, make_policy_step
 
     config.model.lora.rank = lora_rank
-    config.loss.num_generations = 4
+    settings = _settings(config, s)
     mesh = st.build_mesh(config)
-    model, mc = load_smollm2(mesh=mesh)
+    t_load = time.perf_counter()
+    model, mc = _model(quick, mesh)
     if lora_rank:
         lora.apply_lora(model, lora_rank, 16.0, ("q_proj", "v_proj"), rngs=nnx.Rngs(0),
                         mesh=mesh)
+    # the peer's starting weights, read before the donated step consumes the arrays
+    weights = None if lora_rank else hf_state_dict(model)
     split, params, frozen = st.place_model(model, config, mesh)
     tx = st.make_optimizer(config, 1e-4, 100)
     state = init_step_state(params, st.init_opt_state(tx, params, mesh))
     ref = jax.tree.map(jnp.copy, params)
-    fn = jax.jit(make_policy_step(split, tx, LossSettings.from_mapping(config.loss)),
-                 donate_argnums=0)
-    batch = _batch(mc.vocab_size)
+    fn = jax.jit(make_policy_step(split, tx, settings), donate_argnums=0)
+    prompts, comps = _tokens(s, mc.vocab_size)
+    batch = _batch(s, prompts, comps)
     key = jax.random.key(0)
+    load_s = time.perf_counter() - t_load
     with jax.set_mesh(mesh):
         t0 = time.perf_counter()
         state, m = fn(state, frozen, ref, batch, key)
-        jax.block_until_ready(m)
-        compile_s = time.perf_counter() - t0
+        first_loss = float(m["loss"])
+        first_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         for _ in range(steps):
             state, m = fn(state, frozen, ref, batch, key)
         jax.block_until_ready(m)
     step_s = (time.perf_counter() - t0) / steps
-    tokens = B * (P + C * L)
-    name = f"lora r{lora_rank}" if lora_rank else "full"
-    return {"benchmark": f"train_step smollm2 {name}", "metric": "tokens/s",
-            "ours": tokens / step_s, "peer": None, "peer_name": None, "ratio": None,
-            "notes": f"{step_s:.2f} s/step (first call incl. compile {compile_s:.0f} s), "
-                     f"B={B} P={P} C={C} L={L} G=4, {st.count_params(params):,} trainable"}
+    total, useful = step_flops(mc, s, settings.beta, bool(lora_rank))
+    return {"weights": weights, "mc": mc, "step_s": step_s, "first_s": first_s, "load_s": load_s,
+            "loss": first_loss, "flops": total, "useful": useful, "settings": settings,
+            "prompts": prompts, "comps": comps, "batch": batch, "key": key,
+            "trainable": st.count_params(params)}
+
+
+def _peer(config, s: Sizes, res: dict, steps: int) -> dict:
+    """The torch step (module docstring); returns step time and its first-step loss."""
+    import torch
+    import transformers
+
+    from abpo_jax.losses.certainty import CertaintyStats
+    from abpo_jax.models.loaders import hf_config_dict
+    from abpo_jax.train.learner import policy_objective
+
+    torch.manual_seed(0)
+    hf_cfg = hf_config_dict(res["mc"])
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf_cfg)).float()
+    hf.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in res["weights"].items()},
+                       strict=False)
+    if res["mc"].tie_embeddings:
+        hf.tie_weights()
+    ref_model = copy.deepcopy(hf).eval()
+    c = config.train
+    opt = torch.optim.AdamW(hf.parameters(), lr=1e-4, weight_decay=float(c.weight_decay))
+    settings, batch = res["settings"], res["batch"]
+    item_mask = torch.from_numpy(np.asarray(batch.cands.item_mask[0]))  # [B, C, L]
+    seqs = torch.tensor([p + o for p, cs in zip(res["prompts"], res["comps"]) for o in cs])
+    p_len = len(res["prompts"][0])
+    completion = seqs[:, p_len:]                                          # [B C, L]
+
+    def score(model):
+        """log pi~ [B, C] and the item-span self-certainty [B, C], one sequence per candidate."""
+        logits = model(input_ids=seqs).logits[:, p_len - 1:-1].float()   # predicts completion
+        logp_tok = torch.log_softmax(logits, -1).gather(-1, completion[..., None])[..., 0]
+        seq_logp = logp_tok.sum(-1).view(s.B, s.C)
+        sc = (torch.logsumexp(logits, -1) - logits.mean(-1)).view(s.B, s.C, s.L)
+        cert = (sc * item_mask).sum(-1) / item_mask.sum(-1).clamp(min=1.0)
+        return torch.log_softmax(seq_logp, -1), cert.detach()
+
+    @jax.jit
+    def head(logp, old_logp, ref_logp, cert, key):
+        objective = policy_objective(settings, batch, old_logp, ref_logp, cert,
+                                     CertaintyStats.init(), key)
+        loss_sum, denom, _ = objective.micro_loss(logp[0], 0)
+        return loss_sum / jnp.maximum(denom, 1e-8)
+
+    head_grad = jax.jit(jax.value_and_grad(head))
+
+    def step(i: int) -> float:
+        with torch.no_grad():
+            old_logp, cert = score(hf)
+            ref_logp = score(ref_model)[0] if settings.beta != 0 else old_logp
+        logp, _ = score(hf)
+        as_np = lambda t: t.detach().numpy()[None]  # noqa: E731  [1, B, C]
+        loss, g = head_grad(as_np(logp), as_np(old_logp), as_np(ref_logp), as_np(cert),
+                            jax.random.fold_in(res["key"], i))
+        logp.backward(torch.from_numpy(np.array(g)[0]))
+        torch.nn.utils.clip_grad_norm_(hf.parameters(), float(c.grad_clip))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(loss)
+
+    first_loss = step(0)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step(i + 1)
+    return {"step_s": (time.perf_counter() - t0) / steps, "loss": first_loss}
 
 
 def run(config) -> list[dict]:
-    """Rows for LoRA (rank 8) and full fine-tuning; 2 timed steps each after a warm-up."""
-    steps = int(config.get("bench", {}).get("train_steps", 2)) if hasattr(config, "get") else 2
-    return [_time_step(config, 8, steps), _time_step(config, 0, steps)]
+    """A row per variant (LoRA r8, full); the full row carries the torch peer and FLOPs."""
+    opts = _options(config)
+    s = QUICK if opts["quick"] else FULL
+    peak = matmul_peak()
+    name = "tiny" if opts["quick"] else "smollm2"
+    rows = []
+    for rank in (8, 0):
+        res = _ours(config, s, rank, opts["steps"], opts["quick"])
+        tokens = s.B * (s.P + s.C * s.L)
+        row = {
+            "benchmark": f"train_step {name} {'lora r8' if rank else 'full'}",
+            "metric": "groups/s", "ours": s.B / res["step_s"], "peer": None,
+            "peer_name": None, "ratio": None,
+            "step_s": res["step_s"], "tokens_per_s": tokens / res["step_s"],
+            "first_step_s": res["first_s"], "load_s": res["load_s"],
+            "step_flops": res["flops"], "useful_flops": res["useful"], "matmul_peak": peak,
+            "flop_fraction": res["useful"] / res["step_s"] / peak,
+            "flop_fraction_all_passes": res["flops"] / res["step_s"] / peak,
+            "loss": res["loss"], "sizes": dataclasses.asdict(s),
+            "notes": (f"{res['step_s']:.3g} s/step, {tokens / res['step_s']:.0f} packed tok/s, "
+                      f"first call incl. compile {res['first_s']:.3g} s, useful "
+                      f"{res['useful'] / res['step_s'] / peak:.0%} of {peak / 1e9:.0f} GFLOP/s; "
+                      f"{res['trainable']:,} trainable"),
+        }
+        if rank == 0 and opts["peer"]:
+            peer = _peer(config, s, res, opts["peer_steps"])
+            row.update(peer=s.B / peer["step_s"],
+                       peer_name="transformers+torch (per-sequence)",
+                       ratio=peer["step_s"] / res["step_s"], peer_step_s=peer["step_s"],
+                       peer_loss=peer["loss"], loss_abs_diff=abs(peer["loss"] - res["loss"]))
+            row["notes"] += (f"; peer {peer['step_s']:.3g} s/step, loss ours {res['loss']:.6g} "
+                             f"vs peer {peer['loss']:.6g}")
+        rows.append(row)
+    return rows
 
 
 if __name__ == "__main__":
     from abpo_jax.config import base_config
 
-    for row in run(base_config()):
-        print(row)
+    for r in run(base_config()):
+        print(r)

@@ -2,6 +2,7 @@
 
     abpo-jax bench
     abpo-jax bench --config.bench.only=sampling
+    abpo-jax bench --quick     # CI-sized (= --config.bench.quick=True)
 """
 
 import ml_collections
@@ -16,4 +17,8 @@ def get_config():
     c.bench.only = ""   # comma-separated benchmark names; empty = all
     c.bench.ingest_records = 1_000_000   # bench_pipeline: size of the bounded-memory ingest
     c.bench.pipeline_records = 50_000    # bench_pipeline: records streamed through grain
+    c.bench.quick = False       # CI-sized: only benchmarks with `supports_quick`, tiny models
+    c.bench.train_steps = 2     # bench_train_step: timed steps after the first (compiling) one
+    c.bench.train_peer = True   # bench_train_step: race the transformers+torch step
+    c.bench.train_peer_steps = 1
     return c

@@ -40,3 +40,36 @@ def test_runner_writes_table_and_json_and_reports_failures(tmp_path, monkeypatch
     assert "boom" in record["failures"]["bad"]
     rows = bench.main(_config(tmp_path, only="good"))
     assert [r["benchmark"] for r in rows] == ["good"]
+
+
+EXTRA: list = []  # extra overrides (none: the shipped defaults)
+
+
+def test_quick_train_step_json(tmp_path):
+    """`abpo-jax bench --quick`: CI-sized, one JSON record whose train_step rows carry the peer,
+    the same loss on both sides, the measured matmul peak and the FLOP fraction."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, "-m", "abpo_jax", "bench", "--quick",
+                          f"--config.run_dir={tmp_path}", *EXTRA], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (path,) = tmp_path.glob("bench-*.json")
+    record = json.loads(path.read_text())
+    assert record["quick"] and not record["failures"]
+    rows = {r["benchmark"]: r for r in record["rows"]}
+    assert set(rows) == {"train_step tiny lora r8", "train_step tiny full"}
+    for r in rows.values():
+        assert set(bench.COLUMNS) <= set(r)
+        assert r["matmul_peak"] > 0 and 0 < r["flop_fraction"] <= r["flop_fraction_all_passes"]
+        assert r["step_s"] > 0 and r["ours"] > 0
+    full = rows["train_step tiny full"]
+    assert full["peer_name"].startswith("transformers") and full["ratio"] > 0
+    assert full["loss_abs_diff"] <= 1e-4 * max(1.0, abs(full["loss"]))
+    assert any((tmp_path / "jax_cache").iterdir())   # the run filled its compilation cache
+    assert "train_step tiny full" in out.stdout     # and printed the table
