@@ -33,8 +33,19 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("cache_length", None),
 )
 
-# The continual-round methods (`rounds.methods`).
-METHODS = ("abpo", "grpo", "anchor_no_snips", "sft_positive", "no_update")
+# Method name -> (update kind, loss overrides): the one place that decides what a method
+# switches (DESIGN.md "Methods are data"). `base_config` turns it into `config.methods`; a config
+# file may add its own entries there.
+UPDATE_KINDS = ("policy_gradient", "sft_positive", "none")
+METHOD_TABLE: dict[str, tuple[str, dict[str, Any]]] = {
+    "abpo": ("policy_gradient", {}),                           # the configured loss
+    "abpo_no_snips": ("policy_gradient", {"snips": "off"}),    # unit anchor weights
+    "abpo_no_tempering": ("policy_gradient", {"tempering": "one"}),
+    "abpo_baseline_only": ("policy_gradient", {"anchor": "baseline_only"}),
+    "grpo": ("policy_gradient", {"anchor": "off", "tempering": "one"}),  # untempered outcome
+    "sft_positive": ("sft_positive", {}),                      # SFT on clicked exposures
+    "no_update": ("none", {}),
+}
 
 
 class ConfigError(ValueError):
@@ -86,6 +97,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.policy = ml_collections.ConfigDict()
     c.policy.mode = "item"            # item (score the closed candidate list); text: not yet
     c.policy.logging_temperature = 1.0  # temperature of the deployed logging policy
+    c.policy.logging_policy = "current"  # current (pi_{k-1} deploys) | stale (the round-0 policy always)
+    c.policy.logging_popularity = 0.0  # b: logging logits + b log(1 + item count) (exposure bias)
 
     # --- user simulator -------------------------------------------------------------------
     c.sim = ml_collections.ConfigDict()
@@ -99,7 +112,6 @@ def base_config() -> ml_collections.ConfigDict:
 
     # --- loss (ABPO; GRPO when anchor=off) -------------------------------------------------
     c.loss = ml_collections.ConfigDict()
-    c.loss.name = "abpo"              # registered policy loss
     c.loss.num_generations = 8        # G rollouts per prompt
     c.loss.anchor = "full"            # off | baseline_only | full
     c.loss.snips = "on"               # on | off
@@ -109,8 +121,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.positive_reward = 1.0      # r+
     c.loss.negative_scale = 1.0       # lambda
     c.loss.certainty_tokens = "item"  # item (item-id span) | completion (all tokens)
-    c.loss.certainty_norm = "batch"   # batch | running
-    c.loss.std = "population"         # none | population | bessel
+    c.loss.certainty_norm = "round"   # batch | round (CDF over the round's logged anchors) | running
+    c.loss.std = "none"               # none | population | bessel
     c.loss.eps = 1e-4
     c.loss.epsilon_low = 0.2
     c.loss.epsilon_high = 0.2
@@ -118,8 +130,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.kl_estimator = "k3"        # k1 | k3
     c.loss.aggregation = "token_mean"  # token_mean | sequence_mean | constant
     c.loss.max_completion_length = 16  # normaliser for aggregation=constant
-    c.loss.rewards = ("format", "anchor_match")  # summed rollout rewards
+    c.loss.rewards = ("format", "outcome")  # summed reward sources, for rollouts and anchor alike
     c.loss.kl_ratio_correction = False  # multiply the per-token KL by the PPO ratio (TRL use_bias_correction_kl)
+    c.loss.unobserved_reward = "snips_value"  # outcome of a rollout naming another item: zero | snips_value
+    c.loss.anchor_rewards = "all"     # all (same sources as the rollouts) | outcome (anchor: outcome only; ablation)
+    c.loss.kl_tokens = "rollouts"     # KL normalised over rollout tokens | all (rollouts + anchor; ablation)
     # --- optimisation ---------------------------------------------------------------------
     c.train = ml_collections.ConfigDict()
     c.train.optimizer = "adamw"       # adamw | sgd
@@ -135,13 +150,23 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.schedule = "constant"     # constant | cosine (linear warmup, then cosine decay)
     c.train.steps_per_round = 0       # 0 = one pass (epochs_per_round) over the round's log
     c.train.reset_optimizer = True    # fresh optimizer state at the start of each round update
+    c.train.ppo_epochs = 1            # mu: updates per batch (1: pi_old from the gradient's own forward)
     c.train.compile_cache_dir = ""    # JAX persistent compilation cache: "" = <run_dir>/jax_cache; off
     c.train.compile_cache_min_secs = 0.0  # cache programs that took at least this long to compile
 
     # --- continual rounds ----------------------------------------------------------------
     c.rounds = ml_collections.ConfigDict()
     c.rounds.num_rounds = 3
-    c.rounds.methods = ("abpo", "grpo", "anchor_no_snips", "sft_positive", "no_update")
+    c.rounds.methods = ("abpo", "abpo_no_snips", "abpo_no_tempering", "abpo_baseline_only",
+                        "grpo", "sft_positive", "no_update")
+    c.methods = ml_collections.ConfigDict(
+        {name: {"kind": kind, **overrides} for name, (kind, overrides) in METHOD_TABLE.items()})
+
+    # --- closed-loop study (`abpo-jax study`) ------------------------------------------------
+    c.study = ml_collections.ConfigDict()
+    c.study.dir = ""                  # default <run_dir>/study
+    c.study.seeds = 5                 # seeds seed, seed + 1, ...
+    c.study.conditions = ("base:",)   # "name:field=value,field=value" (overrides per condition)
     c.rounds.reference = "previous"   # previous (pi_ref = pi_{k-1}) | initial
 
     # --- evaluation ----------------------------------------------------------------------
@@ -208,7 +233,11 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "loss.snips": ("on", "off"),
     "loss.tempering": ("one", "one_minus_c", "c", "threshold"),
     "loss.certainty_tokens": ("item", "completion"),
-    "loss.certainty_norm": ("batch", "running"),
+    "loss.certainty_norm": ("batch", "round", "running"),
+    "loss.unobserved_reward": ("zero", "snips_value"),
+    "loss.anchor_rewards": ("all", "outcome"),
+    "loss.kl_tokens": ("rollouts", "all"),
+    "policy.logging_policy": ("current", "stale"),
     "loss.std": ("none", "population", "bessel"),
     "loss.kl_estimator": ("k1", "k3"),
     "loss.aggregation": ("token_mean", "sequence_mean", "constant"),
@@ -242,6 +271,9 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "sim.temperature": _positive,
     "sim.external_ignore": _probability,
     "policy.logging_temperature": _positive,
+    "policy.logging_popularity": _non_negative,
+    "train.ppo_epochs": _positive,
+    "study.seeds": _positive,
     "train.learning_rate": _non_negative,
     "train.batch_size": _positive,
     "train.grad_accum": _positive,
@@ -291,8 +323,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 # Fields holding a tuple whose every element must come from a set.
 TUPLE_CHOICES: dict[str, tuple[str, ...]] = {
-    "rounds.methods": METHODS,
-    "loss.rewards": ("format", "anchor_match", "ground_truth", "simulator"),
+    "loss.rewards": ("format", "outcome", "ground_truth", "simulator"),
     "gee.strategies": ("full-ctr", "partial-ctr", "random-ctr", "no-drop", "explore-exploit"),
 }
 
@@ -354,6 +385,40 @@ def _check_cross_fields(config: ml_collections.ConfigDict) -> None:
                                     for k in ks)):
         raise ConfigError(f"config.eval.ks={tuple(ks)!r} is out of range; it must be a non-empty "
                           "tuple of integers >= 1 (the K of HR@K / NDCG@K)")
+    _check_methods(config)
+
+
+def _check_methods(config: ml_collections.ConfigDict) -> None:
+    """Every `rounds.methods` entry names a `config.methods` entry whose overrides are loss
+    fields with allowed values (unimplemented choices are rejected here, before any work)."""
+    found, table = _lookup(config, "methods")
+    found_m, methods = _lookup(config, "rounds.methods")
+    if not (found and found_m):
+        return
+    for m in methods:
+        if m not in table:
+            raise ConfigError(f"config.rounds.methods contains {m!r}, which is not in "
+                              "config.methods; choose from: " + ", ".join(table.keys()))
+    for name, entry in table.items():
+        if entry.get("kind") not in UPDATE_KINDS:
+            raise ConfigError(f"config.methods.{name}.kind={entry.get('kind')!r} is not "
+                              "allowed; choose one of: " + ", ".join(UPDATE_KINDS))
+        for field, value in entry.items():
+            if field == "kind":
+                continue
+            if field not in config.loss:
+                raise ConfigError(f"config.methods.{name}.{field}: not a config.loss field")
+            allowed = CHOICES.get(f"loss.{field}")
+            if allowed is not None and value not in allowed:
+                raise ConfigError(f"config.methods.{name}.{field}={value!r} is not allowed; "
+                                  "choose one of: " + ", ".join(map(str, allowed)))
+
+
+def method_losses(config: ml_collections.ConfigDict) -> dict[str, tuple[str, dict[str, Any]]]:
+    """rounds.methods -> (update kind, loss overrides) from `config.methods`."""
+    return {m: (config.methods[m].kind,
+                {k: v for k, v in config.methods[m].items() if k != "kind"})
+            for m in config.rounds.methods}
 
 
 def validate(config: ml_collections.ConfigDict, files: bool = False) -> ml_collections.ConfigDict:

@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from abpo_jax.losses import (LossSettings, abpo_objective, anchor_terms, policy_loss,
-                             token_self_certainty)
+from abpo_jax.losses.abpo import (LossSettings, anchor_terms, group_advantages, item_mode_loss,
+                                  policy_loss, token_self_certainty)
 
 DEFAULTS = {"num_prompts": 16, "num_generations": 8, "completion_len": 64, "anchor_len": 8,
             "vocab": 49152, "certainty_tokens": 256, "repeats": 5}
@@ -88,8 +88,8 @@ def _trl_peer(x: dict[str, np.ndarray], settings: LossSettings, repeats: int) ->
 
 
 def _group_adv(rewards: np.ndarray) -> jax.Array:
-    from abpo_jax.losses import group_advantages
-    return group_advantages(jnp.asarray(rewards))
+    """TRL's default advantages (scale_rewards=group: Bessel std, eps 1e-4)."""
+    return group_advantages(jnp.asarray(rewards), std="bessel", eps=1e-4)
 
 
 def run(config: Any) -> list[dict]:
@@ -97,7 +97,8 @@ def run(config: Any) -> list[dict]:
     p = {**DEFAULTS, **bench_cfg}
     b, g, t, ta = p["num_prompts"], p["num_generations"], p["completion_len"], p["anchor_len"]
     x = _inputs(b, g, t, ta)
-    settings = LossSettings.from_mapping(config.loss).replace(max_completion_length=t)
+    settings = LossSettings.from_config(config.loss).replace(max_completion_length=t,
+                                                             certainty_norm="batch")
     grpo = settings.replace(anchor="off")
     tokens = float(x["mask"].sum())
     adv = _group_adv(x["rewards"])
@@ -105,29 +106,27 @@ def run(config: Any) -> list[dict]:
 
     @jax.jit
     def grpo_grad(logp):
-        def loss(lp):
-            s, d, _ = policy_loss(grpo, logp=lp, old_logp=j["old_logp"], ref_logp=j["ref_logp"],
-                                  mask=j["mask"], advantages=adv)
-            return s / d
-        return jax.value_and_grad(loss)(logp)
+        return jax.value_and_grad(lambda lp: policy_loss(
+            grpo, logp=lp, old_logp=j["old_logp"], ref_logp=j["ref_logp"], mask=j["mask"],
+            advantages=adv)[0])(logp)
+
+    # the item-mode objective end to end: B prompts, C = 2G candidates, G rollouts + anchor
+    cands = 2 * g
+    item_logp = jax.nn.log_softmax(jax.random.normal(jax.random.PRNGKey(1), (b, cands)))
+    members = jax.random.randint(jax.random.PRNGKey(2), (b, g + 1), 0, cands)
 
     @jax.jit
-    def abpo_grad(logp, anchor_logp):
+    def abpo_grad(logp):
         terms = anchor_terms(settings, outcome=j["outcome"], self_certainty=j["sc"],
-                             target_prob=j["target"], propensity=j["propensity"])
-
-        def loss(lp, alp):
-            s, d, _ = abpo_objective(settings, rollout_rewards=j["rewards"], logp=lp,
-                                     old_logp=j["old_logp"], ref_logp=j["ref_logp"],
-                                     mask=j["mask"], anchor=terms, anchor_logp=alp,
-                                     anchor_mask=jnp.ones_like(alp))
-            return s / d
-        return jax.value_and_grad(loss, (0, 1))(logp, anchor_logp)
+                             target_prob=j["target"], propensity=j["propensity"],
+                             mask=jnp.ones(b))
+        return jax.value_and_grad(lambda lp: item_mode_loss(
+            settings, logp=lp, old_logp=logp, ref_logp=logp, members=members, terms=terms,
+            valid=jnp.ones(b))[0])(logp)
 
     ours_grpo = _best_seconds(lambda: jax.block_until_ready(grpo_grad(j["logp"])), p["repeats"])
     peer, peer_note = _trl_peer(x, grpo, p["repeats"])
-    ours_abpo = _best_seconds(
-        lambda: jax.block_until_ready(abpo_grad(j["logp"], j["anchor_logp"])), p["repeats"])
+    ours_abpo = _best_seconds(lambda: jax.block_until_ready(abpo_grad(item_logp)), p["repeats"])
 
     v, n = p["vocab"], p["certainty_tokens"]
     logits = jax.random.normal(jax.random.PRNGKey(0), (n, v), jnp.float32)
@@ -142,9 +141,10 @@ def run(config: Any) -> list[dict]:
          "ratio": (peer / ours_grpo) if peer_tps else None,
          "notes": f"{shape}, {tokens:.0f} valid tokens, token_mean, k3; {peer_note} "
                   "(TRL time includes its per-call metric logging)"},
-        {"benchmark": "losses/abpo_objective_grad", "metric": "tokens/s",
-         "ours": (tokens + b * ta) / ours_abpo, "peer": None, "peer_name": None, "ratio": None,
-         "notes": f"{shape} Ta={ta}; anchor terms + SNIPS + advantages + loss + grad"},
+        {"benchmark": "losses/abpo_item_objective_grad", "metric": "groups/s",
+         "ours": b / ours_abpo, "peer": None, "peer_name": None, "ratio": None,
+         "notes": f"B={b} G={g} C={cands}; anchor terms + SNIPS + member rewards + advantages "
+                  "+ loss + grad (item mode)"},
         {"benchmark": "losses/self_certainty", "metric": "tokens/s", "ours": n / ours_sc,
          "peer": None, "peer_name": None, "ratio": None,
          "notes": f"{n} tokens x V={v} logits, logsumexp - mean, jit"},

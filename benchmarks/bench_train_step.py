@@ -5,8 +5,9 @@
 
 Work per step: B prompts of P tokens, each with C candidate completions of L tokens, G rollouts
 (the demo's sizes on SmolLM2-135M: B=4, P=256, C=8, L=12, G=4). Ours scores the C completions
-of a prompt in one shared-prefix packed pass (B x (P + C L) tokens); each step runs the pi_old
-pass (and the pi_ref pass when beta != 0) and one forward + backward, then clipping + AdamW.
+of a prompt in one shared-prefix packed pass (B x (P + C L) tokens); each step runs one forward
+whose values are pi_old (ppo_epochs = 1: `jax.vjp`), the pi_ref pass when beta != 0, and the
+backward, then clipping + AdamW.
 
 Peer ("torch"): the step as a user would write it with `transformers` + torch (test-only
 dependency, imported here only): the same weights loaded into `LlamaForCausalLM`; every
@@ -23,8 +24,9 @@ FLOPs (written to the JSON as `step_flops`, `useful_flops`, `flop_fraction`): N 
 outside the token embedding and LM head, d = hidden size, V = vocabulary,
 
     F_fwd = 2 N B (P + C L)  +  2 d V B C L        (LM head on completion rows only)
-    step  = F_fwd x (1 [pi_old] + 1 [pi_ref, if beta != 0] + 3 [forward + backward])
-    useful = step - F_fwd  when ppo_epochs = 1 (pi_old's values are then the gradient pass's)
+    step  = F_fwd x (1 [pi_ref, if beta != 0] + 3 [forward + backward])
+    useful = step: with ppo_epochs = 1 the pi_old values are the gradient forward's own (the
+    peer, written the usual way, spends one more F_fwd on a separate no-grad pi_old pass)
 
 (LoRA: the backward skips the weight gradients, so its forward + backward counts 2, not 3.)
 Attention score FLOPs are not counted. `flop_fraction` = useful / step_s / peak, with `peak`
@@ -113,8 +115,8 @@ def step_flops(mc, s: Sizes, beta: float, lora: bool) -> tuple[float, float]:
     n = mc.num_layers * per_layer
     fwd = 2 * n * s.B * (s.P + s.C * s.L) + 2 * d * v * s.B * s.C * s.L
     train = 2 if lora else 3
-    total = fwd * (1 + (1 if beta != 0 else 0) + train)
-    return float(total), float(total - fwd)
+    total = fwd * ((1 if beta != 0 else 0) + train)   # single pass: no separate pi_old
+    return float(total), float(total)
 
 
 def _model(quick: bool, mesh):
@@ -129,9 +131,10 @@ def _model(quick: bool, mesh):
 
 
 def _settings(config, s: Sizes):
-    from abpo_jax.losses.settings import LossSettings
+    from abpo_jax.losses.abpo import LossSettings
     config.loss.num_generations = s.G
-    return LossSettings.from_mapping(config.loss)
+    # batch certainty: the benchmark's batch carries no round quantiles
+    return LossSettings.from_config(config.loss).replace(certainty_norm="batch")
 
 
 def _ours(config, s: Sizes, lora_rank: int, steps: int, quick: bool) -> dict:
@@ -183,7 +186,7 @@ def _peer(config, s: Sizes, res: dict, steps: int) -> dict:
     import torch
     import transformers
 
-    from abpo_jax.losses.certainty import CertaintyStats
+    from abpo_jax.losses.abpo import CertaintyStats
     from abpo_jax.models.loaders import hf_config_dict
     from abpo_jax.train.learner import policy_objective
 
@@ -216,8 +219,7 @@ def _peer(config, s: Sizes, res: dict, steps: int) -> dict:
     def head(logp, old_logp, ref_logp, cert, key):
         objective = policy_objective(settings, batch, old_logp, ref_logp, cert,
                                      CertaintyStats.init(), key)
-        loss_sum, denom, _ = objective.micro_loss(logp[0], 0)
-        return loss_sum / jnp.maximum(denom, 1e-8)
+        return objective.micro_loss(logp[0], 0)[0]
 
     head_grad = jax.jit(jax.value_and_grad(head))
 

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from abpo_jax.losses.abpo import token_self_certainty
 from abpo_jax.models.decoder import init_cache
 from abpo_jax.sampling import trie as trie_lib
 
@@ -150,7 +151,7 @@ def _generate(graphdef, params: SamplingParams, eos_id: int, state, prompt_token
         token = jnp.where(live, token, 0)
         model_lp = jnp.take_along_axis(z, token[:, None], -1)[:, 0] - lse
         record = (token, live, jnp.where(live, logq, 0.0), jnp.where(live, model_lp, 0.0),
-                  jnp.where(live, lse - jnp.mean(z, axis=-1), 0.0))
+                  jnp.where(live, token_self_certainty(z), 0.0))
         out = tuple(o.at[:, step].set(r) for o, r in zip(out, record))
         if trie is not None:
             node = jnp.where(live, trie_lib.advance(trie, node, token), node)

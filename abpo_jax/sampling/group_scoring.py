@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from abpo_jax.losses.abpo import sequence_self_certainty, token_self_certainty
 from abpo_jax.sampling.trie import candidate_token_sequences
 
 
@@ -114,11 +115,11 @@ def packed_attention_mask(segments: jax.Array, positions: jax.Array) -> jax.Arra
 
 
 def token_scores(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """log softmax(z)[target] and self-certainty logsumexp(z) - mean(z), over the last axis."""
+    """log softmax(z)[target] and self-certainty (`losses.abpo.token_self_certainty`), over
+    the last axis (XLA shares the one logsumexp)."""
     logits = logits.astype(jnp.float32)
-    lse = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    return picked - lse, lse - jnp.mean(logits, axis=-1)
+    return picked - jax.nn.logsumexp(logits, axis=-1), token_self_certainty(logits)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -269,9 +270,7 @@ def score_candidates(model: Any, batch: CandidateBatch, certainty_on: str = "ite
     """
     cand_logp, scores = candidate_scores(model, batch)
     m = batch.item_mask if certainty_on == "item" else scores.mask.astype(jnp.float32)
-    certainty = (jnp.sum(scores.self_certainty * m, axis=-1)
-                 / jnp.maximum(jnp.sum(m, axis=-1), 1.0))
-    return cand_logp, scores.sequence_logprobs, certainty
+    return cand_logp, scores.sequence_logprobs, sequence_self_certainty(scores.self_certainty, m)
 
 
 def candidate_log_policy(model: nnx.Module, tokenizer: Any, prompts: Sequence[str],

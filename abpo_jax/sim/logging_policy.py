@@ -22,6 +22,7 @@ import numpy as np
 
 from abpo_jax.data import log_store
 from abpo_jax.data.logs import LogRecord
+from abpo_jax.losses.abpo import certainty_quantiles
 from abpo_jax.sim.users import UserSimulator
 
 
@@ -35,6 +36,7 @@ class ExampleLike(Protocol):
 
 # Keys of the record extras written by `log_round`.
 TARGET, HISTORY_RATINGS, CLICK_PROBS = "target_item_id", "history_ratings", "click_probs"
+ANCHOR_CERTAINTY = "anchor_certainty"   # exposure's self-certainty quantile over the round
 
 ScoreFn = Callable[[Sequence[ExampleLike]], "jax.Array | np.ndarray"]
 
@@ -62,10 +64,11 @@ def popularity_policy(item_counts: np.ndarray, smoothing: float = 1.0) -> ScoreF
 
 
 @jax.jit
-def sample_exposures(key: jax.Array, log_pi: jax.Array,
-                     temperature: float) -> tuple[jax.Array, jax.Array]:
-    """Draw one candidate index per row from softmax(log pi / T); return (index, propensity)."""
-    logits = jnp.asarray(log_pi, jnp.float32) / temperature
+def sample_exposures(key: jax.Array, log_pi: jax.Array, temperature: float,
+                     logit_bias: jax.Array | float = 0.0) -> tuple[jax.Array, jax.Array]:
+    """Draw one candidate index per row from softmax(log pi / T + bias); return (index,
+    propensity): the exact probability of the draw under that logging distribution."""
+    logits = jnp.asarray(log_pi, jnp.float32) / temperature + logit_bias
     index = jax.random.categorical(key, logits, axis=-1)
     log_p = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), index[:, None], -1)[:, 0]
     return index.astype(jnp.int32), jnp.exp(log_p)
@@ -94,7 +97,9 @@ def _score_all(examples: Sequence[ExampleLike], score_fn: ScoreFn, batch_size: i
 def log_round(examples: Sequence[ExampleLike], score_fn: ScoreFn, simulator: UserSimulator, *,
               round_index: int, seed: int, logs_dir: str, policy_revision: str,
               temperature: float = 1.0, timestamp: float | None = None,
-              batch_size: int = 64, overwrite: bool = False) -> log_store.RoundLog:
+              batch_size: int = 64, overwrite: bool = False,
+              logit_bias: np.ndarray | None = None,
+              certainty: np.ndarray | None = None) -> log_store.RoundLog:
     """Deploy `score_fn` on the round's requests and commit the round's log.
 
     Args:
@@ -102,6 +107,10 @@ def log_round(examples: Sequence[ExampleLike], score_fn: ScoreFn, simulator: Use
       score_fn: log pi over each example's candidates, called on chunks of `batch_size`.
       simulator: gives the outcome of each exposure.
       temperature: logging temperature (config `policy.logging_temperature`).
+      logit_bias: [N, C] added to log pi / T before sampling (e.g. a popularity bias); the
+        logged propensity includes it.
+      certainty: [N, C] raw self-certainty of each candidate under the deployed policy; the
+        exposure's quantile over the round is logged (`certainty_norm=round`).
       timestamp: stamped on every record (default: now); fix it for byte-identical reruns.
     Returns:
       The committed, verified round.
@@ -114,17 +123,24 @@ def log_round(examples: Sequence[ExampleLike], score_fn: ScoreFn, simulator: Use
                          "from (round, user) and must be unique")
     log_pi = _score_all(examples, score_fn, batch_size)
     key = _round_key(seed, round_index)
-    index, propensity = sample_exposures(jax.random.fold_in(key, 0), log_pi, temperature)
+    bias = 0.0 if logit_bias is None else np.asarray(logit_bias, np.float32)
+    index, propensity = sample_exposures(jax.random.fold_in(key, 0), log_pi, temperature, bias)
     candidates = np.stack([np.asarray(e.candidates) for e in examples])
     exposed = candidates[np.arange(len(examples)), np.asarray(index)]
     outcome = np.asarray(simulator.sample_outcomes(jax.random.fold_in(key, 1), users, exposed))
     click = np.asarray(simulator.click_probs(users, candidates), np.float32)
     propensity = np.asarray(propensity, np.float64)
     stamp = time.time() if timestamp is None else float(timestamp)
+    quantile = None
+    if certainty is not None:
+        sc = np.asarray(certainty, np.float32)[np.arange(len(examples)), np.asarray(index)]
+        quantile = certainty_quantiles(sc, sc)
 
     def records():
         for i, e in enumerate(examples):
             extras = {CLICK_PROBS: [float(p) for p in click[i]]}
+            if quantile is not None:
+                extras[ANCHOR_CERTAINTY] = float(quantile[i])
             if hasattr(e, "target"):
                 extras[TARGET] = int(e.target)
             if hasattr(e, "history_ratings"):

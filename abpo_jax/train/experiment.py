@@ -12,6 +12,7 @@ import pathlib
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -86,6 +87,17 @@ def build_model(config: Any, vocab_size: int, mesh: Any, streams: RngStreams) ->
     return model
 
 
+def frozen_policies(config: Any, params: Any, copy: bool = True) -> dict:
+    """The fixed policies a method's state carries besides its train state: "ref" (pi_ref)
+    and, for `policy.logging_policy=stale`, "initial" (the round-0 policy that keeps logging).
+    Copies by default: every method owns its buffers (the steps donate them)."""
+    own = (lambda: jax.tree.map(jnp.copy, params)) if copy else (lambda: params)
+    out = {"ref": own()}
+    if config.policy.logging_policy == "stale":
+        out["initial"] = own()
+    return out
+
+
 def build(config: Any, devices: Sequence[jax.Device] | None = None) -> Experiment:
     """Build (not run) the experiment of `config` on `devices` (default: all)."""
     run_dir, streams = pathlib.Path(config.run_dir), RngStreams(int(config.seed))
@@ -136,12 +148,14 @@ def build(config: Any, devices: Sequence[jax.Device] | None = None) -> Experimen
     popularity = np.bincount(inter.item, minlength=inter.num_items).astype(np.float32)
     methods = tuple(config.rounds.methods)
     layout = Layout(methods, lambda: learner.fresh_state(init_params, sft=True),
-                    lambda: {**learner.fresh_state(init_params), "ref": init_params})
+                    lambda: {**learner.fresh_state(init_params), **frozen_policies(
+                        config, init_params, copy=False)})
     return Experiment(
         config=config, methods=methods, streams=streams, init_params=init_params,
         sft_examples=sft_examples, encoder=encoder, learner=learner,
         rollout=Rollout(policy, sim, round_examples, logs_root, streams.logging,
-                        float(config.policy.logging_temperature)),
+                        float(config.policy.logging_temperature), popularity,
+                        float(config.policy.logging_popularity)),
         evaluator=Evaluator(policy, test_examples, sim, inter.num_items, popularity, exposures,
                             tuple(config.eval.ks)),
         layout=layout, ckpt=Checkpointer(checkpoint_dir(config), config.checkpoint.max_to_keep),

@@ -1,16 +1,19 @@
 """The learner role: jitted train steps (item mode) and the loops that feed them.
 
-Steps: policy-gradient (ABPO / GRPO / anchor-no-SNIPS), SFT (round-0 warm start and
-`sft_positive`). The losses API is called from one function, :func:`policy_objective`.
+Steps: policy-gradient (every `config.methods` entry of kind policy_gradient: ABPO, its
+ablations, GRPO), SFT (round-0 warm start and `sft_positive`). The objective
+(`losses/abpo.py`) is called from one function, :func:`policy_objective`.
 
 One step = one global batch of B prompts, split into `grad_accum` micro-batches ([A, B/A, ...]):
-  1. no-grad pre-pass over all micro-batches with the same packed scorer: log pi~_old [B, C]
-     (the current params), self-certainty of every candidate's item-id span, log pi~_ref;
-  2. global (whole-batch) quantities: G rollouts ~ pi~_old per prompt, rewards, group
-     advantages with the anchor, SNIPS weights, normalised certainty and tempered anchor reward
-     — so accumulation is exact (no per-micro-batch statistics);
-  3. grad pass: scan over micro-batches summing grad(loss_sum) and denom; update with
-     grad_sum / denom_sum. Non-finite loss or grads: the update is skipped and counted.
+  1. log pi~_old [B, C] and the self-certainty of every candidate: from the gradient's own
+     forward (`jax.vjp`) when ppo_epochs = 1 and A = 1, else a no-grad pre-pass over the
+     micro-batches; log pi~_ref only when beta > 0;
+  2. global (whole-batch) quantities: G rollouts ~ pi~_old per prompt, member rewards (the
+     anchor and the rollouts alike), SNIPS weights and value, certainty, loss denominators —
+     so accumulation is exact (no per-micro-batch statistics);
+  3. gradient: the backward of step 1's forward, or a scan over micro-batches summing each
+     one's share (mu = ppo_epochs times, rollouts fixed). Non-finite loss or grads: the update
+     is skipped and counted.
 RNG: fold_in(RngStreams.train_round(round), step).
 """
 
@@ -29,42 +32,27 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from abpo_jax.data.logs import LogRecord
 from abpo_jax.data.pipeline import log_iterator
 from abpo_jax.data.splits import Example
-from abpo_jax.losses.certainty import CertaintyStats
-from abpo_jax.losses.objective import AnchorTerms, abpo_objective, anchor_terms
-from abpo_jax.losses.settings import LossSettings
+from abpo_jax.config import method_losses
+from abpo_jax.losses import abpo
 from abpo_jax.sampling.group_scoring import CandidateBatch, PackedGroup, score_candidates
 from abpo_jax.train import state as st
 from abpo_jax.train.faults import kill_point
 from abpo_jax.train.outputs import progress
-from abpo_jax.train.policy import Encoder, example_from_record, record_click_probs
+from abpo_jax.train.policy import (Encoder, example_from_record, record_anchor_certainty,
+                                   record_click_probs)
 from abpo_jax.train.state import ModelSplit
-
-POLICY_METHODS = ("abpo", "grpo", "anchor_no_snips")
-
-
-def method_settings(settings: LossSettings, method: str) -> LossSettings:
-    """The loss settings a method trains with.
-
-    abpo: as configured (anchor full, SNIPS on, tempering); grpo: anchor off (propensities
-    unused); anchor_no_snips: anchor full with unit weights.
-    """
-    if method == "abpo":
-        return settings
-    if method == "grpo":
-        return settings.replace(name="grpo", anchor="off")
-    if method == "anchor_no_snips":
-        return settings.replace(anchor="full", snips="off")
-    raise ValueError(f"method {method!r} has no policy loss; policy methods: {POLICY_METHODS}")
 
 
 @dataclasses.dataclass
 class RLBatch:
     """One global batch of logged requests, [A, b, ...] (A = grad_accum micro-batches).
 
-    cands: the C candidate completions per prompt, packed; exposed [A, b] candidate index of the logged
-    item; propensity [A, b]; outcome [A, b] (1 = positive); target [A, b] candidate index of the
-    held-out next item (-1 when unknown); sim_reward [A, b, C] simulated click probability of
-    each candidate (zeros unless `simulator` is a reward); valid [A, b] (0 = padding row).
+    cands: the C candidate completions per prompt, packed; exposed [A, b] candidate index of
+    the logged item; propensity [A, b]; outcome [A, b] (1 = positive); target [A, b] candidate
+    index of the held-out next item (-1 when unknown); sim_reward [A, b, C] simulated click
+    probability of each candidate (logged); round_certainty [A, b] the anchor's self-certainty
+    quantile over the round's log under pi_{k-1} (logged; certainty_norm=round); valid [A, b]
+    (0 = padding row).
     """
     cands: CandidateBatch
     exposed: Any
@@ -72,31 +60,12 @@ class RLBatch:
     outcome: Any
     target: Any
     sim_reward: Any
+    round_certainty: Any
     valid: Any
 
 
 jax.tree_util.register_dataclass(
     RLBatch, data_fields=[f.name for f in dataclasses.fields(RLBatch)], meta_fields=[])
-
-
-def rollout_rewards(rollouts: jax.Array, batch: RLBatch, r0: jax.Array,
-                    settings: LossSettings) -> jax.Array:
-    """Summed item-mode rollout rewards [.., G] for `settings.rewards`.
-
-    format: 1 (item mode only emits well-formed tags); anchor_match: r_0 when the rollout is the
-    logged item; ground_truth: 1 when it is the held-out next item; simulator: the simulated
-    click probability of the rolled-out item.
-    """
-    r = jnp.zeros(rollouts.shape, jnp.float32)
-    if "format" in settings.rewards:
-        r = r + 1.0
-    if "anchor_match" in settings.rewards:
-        r = r + jnp.where(rollouts == batch.exposed[..., None], r0[..., None], 0.0)
-    if "ground_truth" in settings.rewards:
-        r = r + (rollouts == batch.target[..., None]).astype(jnp.float32)
-    if "simulator" in settings.rewards:
-        r = r + jnp.take_along_axis(batch.sim_reward, rollouts, axis=-1)
-    return r
 
 
 def init_step_state(params: Any, opt_state: Any) -> dict:
@@ -105,7 +74,7 @@ def init_step_state(params: Any, opt_state: Any) -> dict:
     # Counters live on the params' mesh (replicated), so the step's shardings are one mesh.
     sharding = jax.tree.leaves(params)[0].sharding
     replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
-    scalars = {"step": jnp.int32(0), "skipped": jnp.int32(0), "cert": CertaintyStats.init()}
+    scalars = {"step": jnp.int32(0), "skipped": jnp.int32(0), "cert": abpo.CertaintyStats.init()}
     return {"params": params, "opt": opt_state, **jax.device_put(scalars, replicated)}
 
 
@@ -140,61 +109,67 @@ def _finite_update(state: dict, grads: Any, loss: jax.Array, tx: optax.GradientT
 @dataclasses.dataclass
 class Objective:
     """The whole-batch quantities of one policy step and its per-micro-batch loss."""
-    terms: AnchorTerms          # anchor reward r_0, SNIPS weight, certainty, running stats
-    rollouts: jax.Array         # [A, b, G] candidate indices drawn from pi~_old
-    rewards: jax.Array          # [A, b, G]
-    rollout_mask: jax.Array     # [A, b, G]
-    micro_loss: Callable[[jax.Array, int], tuple]  # (log pi~_theta [b, C], i) -> (sum, den, m)
+    terms: abpo.AnchorTerms     # c, u(y, c), SNIPS weights, V, running stats ([A, b] rows)
+    members: jax.Array          # [A, b, G+1] candidate indices: the anchor, then G rollouts
+    micro_loss: Callable[[jax.Array, int], tuple]  # (log pi~_theta [b, C], i) -> (loss, m)
 
 
-def policy_objective(settings: LossSettings, batch: RLBatch, old_logp: jax.Array,
-                     ref_logp: jax.Array, certainty: jax.Array, stats: CertaintyStats,
+def policy_objective(settings: abpo.LossSettings, batch: RLBatch, old_logp: jax.Array,
+                     ref_logp: jax.Array, certainty: jax.Array, stats: abpo.CertaintyStats,
                      key: jax.Array) -> Objective:
     """The method's objective over one global batch [A, b, C]: the one place that calls the
-    losses API (`anchor_terms`, `rollout_rewards`, `abpo_objective`).
+    objective (`losses/abpo.py`).
 
-    Whole-batch quantities (SNIPS mean, certainty min/max) are computed here, over every
-    micro-batch, so accumulation is exact; `micro_loss(logp, i)` is micro-batch i's
-    (loss_sum, denominator, metrics) at the current log pi~_theta.
+    Whole-batch quantities (SNIPS mean and V, certainty extremes, the loss denominators) are
+    computed here over every micro-batch, so accumulation is exact; `micro_loss(logp, i)` is
+    micro-batch i's share of the loss at the current log pi~_theta.
     """
     A, b, _ = old_logp.shape
+    G = settings.num_generations
     valid = batch.valid.astype(jnp.float32)
-    anchor_old = _take(old_logp, batch.exposed[..., None])[..., 0]
-    terms = anchor_terms(
-        settings, outcome=batch.outcome,
-        self_certainty=_take(certainty, batch.exposed[..., None])[..., 0],
-        target_prob=jnp.exp(anchor_old), propensity=batch.propensity, mask=valid,
+    flat = lambda x: x.reshape((A * b,) + x.shape[2:])  # noqa: E731
+    terms = abpo.anchor_terms(
+        settings, outcome=flat(batch.outcome),
+        self_certainty=flat(_take(certainty, batch.exposed[..., None])[..., 0]),
+        target_prob=flat(jnp.exp(_take(old_logp, batch.exposed[..., None])[..., 0])),
+        propensity=flat(batch.propensity), mask=flat(valid),
+        round_certainty=flat(batch.round_certainty),
         stats=stats if settings.certainty_norm == "running" else None)
     # Drawn over the flat global batch, so the draws do not depend on grad_accum.
-    rollouts = jax.random.categorical(
-        key, old_logp.reshape(A * b, 1, -1), axis=-1,
-        shape=(A * b, settings.num_generations)).reshape(A, b, settings.num_generations)
-    rewards = rollout_rewards(rollouts, batch, terms.reward, settings)
-    rollout_mask = jnp.broadcast_to(valid[..., None], rewards.shape)
+    rollouts = jax.random.categorical(key, flat(old_logp)[:, None], axis=-1,
+                                      shape=(A * b, G)).reshape(A, b, G)
+    members = jnp.concatenate([batch.exposed[..., None], rollouts], axis=-1)
+    denominators = abpo.loss_denominators(
+        settings, jnp.broadcast_to(valid[..., None, None], (A, b, G, 1)), valid[..., None])
+    rows = lambda x, i: x.reshape((A, b) + x.shape[1:])[i]  # noqa: E731
 
     def micro_loss(logp: jax.Array, i: int) -> tuple:
-        roll = rollouts[i]
-        anchor_i = AnchorTerms(terms.reward[i], terms.weight[i], terms.certainty[i], None)
-        return abpo_objective(
-            settings, rollout_rewards=rewards[i],
-            logp=_take(logp, roll)[..., None],
-            old_logp=_take(old_logp[i], roll)[..., None],
-            ref_logp=_take(ref_logp[i], roll)[..., None],
-            mask=rollout_mask[i][..., None], rollout_mask=rollout_mask[i],
-            anchor=anchor_i, anchor_logp=_take(logp, batch.exposed[i][..., None]),
-            anchor_mask=valid[i][..., None], anchor_row_mask=valid[i])
+        terms_i = abpo.AnchorTerms(rows(terms.certainty, i), rows(terms.outcome_value, i),
+                                   rows(terms.weight, i), rows(terms.snips_weight, i),
+                                   terms.unobserved, None)
+        loss, metrics = abpo.item_mode_loss(
+            settings, logp=logp, old_logp=old_logp[i], ref_logp=ref_logp[i],
+            members=members[i], terms=terms_i, valid=valid[i], target=batch.target[i],
+            sim_reward=batch.sim_reward[i], denominators=denominators)
+        return loss, metrics
 
-    return Objective(terms, rollouts, rewards, rollout_mask, micro_loss)
+    return Objective(terms, members, micro_loss)
 
 
 def make_policy_step(split: ModelSplit, tx: optax.GradientTransformation,
-                     settings: LossSettings, certainty_on: str = "item") -> Callable:
+                     settings: abpo.LossSettings, ppo_epochs: int = 1) -> Callable:
     """Pure policy-gradient step `(state, frozen, ref_params, batch, round_key) -> (state, metrics)`.
 
     `state` = {"params", "opt", "step", "skipped", "cert"} ("cert": running self-certainty
     extremes for certainty_norm=running); `ref_params` are pi_ref's trainable params (pi_{k-1});
-    `settings` already reflect the method (see `method_settings`).
+    `settings` already carry the method's overrides.
+
+    ppo_epochs = mu inner updates on the batch (rollouts fixed, rho = pi_theta / pi_old). With
+    mu = 1 and one micro-batch, pi_old comes from the very forward the gradient uses
+    (`jax.vjp`: forward, then rollouts and advantages from its outputs, then the backward), so
+    there is no separate pi_old pass; the pi_ref pass is skipped when beta = 0.
     """
+    certainty_on = settings.certainty_tokens
 
     def score(params, frozen, cands):
         cand_logp, _, cert = score_candidates(split.merge(params, frozen), cands, certainty_on)
@@ -202,69 +177,70 @@ def make_policy_step(split: ModelSplit, tx: optax.GradientTransformation,
 
     def step(state, frozen, ref_params, batch: RLBatch, round_key):
         key = jax.random.fold_in(round_key, state["step"])
-        params = jax.lax.stop_gradient(state["params"])
-        old_logp, cert = jax.lax.stop_gradient(
-            _scan_micro(lambda c: score(params, frozen, c), batch.cands))
+        A = batch.valid.shape[0]
+        single_pass = ppo_epochs == 1 and A == 1
+        if single_pass:
+            first = jax.tree.map(lambda x: x[0], batch.cands)
+            (logp0, cert0), pullback = jax.vjp(lambda p: score(p, frozen, first),
+                                               state["params"])
+            old_logp, cert = jax.lax.stop_gradient((logp0[None], cert0[None]))
+        else:
+            params = jax.lax.stop_gradient(state["params"])
+            old_logp, cert = jax.lax.stop_gradient(
+                _scan_micro(lambda c: score(params, frozen, c), batch.cands))
         if settings.beta != 0.0:
             ref_logp = jax.lax.stop_gradient(
                 _scan_micro(lambda c: score(ref_params, frozen, c), batch.cands)[0])
         else:
             ref_logp = old_logp
-        A = old_logp.shape[0]
-        valid = batch.valid.astype(jnp.float32)
         objective = policy_objective(settings, batch, old_logp, ref_logp, cert,
                                      state["cert"], key)
 
-        def micro_loss(p, i):
-            logp, _ = score(p, frozen, jax.tree.map(lambda x: x[i], batch.cands))
-            return _split_aux(objective.micro_loss(logp, i))
-
-        grad_fn = jax.grad(micro_loss, has_aux=True)
-
-        def accumulate(carry, i):
-            g_acc, s_acc, d_acc, m_acc = carry
-            g, (s, d, m) = grad_fn(state["params"], i)
-            return (jax.tree.map(jnp.add, g_acc, g), s_acc + s, d_acc + d,
-                    jax.tree.map(jnp.add, m_acc, m)), None
-
-        zeros_g = jax.tree.map(jnp.zeros_like, state["params"])
-        _, (_, _, m_shape) = jax.eval_shape(grad_fn, state["params"], 0)
-        zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
-        (g_sum, loss_sum, denom), m_sum = _sum_scan(accumulate, zeros_g, zeros_m, A)
-        denom = jnp.maximum(denom, 1e-8)
-        grads = jax.tree.map(lambda g: g / denom, g_sum)
-        loss = loss_sum / denom
-        new_state, finite = _finite_update(state, grads, loss, tx)
-        terms, rewards, rollout_mask = objective.terms, objective.rewards, objective.rollout_mask
-        if settings.certainty_norm == "running":
-            new_state["cert"] = terms.stats
+        if single_pass:
+            (loss, metrics), g_logp = jax.value_and_grad(
+                lambda lp: objective.micro_loss(lp, 0), has_aux=True)(logp0)
+            grads = pullback((g_logp, jnp.zeros_like(cert0)))[0]
+            new_state, finite = _finite_update(state, grads, loss, tx)
         else:
-            new_state["cert"] = state["cert"]
-        metrics = {k: v / A for k, v in m_sum.items()}
-        n = jnp.maximum(jnp.sum(valid), 1.0)
-        metrics.update(
-            loss=loss, finite=finite.astype(jnp.float32), grad_norm=optax.global_norm(grads),
-            reward=jnp.sum(rewards * rollout_mask) / jnp.maximum(jnp.sum(rollout_mask), 1.0),
-            anchor_reward=jnp.sum(terms.reward * valid) / n,
-            snips_weight=jnp.sum(terms.weight * valid) / n)
+            grad_fn = jax.grad(lambda p, i: _split_aux(objective.micro_loss(
+                score(p, frozen, jax.tree.map(lambda x: x[i], batch.cands))[0], i)),
+                has_aux=True)
+            new_state = state
+            for _ in range(ppo_epochs):   # mu is small and static: unrolled
+                grads, loss, metrics = _accumulate(grad_fn, new_state["params"], A)
+                new_state, finite = _finite_update(new_state, grads, loss, tx)
+        new_state["cert"] = (objective.terms.stats if settings.certainty_norm == "running"
+                             else state["cert"])
+        valid = batch.valid.astype(jnp.float32).reshape(-1)
+        metrics.update(loss=loss, finite=finite.astype(jnp.float32),
+                       grad_norm=optax.global_norm(grads),
+                       snips_weight=abpo.masked_mean(objective.terms.snips_weight, valid))
         return new_state, metrics
 
     return step
 
 
-def _sum_scan(accumulate: Callable, zeros_g: Any, zeros_m: Any, num_micro: int
-              ) -> tuple[tuple, Any]:
-    """Run `accumulate` over micro-batch indices; ((grad_sum, loss_sum, denom), metric sums)."""
-    (g, s, d, m), _ = jax.lax.scan(
-        accumulate, (zeros_g, jnp.float32(0), jnp.float32(0), zeros_m), jnp.arange(num_micro))
-    return (g, s, d), m
+def _accumulate(grad_fn: Callable, params: Any, num_micro: int) -> tuple[Any, jax.Array, dict]:
+    """Sum `grad_fn(params, i)` over micro-batches (each already divided by the global
+    denominators, so the sums are the batch's gradient and loss); metrics averaged."""
+    zeros_g = jax.tree.map(jnp.zeros_like, params)
+    _, (_, m_shape) = jax.eval_shape(grad_fn, params, 0)
+    zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
+
+    def body(carry, i):
+        g_acc, l_acc, m_acc = carry
+        g, (l, m) = grad_fn(params, i)
+        return (jax.tree.map(jnp.add, g_acc, g), l_acc + l, jax.tree.map(jnp.add, m_acc, m)), None
+
+    (g, loss, m), _ = jax.lax.scan(body, (zeros_g, jnp.float32(0), zeros_m),
+                                   jnp.arange(num_micro))
+    return g, loss, {k: v / num_micro for k, v in m.items()}
 
 
 def _split_aux(out: tuple) -> tuple[jax.Array, tuple]:
-    """(loss_sum, denom, metrics) -> (loss_sum, (loss_sum, denom, metrics)) for jax.grad."""
-    loss_sum, denom, metrics = out
-    return loss_sum, (loss_sum, denom, metrics)
-
+    """(loss, metrics) -> (loss, (loss, metrics)) for jax.grad."""
+    loss, metrics = out
+    return loss, (loss, metrics)
 
 def make_sft_step(split: ModelSplit, tx: optax.GradientTransformation) -> Callable:
     """Pure SFT step `(state, frozen, cands [A, b, ...], index [A, b], weight [A, b])`.
@@ -321,6 +297,7 @@ def featurize(record: LogRecord, encoder: Encoder) -> dict[str, np.ndarray]:
         "propensity": np.float32(record.propensity),
         "outcome": np.int32(record.outcome),
         "target": np.int32(ex.target_index), "sim_reward": record_click_probs(record),
+        "round_certainty": np.float32(record_anchor_certainty(record)),
     }
 
 
@@ -344,6 +321,7 @@ def rl_batch(b: dict) -> RLBatch:
     return RLBatch(cands=CandidateBatch(packed, b["item_mask"], b["valid_cands"]),
                    exposed=b["exposed"], propensity=b["propensity"], outcome=b["outcome"],
                    target=b["target"], sim_reward=b["sim_reward"],
+                   round_certainty=b["round_certainty"],
                    valid=np.ones(len(b["exposed"]), np.float32))
 
 
@@ -365,7 +343,8 @@ class Learner:
     show_progress: bool = False
 
     def __post_init__(self):
-        self.settings = LossSettings.from_mapping(self.config.loss)
+        self.settings = abpo.LossSettings.from_config(self.config.loss)
+        self.methods = method_losses(self.config)   # name -> (update kind, loss overrides)
         self.micro_sharding = NamedSharding(self.mesh, P(None, ("data", "fsdp")))
         self.replicated = st.replicated(self.mesh)
         self.compiled: dict[str, Callable] = {}   # jit cache: pure memo, name -> step
@@ -440,10 +419,13 @@ class Learner:
         steps = self.update_steps()
         tx = self.optimizer(sft=False)
         state = {key: state[key] for key in STATE_KEYS}
-        if method in POLICY_METHODS:
-            settings = method_settings(self.settings, method)
+        kind, overrides = self.methods[method]
+        policy_gradient = kind == "policy_gradient"
+        if policy_gradient:
+            settings = self.settings.replace(**overrides)
             fn = self._jit(f"policy:{method}", lambda: make_policy_step(
-                self.split, tx, settings, settings.certainty_tokens), state, 1, with_ref=True)
+                self.split, tx, settings, int(self.config.train.ppo_epochs)), state, 1,
+                with_ref=True)
         else:  # sft_positive: SFT on the logged item, weighted by its positive outcome
             fn = self._jit("sft_positive", lambda: make_sft_step(self.split, tx), state, 3)
         hist = list(hist)
@@ -451,7 +433,7 @@ class Learner:
                           enabled=self.show_progress):
             batch = self._micro(rl_batch(next(batches)))
             with jax.set_mesh(self.mesh):
-                if method in POLICY_METHODS:
+                if policy_gradient:
                     state, m = fn(state, self.frozen, ref, batch, round_key)
                 else:
                     state, m = fn(state, self.frozen, batch.cands, batch.exposed,

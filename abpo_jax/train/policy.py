@@ -24,7 +24,7 @@ from abpo_jax.data.splits import Example
 from abpo_jax.sampling.group_scoring import (CandidateBatch, bucket, pack_candidates,
                                              score_candidates)
 from abpo_jax.sampling.trie import candidate_token_sequences
-from abpo_jax.sim.logging_policy import CLICK_PROBS, HISTORY_RATINGS, TARGET
+from abpo_jax.sim.logging_policy import ANCHOR_CERTAINTY, CLICK_PROBS, HISTORY_RATINGS, TARGET
 from abpo_jax.train.faults import kill_point
 from abpo_jax.train.outputs import progress
 from abpo_jax.train.state import ModelSplit
@@ -106,6 +106,12 @@ def record_click_probs(record: LogRecord) -> np.ndarray:
     return np.asarray(record.extras[CLICK_PROBS], np.float32)
 
 
+def record_anchor_certainty(record: LogRecord) -> float:
+    """The exposure's self-certainty quantile over its round under the deployed policy
+    (`certainty_norm=round`); 0.5 for an imported record that does not carry it."""
+    return float(record.extras.get(ANCHOR_CERTAINTY, 0.5))
+
+
 @dataclasses.dataclass
 class Policy:
     """log pi~ of the run's model for any trainable params: batched, padded, sharded."""
@@ -123,7 +129,9 @@ class Policy:
         split, certainty_on = self.split, self.certainty_on
 
         def score(params, frozen, cands):
-            return score_candidates(split.merge(params, frozen), cands, certainty_on)[0]
+            logp, _, certainty = score_candidates(split.merge(params, frozen), cands,
+                                                  certainty_on)
+            return logp, certainty
 
         replicated = NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         self.score = jax.jit(score, out_shardings=replicated)
@@ -131,8 +139,13 @@ class Policy:
     def log_probs(self, params: Any, examples: Sequence[Example], desc: str,
                   kill: str | None = None) -> np.ndarray:
         """log pi~ [N, C] of the policy with trainable `params` over the examples' candidates."""
+        return self.scores(params, examples, desc, kill)[0]
+
+    def scores(self, params: Any, examples: Sequence[Example], desc: str,
+               kill: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(log pi~ [N, C], raw self-certainty [N, C] of each candidate's completion)."""
         bs = self.batch_size
-        out = []
+        out, certainty = [], []
         chunks = range(0, len(examples), bs)
         for i in progress(chunks, desc, total=len(chunks), enabled=self.show_progress):
             chunk = list(examples[i:i + bs])
@@ -142,8 +155,9 @@ class Policy:
             cands = jax.tree.map(lambda x: jax.device_put(np.asarray(x), self.batch_sharding),
                                  self.encoder.encode(chunk))
             with jax.set_mesh(self.mesh):
-                lp = self.score(params, self.frozen, cands)
+                lp, sc = self.score(params, self.frozen, cands)
             out.append(np.asarray(lp)[:n])
+            certainty.append(np.asarray(sc)[:n])
             if kill:
                 kill_point(kill)
-        return np.concatenate(out)
+        return np.concatenate(out), np.concatenate(certainty)

@@ -39,7 +39,9 @@ class Rollout:
     round_examples: Sequence[Sequence[Example]]   # round k's requests at index k - 1
     logs_root: pathlib.Path
     seed: int                                     # the logging stream (RngStreams.logging)
-    temperature: float
+    temperature: float                            # policy.logging_temperature
+    popularity: np.ndarray                        # item interaction counts
+    popularity_bias: float = 0.0                  # policy.logging_popularity (b)
 
     def deploy(self, k: int, method: str, params: Any) -> log_store.RoundLog:
         """Round k's log for `method`: reuse a committed one (resume), else deploy and log."""
@@ -48,14 +50,19 @@ class Rollout:
         if path.exists():
             return log_store.open_round(path)
         examples = self.round_examples[k - 1]
-        log_pi = self.policy.log_probs(params, examples, f"rollout r{k} {method}",
-                                       kill="rollout")
+        log_pi, certainty = self.policy.scores(params, examples, f"rollout r{k} {method}",
+                                               kill="rollout")
+        bias = None
+        if self.popularity_bias:   # exposure bias: logits + b log(1 + count)
+            cands = np.stack([e.candidates for e in examples])
+            bias = self.popularity_bias * np.log1p(self.popularity[cands])
         if is_main_process():
             # batch_size=len(examples): log_round asks for all scores in one call.
             log_round(examples, lambda chunk: log_pi, self.simulator, round_index=k,
                       seed=self.seed, logs_dir=str(self.logs_root / method),
                       policy_revision=f"{method}@{k - 1}", temperature=self.temperature,
-                      timestamp=float(k), batch_size=len(examples))
+                      timestamp=float(k), batch_size=len(examples), logit_bias=bias,
+                      certainty=certainty)
         barrier(f"deploy-written-r{k}-{method}")
         return log_store.open_round(path)
 

@@ -33,7 +33,7 @@ from abpo_jax.data import log_store
 from abpo_jax.eval.evaluate import TABLE_COLUMNS
 from abpo_jax.train.checkpoint import Restored, RunState
 from abpo_jax.train.distributed import initialize_distributed
-from abpo_jax.train.experiment import Experiment, build
+from abpo_jax.train.experiment import Experiment, build, frozen_policies
 from abpo_jax.train.learner import log_batches
 from abpo_jax.train.outputs import is_main_process, plot_metrics, print_table
 from abpo_jax.train.rollout import round_path
@@ -82,8 +82,8 @@ def run(exp: Experiment) -> list[dict]:
         for m in methods:
             exp.writer.write({**row, "method": m})
         # Every method owns its buffers: the train steps donate them.
-        methods_tree = {m: {**learner.fresh_state(_copy(params)), "ref": _copy(params)}
-                        for m in methods}
+        methods_tree = {m: {**learner.fresh_state(_copy(params)),
+                            **frozen_policies(c, params)} for m in methods}
         rs = RunState("done", 0, methods[-1])
         save({"methods": methods_tree}, rs)
     else:
@@ -103,15 +103,16 @@ def run(exp: Experiment) -> list[dict]:
                     mstate = {**mstate, "ref": _copy(mstate["params"])}
                 if c.train.reset_optimizer:
                     mstate = {**mstate, "opt": learner.fresh_state(mstate["params"])["opt"]}
-            roundlog = exp.rollout.deploy(k, method, mstate["ref"] if resuming
-                                          else mstate["params"])
+            # stale logging: the round-0 policy deploys every round
+            deployed = mstate.get("initial", mstate["ref"] if resuming else mstate["params"])
+            roundlog = exp.rollout.deploy(k, method, deployed)
             train: dict = {}
             if method != "no_update":
                 batches = restored.data_iter if resuming else round_batches(exp, k, method)
                 ref = mstate["ref"]
 
                 def save_update(s: dict, n: int, hist: list) -> None:
-                    tree = {**methods_tree, method: {**s, "ref": ref}}
+                    tree = {**methods_tree, method: {**mstate, **s, "ref": ref}}
                     save({"methods": tree}, RunState("update", k, method, n), hist, batches)
 
                 state, train = learner.update(
@@ -119,7 +120,7 @@ def run(exp: Experiment) -> list[dict]:
                     start=rs.step if resuming else 0,
                     hist=restored.meta.get("train_hist", []) if resuming else [],
                     save=save_update)
-                mstate = {**state, "ref": ref}
+                mstate = {**mstate, **state, "ref": ref}
             methods_tree[method] = mstate
             records = list(roundlog)
             exp.evaluator.exposures.add(method, k, records)

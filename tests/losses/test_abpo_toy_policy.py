@@ -21,13 +21,12 @@ THETA = jnp.array([[1.0, 0.5, 0.0, -0.5, 0.2, 0.1],
                    [0.4, 0.3, 0.0, -0.2, 0.2, 0.1]])
 OUTCOME = jnp.array([1, 0, 0])
 LR = 0.5
-TMP = dict(rewards=("format", "outcome"), std="none", certainty_norm="round")  # TODO config
 OLD_SPEC = dict(anchor_rewards="outcome", unobserved_reward="zero", std="population")
 
 
 def _step(**changes) -> tuple[np.ndarray, np.ndarray]:
     """log pi~(anchor) before and after one SGD step on the configured loss."""
-    s = abpo.LossSettings.from_config(base_config().loss).replace(**{**TMP, **changes})
+    s = abpo.LossSettings.from_config(base_config().loss).replace(**changes)
     old = jax.nn.log_softmax(THETA)
     sc = np.asarray(abpo.token_self_certainty(THETA))   # the "vocabulary" is the items here
     terms = abpo.anchor_terms(
@@ -74,7 +73,7 @@ def test_grpo_leaves_the_logged_item_to_the_rollouts():
 def test_add_gt_equivalence():
     """anchor full, snips off, g = one == an unweighted anchor of advantage A_0 (MiniOneRec
     `add_gt`): the loss equals the one built by hand from the same members."""
-    s = abpo.LossSettings.from_config(base_config().loss).replace(**TMP).replace(
+    s = abpo.LossSettings.from_config(base_config().loss).replace(
         anchor="full", snips="off", tempering="one", beta=0.0, certainty_norm="batch")
     lp = jax.nn.log_softmax(THETA)
     terms = abpo.anchor_terms(s, outcome=OUTCOME, self_certainty=jnp.ones(3),

@@ -9,15 +9,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from abpo_jax.config import base_config
-from abpo_jax.losses.settings import LossSettings
+from abpo_jax.config import base_config, method_losses
+from abpo_jax.losses.abpo import LossSettings
 from abpo_jax.models.config import ModelConfig
 from abpo_jax.models.decoder import Decoder
 from abpo_jax.models.sharding import create_sharded
 from abpo_jax.sampling.group_scoring import item_span_mask, pack_candidates, score_candidates
 from abpo_jax.train import state as st
-from abpo_jax.train.learner import (RLBatch, init_step_state, make_policy_step, make_sft_step,
-                                    method_settings)
+from abpo_jax.train.learner import RLBatch, init_step_state, make_policy_step, make_sft_step
 
 B, C, G = 8, 4, 4
 
@@ -58,7 +57,9 @@ def _host_batch(seed=0, accum=1):
                     propensity=rng.uniform(0.1, 0.6, B).astype(np.float32),
                     outcome=np.array([1, 0] * (B // 2), np.int32),
                     target=rng.integers(0, C, B).astype(np.int32),
-                    sim_reward=np.zeros((B, C), np.float32), valid=np.ones(B, np.float32))
+                    sim_reward=np.zeros((B, C), np.float32),
+                    round_certainty=rng.uniform(0, 1, B).astype(np.float32),
+                    valid=np.ones(B, np.float32))
     return jax.tree.map(lambda x: np.asarray(x).reshape((accum, -1) + np.shape(x)[1:]), batch)
 
 
@@ -68,10 +69,12 @@ def _run_policy(config, method, batch, devices, steps=1):
     tx = st.make_optimizer(config, config.train.learning_rate, 10)
     state = init_step_state(params, st.init_opt_state(tx, params, mesh))
     ref = jax.tree.map(jnp.copy, params)
-    key = (method, tuple(config.mesh.values()), config.train.optimizer, config.loss.rewards)
-    if key not in _STEPS:  # one compiled step per (method, mesh, optimizer)
-        settings = method_settings(LossSettings.from_mapping(config.loss), method)
-        _STEPS[key] = jax.jit(make_policy_step(split, tx, settings), donate_argnums=0)
+    settings = _settings(config, method)
+    key = (settings, tuple(config.mesh.values()), config.train.optimizer,
+           config.train.ppo_epochs)
+    if key not in _STEPS:  # one compiled step per (loss settings, mesh, optimizer, mu)
+        _STEPS[key] = jax.jit(make_policy_step(split, tx, settings, config.train.ppo_epochs),
+                              donate_argnums=0)
     micro = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, ("data", "fsdp")))
     batch = jax.tree.map(lambda x: jax.device_put(x, micro), batch)
     rng = jax.random.fold_in(jax.random.key(0), 1)
@@ -79,6 +82,11 @@ def _run_policy(config, method, batch, devices, steps=1):
         for _ in range(steps):
             state, metrics = _STEPS[key](state, frozen, ref, batch, rng)
     return jax.tree.map(np.asarray, state), jax.device_get(metrics)
+
+
+def _settings(config, method):
+    """The loss settings of `method`: config.loss with the method table's overrides."""
+    return LossSettings.from_config(config.loss).replace(**method_losses(config)[method][1])
 
 
 def _leaves(state):
@@ -100,8 +108,11 @@ def test_item_span_mask_skips_shared_tag_tokens():
     np.testing.assert_array_equal(m[0, 1], [0, 1, 0, 0, 0, 0])
 
 
-def test_grpo_ignores_propensities():
+def test_grpo_ignores_propensities_but_for_the_snips_value():
+    """GRPO has no anchor term: the logged propensities reach it only through V, the SNIPS
+    value given to rollouts that name another item; with unobserved_reward=zero, not at all."""
     cfg = _config()
+    cfg.loss.unobserved_reward = "zero"
     b1 = _host_batch()
     b2 = _host_batch()
     b2.propensity[...] = np.float32(0.9) - b1.propensity  # very different logged propensities
@@ -115,7 +126,7 @@ def test_grpo_ignores_propensities():
     assert max(np.abs(x - y).max() for x, y in zip(_leaves(a1), _leaves(a2))) > 1e-6
 
 
-def test_anchor_no_snips_equals_abpo_with_unit_weights():
+def test_abpo_no_snips_equals_abpo_with_unit_weights():
     cfg = _config()
     batch = _host_batch()
     # Propensities equal to pi_old(a|x) make every SNIPS weight exactly w~ = 1.
@@ -126,13 +137,15 @@ def test_anchor_no_snips_equals_abpo_with_unit_weights():
     batch.propensity[0] = np.exp(np.take_along_axis(np.asarray(logp), batch.exposed[0][:, None],
                                                     -1)[:, 0])
     abpo, m_abpo = _run_policy(cfg, "abpo", batch, ONE)
-    plain, m_plain = _run_policy(cfg, "anchor_no_snips", batch, ONE)
+    plain, m_plain = _run_policy(cfg, "abpo_no_snips", batch, ONE)
     np.testing.assert_allclose(m_abpo["snips_weight"], 1.0, atol=1e-5)
     np.testing.assert_allclose(m_abpo["loss"], m_plain["loss"], rtol=1e-5)
     _assert_close(abpo, plain, rtol=1e-4, atol=1e-6)
 
 
-def test_gradient_accumulation_is_exact():
+def test_single_pass_step_equals_two_pass_accumulated_step():
+    """ppo_epochs=1, one micro-batch: pi_old from the gradient's own forward (jax.vjp); two
+    micro-batches: the no-grad pi_old pre-pass, then a scan of gradients. Same update."""
     cfg = _config()
     whole, m1 = _run_policy(cfg, "abpo", _host_batch(accum=1), ONE)
     split2, m2 = _run_policy(cfg, "abpo", _host_batch(accum=2), ONE)
@@ -143,7 +156,7 @@ def test_gradient_accumulation_is_exact():
 
 def test_non_finite_update_is_skipped_and_counted():
     cfg = _config()
-    cfg.loss.rewards = ("format", "anchor_match", "simulator")
+    cfg.loss.rewards = ("format", "outcome", "simulator")
     batch = _host_batch()
     batch.sim_reward[0, 0, :] = np.nan  # a corrupt reward poisons the group's advantages
     mesh, split, params, frozen = _model_state(cfg, ONE)
@@ -152,6 +165,18 @@ def test_non_finite_update_is_skipped_and_counted():
     assert metrics["finite"] == 0.0 and int(state["skipped"]) == 1 and int(state["step"]) == 1
     for x, y in zip(before, _leaves(state)):
         np.testing.assert_array_equal(x, y)
+
+
+def test_ppo_epochs_reuse_the_batch_off_policy():
+    """mu = 2: a second update on the same rollouts, now with rho != 1 (the clip can fire)."""
+    cfg = _config()
+    batch = _host_batch()
+    one, m1 = _run_policy(cfg, "abpo", batch, ONE)
+    cfg.train.ppo_epochs = 2
+    two, m2 = _run_policy(cfg, "abpo", batch, ONE)
+    assert m2["finite"] == 1.0
+    assert max(np.abs(x - y).max() for x, y in zip(_leaves(one), _leaves(two))) > 1e-6
+    assert m1["loss"] != m2["loss"]          # the reported loss is the second epoch's
 
 
 def test_sft_step_reduces_target_nll():
@@ -183,7 +208,7 @@ def test_sharded_step_equals_single_device_and_fsdp_divides_state():
     total = sum(x.nbytes for x in jax.tree.leaves(state))
     per_device = st.bytes_per_device(state)
     assert per_device <= total / 8 * 1.25, (per_device, total)
-    settings = LossSettings.from_mapping(fsdp_cfg.loss)
+    settings = _settings(fsdp_cfg, "abpo")
     micro = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, ("data", "fsdp")))
     sh_state = jax.tree.map(lambda x: x.sharding, state)
     placed = jax.tree.map(lambda x: jax.device_put(x, micro), batch)

@@ -1,0 +1,151 @@
+"""`abpo-jax study`: a grid of continual runs (conditions x seeds; every method in each run),
+resumable cell by cell, then `study.json`, plots with 95% bands and `results.md`.
+
+    abpo-jax study --config=configs/study_tiny.py          # the CPU-sized study (~30 min)
+    abpo-jax study --config=configs/study_tiny.py --config.study.seeds=2   # a quick look
+
+A cell is one continual run (`train/rounds.py`) with all of `rounds.methods`, so the methods of a
+seed share the split, the simulator, the round-0 policy and the logging random numbers: their
+differences are paired. A finished cell writes `cell.json` (atomically) and is skipped on a
+re-run; an unfinished one resumes from its own checkpoints.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import json
+import os
+import pathlib
+import shlex
+import sys
+import time
+from typing import Any, Mapping
+
+import ml_collections
+
+from abpo_jax.config import ConfigError, validate
+from abpo_jax.study import report
+
+CELL_FILE = "cell.json"
+
+
+def parse_conditions(specs: Any) -> dict[str, dict[str, Any]]:
+    """("name:a.b=v,c.d=w", "base:", ...) -> {name: {"a.b": v, ...}} (values as Python
+    literals, else strings)."""
+    out: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        name, sep, body = str(spec).partition(":")
+        if not sep or not name:
+            raise ConfigError(f"config.study.conditions entry {spec!r} must look like "
+                              "'name:field=value,field=value' (or 'name:' for the defaults)")
+        overrides = {}
+        for item in filter(None, (x.strip() for x in body.split(","))):
+            key, eq, raw = item.partition("=")
+            if not eq:
+                raise ConfigError(f"config.study.conditions entry {spec!r}: {item!r} is not "
+                                  "field=value")
+            try:
+                overrides[key.strip()] = ast.literal_eval(raw.strip())
+            except (ValueError, SyntaxError):
+                overrides[key.strip()] = raw.strip()
+        if name in out:
+            raise ConfigError(f"config.study.conditions names {name!r} twice")
+        out[name] = overrides
+    return out
+
+
+def cell_config(config: ml_collections.ConfigDict, condition: str, overrides: Mapping[str, Any],
+                seed: int, cell_dir: pathlib.Path) -> ml_collections.ConfigDict:
+    """The continual-run config of one cell: the study config + the condition's overrides."""
+    c = ml_collections.ConfigDict(config.to_dict())
+    for path, value in overrides.items():
+        *parents, leaf = path.split(".")
+        node = c
+        for part in parents:
+            node = node[part] if part in node else None
+            if not isinstance(node, ml_collections.ConfigDict):
+                break
+        if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+            raise ConfigError(f"config.study.conditions[{condition!r}]: unknown field "
+                              f"config.{path}")
+        old = node[leaf]
+        # 2 for a float field is 2.0: the cell's config keeps the field's type
+        node[leaf] = float(value) if isinstance(old, float) and isinstance(value, int) else value
+    c.seed = int(seed)
+    c.run_dir = str(cell_dir)
+    c.sim.cache_dir = config.sim.cache_dir or str(pathlib.Path(config.study.dir) / "sim")
+    c.outputs.progress = False
+    c.outputs.plots = False
+    c.outputs.tensorboard = False
+    return validate(c)
+
+
+def _write_json(path: pathlib.Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    os.replace(tmp, path)   # atomic: a kill never leaves a torn file
+
+
+def run_cell(config: ml_collections.ConfigDict, cell_dir: pathlib.Path) -> dict[str, Any]:
+    """Run (or resume) one continual run, its table and logs going to `cell_dir/run.log`."""
+    from abpo_jax.train import rounds
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with open(cell_dir / "run.log", "a") as log, contextlib.redirect_stdout(log):
+        rows = rounds.main(config)
+    return {"rows": rows, "seconds": time.time() - t0}
+
+
+def main(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Run every cell not yet done, then write study.json, plots/ and results.md."""
+    from abpo_jax.train.outputs import print_table, progress
+    study_dir = pathlib.Path(config.study.dir or os.path.join(config.run_dir, "study"))
+    config.study.dir = str(study_dir)
+    conditions = parse_conditions(config.study.conditions)
+    seeds = [int(config.seed) + i for i in range(int(config.study.seeds))]
+    cells = [(name, s) for s in seeds for name in conditions]
+    # every cell's config is built (and validated) before any work
+    configs = {(n, s): cell_config(config, n, conditions[n], s,
+                                   study_dir / "cells" / n / f"seed_{s}") for n, s in cells}
+    done = []
+    t_start = time.time()
+    bar = progress(cells, "study cells", total=len(cells), enabled=config.outputs.progress)
+    for name, s in bar:
+        cell_dir = study_dir / "cells" / name / f"seed_{s}"
+        path = cell_dir / CELL_FILE
+        if path.exists():
+            cell = json.loads(path.read_text())
+        else:
+            cell = {"condition": name, "seed": s, **run_cell(configs[(name, s)], cell_dir)}
+            _write_json(path, cell)
+        done.append(cell)
+    setup = {
+        "command": "abpo-jax study " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
+        "description": describe(config, len(seeds)),
+        "wall_seconds_this_invocation": time.time() - t_start,
+    }
+    study = report.summarize(done, list(config.rounds.methods), conditions, setup)
+    _write_json(study_dir / "study.json", study)
+    report.write_plots(study, study_dir / "plots")
+    (study_dir / "results.md").write_text(report.render_results(study))
+    for name in study["conditions"]:
+        rows = [dict(zip(["method", *report.HEADLINE], r)) for r in
+                report.headline_rows(study, name)]
+        for r in rows:
+            r["round"] = study["conditions"][name]["rounds"][-1]
+        print_table(rows, list(report.HEADLINE),
+                    f"condition {name}: final round, mean ± 95% CI over {len(seeds)} seeds")
+    for line in report.significance_sentences(study):
+        print(line)
+    print(f"study dir: {study_dir} (study.json, results.md, plots/)")
+    return study
+
+
+def describe(config: ml_collections.ConfigDict, num_seeds: int) -> str:
+    """One sentence of the study's sizes, for the results page."""
+    d = config.data
+    return (f"{d.dataset}, model `{config.model.source}`, {config.rounds.num_rounds} rounds of "
+            f"{d.users_per_round} logged requests, {d.num_test_users} test users, "
+            f"H={d.history_len}, C={d.num_candidates}, G={config.loss.num_generations}, "
+            f"{num_seeds} seeds; methods: {', '.join(config.rounds.methods)}.")
