@@ -22,8 +22,8 @@ from typing import Any, Callable
 
 # command -> (module:function taking the validated ConfigDict, default config file, help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "demo": ("abpo_jax.train.rounds:main", "demo.py",
-             "continual ABPO rounds on MovieLens-1M + SmolLM2 sized for a CPU"),
+    "demo": ("abpo_jax.demo:main", "demo.py",
+             "a result with CIs (tiny-policy study) + SmolLM2 through the same rounds, CPU-sized"),
     "train": ("abpo_jax.train.rounds:main", "ml1m.py", "continual update rounds"),
     "data": ("abpo_jax.data.summary:main", "demo.py",
              "dataset statistics, split sizes and a sample prompt"),
@@ -34,6 +34,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "logs": ("abpo_jax.data.logs_cli:main", "demo.py",
              "validate / import / export bandit logs"),
     "gee": ("abpo_jax.gee.loop:main", "gee.py", "Generative Explore-Exploit pool optimisation"),
+    "study": ("abpo_jax.study.runner:main", "study_tiny.py",
+              "closed-loop study: methods x seeds x conditions, CIs, paired tests, results page"),
     "bench": ("abpo_jax.bench:main", "bench.py", "benchmarks (table + JSON)"),
 }
 

@@ -1,18 +1,47 @@
-"""Demo: continual ABPO rounds on a MovieLens-1M slice with the embedded SmolLM2-135M, on a CPU.
+"""Demo: a closed-loop result with confidence intervals, then SmolLM2 through the same rounds.
 
-    abpo-jax demo                         # this config is the demo's default
-    abpo-jax demo --config.rounds.num_rounds=3 --config.run_dir=runs/my_demo
+    abpo-jax demo                                  # this config; ~10 min on 2 CPU cores
+    abpo-jax demo --config.demo.run_llm=False      # part 1 only (the statistics)
+    abpo-jax demo --config.demo.study.study.seeds=3
 
-Round 0 warm-starts SmolLM2-135M-Instruct (LoRA rank 8 on q/v) with 4 SFT steps on next-item
-targets; then 2 rounds of deploy -> log -> update -> evaluate for ABPO, GRPO and no-update, on
-8 fresh users per round (2 update steps of 4 prompts), evaluated on 8 held-out users (H=3
-history items, C=6 candidates, G=4). Sized for about ten minutes on an idle 2-core CPU (an
-ABPO step over 4 packed prompts is ~30 s there; compiling the 30-layer steps takes minutes).
-The slices are tiny, so the numbers are noisy: it shows the pipeline, not a result. Outputs
-(metrics.jsonl, per-round table, plots, TensorBoard) land in runs/demo.
+Part 1 (`c.demo.study`): the closed-loop study on the tiny item-token decoder over MovieLens-1M
+(800 test users, 512 logged requests per round, 2 rounds, 5 seeds) for ABPO, GRPO, SFT on
+clicks and no update; it prints final-round means with 95% CIs and which differences are
+significant (paired t over seeds, Holm). Outputs: runs/demo/study (study.json, results.md,
+plots/). For the full study see configs/study_tiny.py.
+
+Part 2 (the top level of this config, also the default of `data`, `eval`, `recommend`, `logs`):
+SmolLM2-135M-Instruct with LoRA (rank 8 on q/v) warm-started by 4 SFT steps, then one round of
+deploy -> log -> update -> evaluate for ABPO and no-update on 8 fresh users (H=3, C=6, G=4).
+The slices are tiny: it shows the real LLM in the pipeline, not a result. Outputs: runs/demo.
 """
 
 from abpo_jax.config import base_config
+
+
+def study_config():
+    """Part 1: the tiny policy's study, sized for ~5 minutes on 2 CPU cores."""
+    c = base_config()
+    c.run_dir = "runs/demo"
+    c.data.max_users = 0
+    c.data.history_len = 5
+    c.data.num_candidates = 8
+    c.data.num_test_users = 800
+    c.data.users_per_round = 512
+    c.model.source = "tiny"
+    c.loss.num_generations = 4
+    c.train.learning_rate = 1e-3
+    c.train.sft_learning_rate = 3e-3
+    c.train.batch_size = 64
+    c.train.sft_steps = 60
+    c.rounds.num_rounds = 2
+    c.rounds.methods = ("abpo", "grpo", "sft_positive", "no_update")
+    c.sim.mf_steps = 200
+    c.eval.batch_size = 256
+    c.checkpoint.max_to_keep = 1
+    c.study.seeds = 5
+    c.study.conditions = ("base:",)
+    return c
 
 
 def get_config():
@@ -28,8 +57,12 @@ def get_config():
     c.train.batch_size = 4
     c.train.learning_rate = 1e-4
     c.train.sft_steps = 4
-    c.rounds.num_rounds = 2
-    c.rounds.methods = ("abpo", "grpo", "no_update")
+    c.rounds.num_rounds = 1
+    c.rounds.methods = ("abpo", "no_update")
     c.sim.mf_steps = 100
     c.eval.batch_size = 8
+    c.demo = study_demo = c.__class__()
+    study_demo.run_study = True
+    study_demo.run_llm = True
+    study_demo.study = study_config()
     return c

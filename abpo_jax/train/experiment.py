@@ -62,10 +62,16 @@ def check_sizes(config: Any, batch_ways: int) -> None:
                          f"config.train.batch_size={b}: a round's log would give no step")
 
 
+def model_overrides(model: Any) -> dict[str, Any]:
+    """`ModelConfig` fields set by `config.model` (compute dtypes, remat, layer scan, attention)."""
+    return dict(dtype=model.dtype, param_dtype=model.param_dtype, remat=bool(model.remat),
+                remat_policy=model.remat_policy, scan_layers=bool(model.scan_layers),
+                attention=model.attention, attention_backend=model.attention_backend)
+
+
 def build_model(config: Any, vocab_size: int, mesh: Any, streams: RngStreams) -> nnx.Module:
     """The tiny item-id decoder or a pretrained model, born sharded, LoRA applied."""
     c = config.model
-    dtype, param_dtype, remat = c.dtype, c.param_dtype, bool(c.remat)
     if c.source == "tiny":
         from abpo_jax.models.config import ModelConfig
         from abpo_jax.models.decoder import create_sharded_model
@@ -73,12 +79,11 @@ def build_model(config: Any, vocab_size: int, mesh: Any, streams: RngStreams) ->
         mc = ModelConfig.tiny(vocab_size, hidden_size=t.hidden, num_layers=t.layers,
                               num_heads=t.heads, num_kv_heads=t.kv_heads,
                               head_dim=t.hidden // t.heads, intermediate_size=t.intermediate,
-                              dtype=dtype, param_dtype=param_dtype, remat=remat)
+                              **model_overrides(c))
         model = create_sharded_model(mc, mesh, rngs_seed=streams.model_init)
     else:
         from abpo_jax.models.loaders import load_model
-        model, _ = load_model(c.source, c.path, mesh=mesh, dtype=dtype,
-                              param_dtype=param_dtype, remat=remat)
+        model, _ = load_model(c.source, c.path, mesh=mesh, **model_overrides(c))
     if int(c.lora.rank) > 0:
         from abpo_jax.models import lora
         model = lora.apply_lora(model, int(c.lora.rank), float(c.lora.alpha),
