@@ -57,7 +57,35 @@ def _resolve(target: str) -> Callable:
 # Exceptions whose message is a complete sentence for the user: printed as one line, no
 # traceback. Looked up only in modules already imported, so the CLI imports nothing for them.
 _USER_ERRORS = {"abpo_jax.config": "ConfigError", "abpo_jax.data.datasets": "DataError",
-                "abpo_jax.models.loaders": "CheckpointError"}
+                "abpo_jax.models.loaders": "CheckpointError",
+                "abpo_jax.train.checkpoint": "RunDirError",
+                "abpo_jax.data.logs": "LogValidationError"}
+
+# OS errors that mean "this disk / directory cannot take the run's files": one line, no traceback
+_DISK_ERRNOS = {"ENOSPC": "No space left on device", "EROFS": "Read-only file system",
+                "EACCES": "Permission denied", "EPERM": "Operation not permitted",
+                "EDQUOT": "Disk quota exceeded"}
+
+
+def disk_error_line(exc: BaseException) -> str | None:
+    """One line for a full / read-only / forbidden disk anywhere in `exc`'s cause chain (also
+    when a library re-raised it as another type), naming the path; None for any other error."""
+    import errno as errno_mod
+    codes = {getattr(errno_mod, n) for n in _DISK_ERRNOS if hasattr(errno_mod, n)}
+    seen, e = set(), exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in codes:
+            where = e.filename or "(path not given)"
+            reason = e.strerror or _DISK_ERRNOS.get(errno_mod.errorcode[e.errno], "OS error")
+            return f"cannot write {where}: {reason}"
+        text = str(e)
+        for reason in _DISK_ERRNOS.values():
+            if reason in text:
+                first = text.strip().splitlines()[0] if text.strip() else reason
+                return f"{reason}: {first[:300]}"
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
@@ -187,12 +215,16 @@ def run(argv: list[str] | None = None) -> None:
     _one_line_warnings(command)
     from abpo_jax import compile_cache
 
-    compile_cache.enable(config)   # before anything compiles: a re-run or resume compiles nothing
     try:
+        compile_cache.enable(config)   # before anything compiles: a re-run or resume compiles nothing
         _resolve(target)(config)
     except Exception as e:
         if isinstance(e, _user_error_types()):
             sys.exit(f"abpo-jax {command}: {e}")
+        disk = disk_error_line(e)
+        if disk is not None:
+            sys.exit(f"abpo-jax {command}: {disk} (config.run_dir={config.get('run_dir')!r}; "
+                     "free space or choose a writable run_dir)")
         raise
 
 if __name__ == "__main__":

@@ -186,6 +186,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint.max_to_keep = 3
     c.checkpoint.dir = ""             # default: <run_dir>/checkpoints (may be gs://...)
     c.checkpoint.every_steps = 0      # also checkpoint mid-update every N steps (0 = phase ends)
+    c.checkpoint.resume_mismatch = "refuse"  # run_dir holds a run of another config: refuse | allow
     c.outputs = ml_collections.ConfigDict()
     c.outputs.progress = True         # tqdm bars (rollouts / steps / eval)
     c.outputs.tensorboard = True
@@ -220,6 +221,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 # Field path -> allowed values. One table, so the error names field and choices uniformly.
 CHOICES: dict[str, tuple[Any, ...]] = {
+    "checkpoint.resume_mismatch": ("refuse", "allow"),
     "data.dataset": ("ml-1m", "ml-100k", "amazon2018", "amazon2023"),
     "model.source": ("smollm2", "hf", "gguf", "tiny"),
     "model.dtype": ("float32", "bfloat16"),

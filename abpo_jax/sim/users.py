@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import pathlib
+import warnings
 from typing import Any
 
 import jax
@@ -276,9 +277,14 @@ def load_or_fit_preferences(user_ids: np.ndarray, item_ids: np.ndarray, num_user
                                     sort_keys=True).encode()).hexdigest()[:24]
     path = pathlib.Path(cache_dir) / f"prefs-{method}-{key}.npz"
     if path.is_file():
-        with np.load(path) as z:
-            return Preferences(z["user_factors"], z["item_factors"], z["item_bias"],
-                               z["quantiles"])
+        try:
+            with np.load(path) as z:
+                return Preferences(z["user_factors"], z["item_factors"], z["item_bias"],
+                                   z["quantiles"])
+        except Exception as e:  # noqa: BLE001 — truncated / corrupt / foreign file: refit it
+            from abpo_jax.data.datasets import DataWarning
+            warnings.warn(DataWarning(f"{path}: unreadable simulator cache ({type(e).__name__}: "
+                                      f"{str(e)[:120]}); refitting and overwriting it"))
     prefs = fit()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

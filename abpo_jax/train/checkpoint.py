@@ -6,6 +6,19 @@ the update's metric history) and optionally `iter` (a grain iterator). Restoring
 newest step down, so a truncated or corrupt newest checkpoint falls back to the previous one
 with a warning. Checkpoint ids only grow: a new one goes past every existing step.
 
+Integrity: once a save has completed, process 0 writes `<step>/abpo_sha256.json` (sha256 of every
+file of the step); restore verifies it first, so flipped bits fall back like a truncation. A
+step without the manifest is accepted only while no step has one (a run dir from before the
+manifests); otherwise it was killed between the save and the manifest and is skipped. A file the
+resume needs besides the checkpoint (the round log of a mid-update step) that is unreadable is
+not the checkpoint's fault: `restore_latest` raises :class:`RunDirError` naming it, before any new
+save, so no good checkpoint is rotated out.
+
+The run directory itself (`prepare_run_dir`, before any work): writable (a probe file is
+created, written, synced and deleted), and `<run_dir>/config.json` records the run's config; a
+run dir holding a run of another config is refused naming the differing fields unless
+`config.checkpoint.resume_mismatch=allow`.
+
 The layout (`Layout`): mid-SFT the state is {"sft": train state}; from the end of round 0 on it
 is {"methods": {method: train state + "ref" (pi_ref's params)}}.
 """
@@ -13,6 +26,8 @@ is {"methods": {method: train state + "ref" (pi_ref's params)}}.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 import pathlib
@@ -23,6 +38,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from abpo_jax.train.faults import kill_point
+from abpo_jax.train.outputs import atomic_write_text, is_main_process
 from abpo_jax.train.state import abstract_like
 
 log = logging.getLogger(__name__)
@@ -35,6 +51,37 @@ def checkpoint_dir(config) -> str:
 
 
 PHASES = ("start", "sft", "update", "done")
+CHECKSUMS = "abpo_sha256.json"   # per-step manifest: relative file path -> sha256
+
+
+class RunDirError(ValueError):
+    """The run directory, or a file a resume needs, cannot be used; the message (one line) names
+    it and says how to recover."""
+
+
+class ResumeInputError(Exception):
+    """Raised by an `iterator_for` callback: the input of a mid-update checkpoint (its round log)
+    at `path` is unreadable (`cause`), or gone (`gone=True`: deleted on purpose, so the steps
+    that need it are skipped and an older checkpoint re-logs the round)."""
+
+    def __init__(self, path: os.PathLike | str, cause: BaseException | None = None,
+                 gone: bool = False):
+        super().__init__(f"{path}: {cause}" if cause is not None else f"{path} is gone")
+        self.path, self.cause, self.gone = pathlib.Path(path), cause, gone
+
+
+def _sha256(path: pathlib.Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def directory_digests(root: pathlib.Path) -> dict[str, str]:
+    """sha256 of every file under `root` (relative posix path -> hex), the manifest excluded."""
+    return {f.relative_to(root).as_posix(): _sha256(f) for f in sorted(root.rglob("*"))
+            if f.is_file() and f.name != CHECKSUMS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +131,7 @@ class Checkpointer:
 
     def __init__(self, directory: str, max_to_keep: int = 3):
         self.directory = directory
+        self.local = "://" not in directory   # checksum manifests on local/mounted disks only
         self.manager = ocp.CheckpointManager(
             directory,
             options=ocp.CheckpointManagerOptions(
@@ -98,6 +146,38 @@ class Checkpointer:
         self.manager.save(step, args=ocp.args.Composite(**items), force=True)
         kill_point("checkpoint")  # the write is in flight: a kill here leaves a partial step
         self.manager.wait_until_finished()
+        self.write_checksums(step)
+
+    def step_dir(self, step: int) -> pathlib.Path:
+        return pathlib.Path(self.directory) / str(step)
+
+    def write_checksums(self, step: int) -> None:
+        """Process 0: the sha256 manifest of the finished step (atomic; after the save)."""
+        d = self.step_dir(step)
+        if self.local and is_main_process() and d.is_dir():
+            atomic_write_text(d / CHECKSUMS, json.dumps(
+                {"version": 1, "files": directory_digests(d)}, indent=0, sort_keys=True))
+
+    def verify(self, step: int) -> None:
+        """Raise ValueError when step's files do not match its manifest (bit flips, a changed,
+        missing or extra file), or when it has none although other steps do."""
+        d = self.step_dir(step)
+        if not (self.local and d.is_dir()):
+            return
+        manifest = d / CHECKSUMS
+        if not manifest.is_file():
+            if any((self.step_dir(s) / CHECKSUMS).is_file() for s in self.steps() if s != step):
+                raise ValueError(f"no {CHECKSUMS} (killed before its checksums were written)")
+            return   # a run dir from before the manifests: nothing to check against
+        try:
+            expected = json.loads(manifest.read_text())["files"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{manifest} is unreadable ({type(e).__name__})") from None
+        actual = directory_digests(d)
+        bad = sorted(f for f in set(expected) | set(actual) if expected.get(f) != actual.get(f))
+        if bad:
+            raise ValueError(f"sha256 mismatch in {len(bad)} file(s), e.g. {d / bad[0]} "
+                             "(corrupt data)")
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -128,20 +208,183 @@ class Checkpointer:
 
         `abstract_state_for(run_state)` gives the abstract tree for that checkpoint;
         `iterator_for(run_state)` the grain iterator to restore in place (or None: not saved).
-        Unreadable checkpoints are skipped with a warning (and the next-older one is tried).
+        Unreadable checkpoints (truncated, checksum mismatch) are skipped with a warning and the
+        next-older one is tried. An unreadable input of a checkpoint (`iterator_for` raising
+        :class:`ResumeInputError`) raises :class:`RunDirError` instead: the checkpoint is fine.
         """
+        gone: set[tuple[int, str]] = set()   # mid-update (round, method) whose log was deleted
         for step in reversed(self.steps()):
             try:
+                self.verify(step)
                 run_state = RunState.from_meta(self.restore_meta(step))
-                data_iter = iterator_for(run_state) if iterator_for is not None else None
+            except Exception as e:  # noqa: BLE001 — any unreadable checkpoint means "older one"
+                self._warn_unreadable(step, e)
+                continue
+            key = (run_state.round, run_state.method)
+            if run_state.phase == "update" and key in gone:
+                continue
+            data_iter = None
+            if iterator_for is not None:
+                try:
+                    data_iter = iterator_for(run_state)
+                except ResumeInputError as e:
+                    if e.gone:
+                        gone.add(key)
+                        warnings.warn(f"checkpoint {self.directory}/{step} (mid-update of round "
+                                      f"{key[0]}, {key[1]}) needs {e.path}, which is gone; "
+                                      "falling back to an older checkpoint to re-log the round")
+                        continue
+                    raise RunDirError(self._input_message(step, run_state, e)) from e
+            try:
                 state, meta = self.restore(step, abstract_state_for(run_state), data_iter)
                 jax.block_until_ready(state)
                 return Restored(step, state, run_state, meta, data_iter)
-            except Exception as e:  # noqa: BLE001 — any unreadable checkpoint means "older one"
-                warnings.warn(f"checkpoint {self.directory}/{step} is unreadable "
-                              f"({type(e).__name__}: {e}); falling back to an older one")
+            except Exception as e:  # noqa: BLE001
+                self._warn_unreadable(step, e)
         return None
+
+    def _warn_unreadable(self, step: int, e: BaseException) -> None:
+        warnings.warn(f"checkpoint {self.directory}/{step} is unreadable "
+                      f"({type(e).__name__}: {e}); falling back to an older one")
+
+    def _input_message(self, step: int, rs: RunState, e: ResumeInputError) -> str:
+        older = []
+        for s in self.steps():
+            if s < step:
+                try:
+                    o = RunState.from_meta(self.restore_meta(s))
+                except Exception:  # noqa: BLE001 — an unreadable one cannot be resumed from
+                    continue
+                if not (o.phase == "update" and (o.round, o.method) == (rs.round, rs.method)):
+                    older.append(s)
+        then = (f"resumes from checkpoint {older[-1]}" if older
+                else "restarts from round 0, as no kept checkpoint predates this update")
+        cause = str(e.cause).splitlines()[0] if e.cause is not None else "unreadable"
+        return (f"cannot resume checkpoint {self.directory}/{step} (mid-update of round "
+                f"{rs.round}, method {rs.method}): its round log is unreadable: {cause}; every "
+                f"checkpoint is kept. To recover, restore that file from a backup, or delete "
+                f"{e.path} and re-run (the run then {then} and logs round {rs.round} again)")
 
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+# --- the run directory: writable, and one config per run ----------------------------------------
+
+CONFIG_FILE = "config.json"
+# Fields that change where or how a run reports, not what it computes: never a mismatch.
+OUTPUT_ONLY_FIELDS = ("run_dir", "checkpoint.resume_mismatch", "outputs.", "distributed.",
+                      "study.", "demo.", "train.compile_cache_dir", "train.compile_cache_min_secs",
+                      "recommend.",
+                      "logs.dir", "logs.action", "logs.input", "logs.output", "logs.round",
+                      "logs.overwrite")
+
+
+def check_writable(directory: os.PathLike | str, what: str = "config.run_dir") -> None:
+    """Create `directory`, then create + write + fsync + delete a probe file in it; RunDirError
+    naming the path and the OS reason (read-only, full, no permission) otherwise."""
+    d = pathlib.Path(directory)
+    probe = d / f".abpo_write_probe.{os.getpid()}.{jax.process_index()}"
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 65536)
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as e:
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass
+        reason = e.strerror or type(e).__name__
+        raise RunDirError(f"{what}={str(directory)!r} is not writable ({reason}: "
+                          f"{e.filename or d}); free space there or choose another "
+                          f"{what.removeprefix('config.')}") from None
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_json(config: Any) -> dict:
+    """The config as plain JSON data (tuples as lists), as stored in `config.json`."""
+    data = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return json.loads(json.dumps(data, sort_keys=True, default=str))
+
+
+def config_differences(stored: dict, current: dict) -> list[str]:
+    """`field: stored -> current` for every differing field that is not output-only."""
+    a, b = _flat(stored), _flat(current)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if any(key == f or (f.endswith(".") and key.startswith(f)) for f in OUTPUT_ONLY_FIELDS):
+            continue
+        if a.get(key, "<absent>") != b.get(key, "<absent>"):
+            out.append(f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")
+    return out
+
+
+def _holds_a_run(run_dir: pathlib.Path, ckpt_dir: str) -> bool:
+    """A run has left state here: checkpoints, metrics or round logs."""
+    ck = pathlib.Path(ckpt_dir)
+    return ((run_dir / "metrics.jsonl").exists() or (run_dir / "logs").is_dir()
+            or ("://" not in ckpt_dir and ck.is_dir()
+                and any(p.name.isdigit() for p in ck.iterdir())))
+
+
+def check_run_config(config: Any) -> None:
+    """Refuse a run dir that holds a run of another config; record this config otherwise.
+
+    `<run_dir>/config.json` is written (atomically, process 0) when the run dir holds no run yet
+    or the stored config matches; a mismatch raises RunDirError naming the differing fields,
+    unless `config.checkpoint.resume_mismatch='allow'` (then the new config is recorded, with a
+    warning).
+    """
+    run_dir = pathlib.Path(config.run_dir)
+    path = run_dir / CONFIG_FILE
+    current = config_json(config)
+    allow = config.checkpoint.get("resume_mismatch", "refuse") == "allow"
+    if path.is_file() and _holds_a_run(run_dir, checkpoint_dir(config)):
+        try:
+            stored = json.loads(path.read_text())
+            if not isinstance(stored, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError) as e:
+            if not allow:
+                raise RunDirError(f"{path} is unreadable ({type(e).__name__}), so this run's "
+                                  "config is unknown; pass "
+                                  "--config.checkpoint.resume_mismatch=allow to resume it "
+                                  "under the given config, or use another run_dir") from None
+            stored = None
+        diff = [] if stored is None else config_differences(stored, current)
+        if diff and not allow:
+            shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
+            raise RunDirError(
+                f"config.run_dir={str(run_dir)!r} holds a run with another config ({shown}); "
+                "use another run_dir, or pass --config.checkpoint.resume_mismatch=allow to "
+                "resume it under this config")
+        if diff:
+            warnings.warn(f"{run_dir}: resuming under a changed config ({'; '.join(diff)})")
+        if not diff and stored is not None:
+            return
+    if is_main_process():
+        atomic_write_text(path, json.dumps(current, indent=1, sort_keys=True))
+
+
+def prepare_run_dir(config: Any, record_config: bool = True) -> None:
+    """Before any work: the run dir (and a local checkpoint dir) are writable; with
+    `record_config`, the stored config matches (`check_run_config`)."""
+    check_writable(config.run_dir)
+    ck = checkpoint_dir(config)
+    if "://" not in ck:
+        check_writable(ck, "config.checkpoint.dir" if config.checkpoint.dir else "config.run_dir")
+    if record_config:
+        check_run_config(config)

@@ -19,7 +19,8 @@ from flax import nnx
 from abpo_jax.data.splits import Example, build_examples, build_train_examples, prepare_data
 from abpo_jax.sim.users import simulator_from_config
 from abpo_jax.train import state as st
-from abpo_jax.train.checkpoint import Checkpointer, Layout, checkpoint_dir
+from abpo_jax.config import ConfigError
+from abpo_jax.train.checkpoint import Checkpointer, Layout, checkpoint_dir, prepare_run_dir
 from abpo_jax.train.distributed import barrier, on_main_process
 from abpo_jax.train.evaluation import Evaluator
 from abpo_jax.train.learner import Learner
@@ -46,19 +47,20 @@ class Experiment:
 
 
 def check_sizes(config: Any, batch_ways: int) -> None:
-    """Batch sizes that divide the mesh and give every round at least one update step."""
+    """Batch sizes that divide the mesh and give every round at least one update step
+    (ConfigError naming the field; checked before any data is prepared)."""
     b, a = config.train.batch_size, config.train.grad_accum
     if b % a:
-        raise ValueError(f"config.train.batch_size={b} must be divisible by "
+        raise ConfigError(f"config.train.batch_size={b} must be divisible by "
                          f"config.train.grad_accum={a}")
     if (b // a) % batch_ways:
-        raise ValueError(f"config.train.batch_size/grad_accum={b // a} must be divisible by "
+        raise ConfigError(f"config.train.batch_size/grad_accum={b // a} must be divisible by "
                          f"the batch mesh axes data*fsdp={batch_ways}")
     if config.eval.batch_size % batch_ways:
-        raise ValueError(f"config.eval.batch_size={config.eval.batch_size} must be divisible by "
+        raise ConfigError(f"config.eval.batch_size={config.eval.batch_size} must be divisible by "
                          f"data*fsdp={batch_ways}")
     if config.data.users_per_round < b:
-        raise ValueError(f"config.data.users_per_round={config.data.users_per_round} < "
+        raise ConfigError(f"config.data.users_per_round={config.data.users_per_round} < "
                          f"config.train.batch_size={b}: a round's log would give no step")
 
 
@@ -103,10 +105,19 @@ def frozen_policies(config: Any, params: Any, copy: bool = True) -> dict:
     return out
 
 
-def build(config: Any, devices: Sequence[jax.Device] | None = None) -> Experiment:
-    """Build (not run) the experiment of `config` on `devices` (default: all)."""
+def build(config: Any, devices: Sequence[jax.Device] | None = None,
+          record_config: bool = True) -> Experiment:
+    """Build (not run) the experiment of `config` on `devices` (default: all). First, before
+    any work: the run dir is writable and (`record_config`) holds no run of another config,
+    the mesh fits the devices and the batch sizes fit the mesh."""
     run_dir, streams = pathlib.Path(config.run_dir), RngStreams(int(config.seed))
-    mesh = st.build_mesh(config, list(devices) if devices is not None else None)
+    prepare_run_dir(config, record_config)
+    try:
+        mesh = st.build_mesh(config, list(devices) if devices is not None else None)
+    except ValueError as e:
+        m = config.mesh
+        raise ConfigError(f"config.mesh (data={m.data}, fsdp={m.fsdp}, tensor={m.tensor}) does "
+                          f"not fit the devices: {e}") from None
     check_sizes(config, mesh.shape["data"] * mesh.shape["fsdp"])
 
     # --- data and simulator ----------------------------------------------------------------

@@ -38,9 +38,32 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `path` whole or not at all: temp file in the same directory + fsync + os.replace,
+    so a kill or a full disk never leaves a torn file."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _row_key(row: Mapping[str, Any]) -> tuple:
+    return (row.get("round"), str(row.get("method")))
+
+
 class MetricsWriter:
-    """Appends one JSON object per (round, method) to `metrics.jsonl` and mirrors scalars to
-    TensorBoard (`tb/<method>/`). Rows already present (a resumed run) are replaced, not doubled.
+    """One JSON object per (round, method) in `metrics.jsonl`, mirrored to TensorBoard
+    (`tb/<method>/`). Rows are kept in memory, deduplicated on (round, method) (a resumed run
+    replaces a row, never doubles it), and the whole file is rewritten atomically on every
+    write, so a crash cannot tear it. `merge` puts back rows from checkpoint metadata (the run
+    stores every row written so far in each checkpoint), so a deleted or damaged file is rebuilt.
     """
 
     def __init__(self, run_dir: str | os.PathLike, tensorboard: bool = True):
@@ -49,35 +72,53 @@ class MetricsWriter:
         self.enabled = is_main_process()
         self.tensorboard = tensorboard and self.enabled
         self._tb: dict[str, Any] = {}
+        self._rows: dict[tuple, dict] = {}
+        self._dirty = False   # the file on disk is not the rows (torn, duplicated, garbage)
         if self.enabled:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.path.is_file():
+            lines = [ln for ln in self.path.read_text(errors="replace").splitlines()
+                     if ln.strip()]
+            for line in lines:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a line torn by an older writer: rebuilt by merge
+                    continue
+                if isinstance(row, dict):
+                    self._rows[_row_key(row)] = row
+            self._dirty = len(self._rows) != len(lines)
 
     def rows(self) -> list[dict]:
         """All rows written so far (deduplicated on (round, method), last one wins)."""
-        if not self.path.exists():
-            return []
-        by_key: dict[tuple, dict] = {}
-        for line in self.path.read_text().splitlines():
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a line torn by a kill mid-write
-                continue
-            by_key[(row.get("round"), row.get("method"))] = row
-        return sorted(by_key.values(), key=lambda r: (r.get("round", 0), str(r.get("method"))))
+        return sorted(self._rows.values(),
+                      key=lambda r: (r.get("round") if isinstance(r.get("round"), int) else 0,
+                                     str(r.get("method"))))
+
+    def merge(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Add the rows (from checkpoint metadata) the file lacks; rewrite it if any was."""
+        added = False
+        for row in rows:
+            if isinstance(row, Mapping) and _row_key(row) not in self._rows:
+                self._rows[_row_key(row)] = dict(row)
+                added = True
+        if added or self._dirty or (self._rows and not self.path.is_file()):
+            self._flush()
 
     def write(self, row: Mapping[str, Any]) -> None:
-        """Record one (round, method) row: jsonl line + TensorBoard scalars at step=round."""
+        """Record one (round, method) row: metrics.jsonl + TensorBoard scalars at step=round."""
+        row = {k: _jsonable(v) for k, v in row.items()}
+        self._rows[_row_key(row)] = row
         if not self.enabled:
             return
-        row = {k: _jsonable(v) for k, v in row.items()}
-        with self.path.open("a") as f:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        self._flush()
         if self.tensorboard:
             self._tb_scalars(row)
+
+    def _flush(self) -> None:
+        self._dirty = False
+        if self.enabled:
+            atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n"
+                                                 for r in self.rows()))
 
     def _tb_scalars(self, row: Mapping[str, Any]) -> None:
         from tensorboardX import SummaryWriter
@@ -91,6 +132,8 @@ class MetricsWriter:
         writer.flush()
 
     def close(self) -> None:
+        if self._dirty:
+            self._flush()
         for writer in self._tb.values():
             writer.close()
         self._tb.clear()

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from abpo_jax.data import log_store
 from abpo_jax.eval.evaluate import TABLE_COLUMNS
-from abpo_jax.train.checkpoint import Restored, RunState
+from abpo_jax.train.checkpoint import ResumeInputError, Restored, RunState
 from abpo_jax.train.distributed import initialize_distributed
 from abpo_jax.train.experiment import Experiment, build, frozen_policies
 from abpo_jax.train.learner import log_batches
@@ -57,17 +57,28 @@ def run(exp: Experiment) -> list[dict]:
     c, t0, learner, methods = exp.config, time.time(), exp.learner, exp.methods
 
     def save(tree: dict, run_state: RunState, hist: list | None = None, data_iter=None):
-        exp.ckpt.save(exp.ckpt.next_step(), tree, run_state.to_meta(train_hist=hist or []),
-                      data_iter)
+        # every metric row so far rides along: a lost metrics.jsonl is rebuilt from it
+        exp.ckpt.save(exp.ckpt.next_step(), tree, run_state.to_meta(
+            train_hist=hist or [], metrics=exp.writer.rows()), data_iter)
 
     def iterator_for(rs: RunState):
-        return round_batches(exp, rs.round, rs.method) if rs.phase == "update" else None
+        if rs.phase != "update":
+            return None
+        path = round_path(exp.rollout.logs_root, rs.method, rs.round)
+        if not path.exists():   # deleted on purpose: an older checkpoint re-logs the round
+            raise ResumeInputError(path, gone=True)
+        try:
+            return round_batches(exp, rs.round, rs.method)
+        except (log_store.LogValidationError, OSError, ValueError) as e:
+            raise ResumeInputError(path, e) from e
 
     # --- restore ---------------------------------------------------------------------------
     restored: Restored | None = exp.ckpt.restore_latest(exp.layout.abstract, iterator_for)
     rs = RunState() if restored is None else restored.run_state
-    if restored is not None and is_main_process():
-        print(f"resuming from checkpoint {restored.step}: {restored.meta}")
+    if restored is not None:
+        exp.writer.merge(restored.meta.get("metrics", []))
+        if is_main_process():
+            print(f"resuming from checkpoint {restored.step}: {rs}")
 
     # --- round 0: SFT warm start, evaluated once for every method ---------------------------
     if rs.phase in ("start", "sft"):
@@ -154,7 +165,7 @@ def main(config) -> list[dict]:
 
 def evaluate_run(config, devices: Sequence[jax.Device] | None = None) -> list[dict]:
     """`abpo-jax eval`: evaluate the newest checkpoint of each method (or the base model)."""
-    exp = build(config, devices)
+    exp = build(config, devices, record_config=False)
     restored = exp.ckpt.restore_latest(exp.layout.abstract)
     if restored is None or "methods" not in restored.state:
         rows = [exp.evaluator.row(0, "base", exp.init_params)]
