@@ -16,7 +16,7 @@ the learning-rate / KL / epochs questions:
     beta0_epochs3      no KL penalty and three passes over each round's log
 
 (4), GRPO inheriting the tempered outcome, is a method here: `grpo_tempered` beside `grpo`.
-Smaller slices than configs/study_tiny.py (800 test users, 512 requests per round, 2 rounds,
+Smaller slices than configs/study_tiny.py (600 test users, 512 requests per round, 2 rounds,
 3 seeds):
 the first spec's failure was a 0.3 NDCG@5 collapse, far above this grid's resolution.
 """
@@ -32,7 +32,7 @@ def get_config():
     c.data.max_users = 0
     c.data.history_len = 5
     c.data.num_candidates = 8
-    c.data.num_test_users = 800
+    c.data.num_test_users = 600
     c.data.users_per_round = 512
     c.model.source = "tiny"
     c.loss.num_generations = 4

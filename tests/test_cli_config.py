@@ -70,8 +70,13 @@ def test_out_of_range_names_field_and_range(path, value, allowed):
 def test_bad_tuple_entry_names_field_and_choices():
     config = base_config()
     config.rounds.methods = ("abpo", "ppo")
-    with pytest.raises(ConfigError, match=r"config\.rounds\.methods contains 'ppo'.*"
-                                          r"abpo, grpo, anchor_no_snips, sft_positive, no_update"):
+    with pytest.raises(ConfigError, match=r"config\.rounds\.methods contains 'ppo', which is "
+                                          r"not in config\.methods; choose from: abpo, "
+                                          r"abpo_baseline_only, .*grpo, no_update, sft_positive"):
+        validate(config)
+    config = base_config()
+    config.methods.abpo.anchor = "sideways"     # a method's override is validated like the field
+    with pytest.raises(ConfigError, match=r"config\.methods\.abpo\.anchor='sideways'"):
         validate(config)
     config = base_config()
     config.loss.rewards = ("format", "clicks")
@@ -81,7 +86,8 @@ def test_bad_tuple_entry_names_field_and_choices():
     config.gee.strategies = ("full-ctr", "greedy")
     with pytest.raises(ConfigError, match=r"config\.gee\.strategies contains 'greedy'"):
         validate(config)
-    assert set(TUPLE_CHOICES) == {"rounds.methods", "loss.rewards", "gee.strategies"}
+    # rounds.methods is checked against the config's own method table (config.methods)
+    assert set(TUPLE_CHOICES) == {"loss.rewards", "gee.strategies"}
 
 
 def test_cli_usage_and_unknown_command():

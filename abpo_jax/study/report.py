@@ -17,7 +17,8 @@ from abpo_jax.study import stats
 # Per-round metrics reported (when a run produced them), in table order.
 METRICS = ("ndcg@5", "ndcg@10", "hr@1", "hr@5", "hr@10", "sim_ctr", "exposed_share",
            "kl_exposure", "gini", "coverage", "snips_ctr", "log_sim_ctr", "snips_bias")
-HEADLINE = ("ndcg@5", "hr@1", "hr@10", "sim_ctr", "exposed_share", "snips_bias")
+HEADLINE = ("ndcg@5", "ndcg@10", "hr@1", "hr@5", "hr@10", "sim_ctr", "exposed_share",
+            "snips_bias")
 TESTED = ("ndcg@5", "sim_ctr")          # metrics with paired tests at the final round
 BASELINES = ("no_update", "grpo")       # every method is tested against each present
 ALPHA = 0.05
@@ -120,8 +121,30 @@ def headline_rows(study: Mapping[str, Any], condition: str) -> list[list[str]]:
         if m not in cond["summary"]:
             continue
         rows.append([m] + [_ci(cond["summary"][m][x][final], 4) if x in cond["summary"][m]
-                           else "–" for x in HEADLINE])
+                           else "–" for x in headline_metrics(study, condition)])
     return rows
+
+
+def headline_metrics(study: Mapping[str, Any], condition: str) -> list[str]:
+    """The HEADLINE metrics the runs produced (@K needs K <= C candidates)."""
+    summary = study["conditions"][condition]["summary"]
+    return [x for x in HEADLINE if any(x in by_metric for by_metric in summary.values())]
+
+
+def condition_rows(study: Mapping[str, Any], metric: str = "ndcg@5",
+                   base: str = "no_update") -> tuple[list[str], list[list[str]]]:
+    """(methods, rows): per condition, each method's final-round paired difference from
+    `base` in `metric` (mean [95% CI], * when Holm-significant) — the conditions side by side."""
+    methods = [m for m in study["methods"] if m != base]
+    rows = []
+    for name, cond in study["conditions"].items():
+        tests = cond["tests"].get(metric, {}).get(base, {})
+        cells = []
+        for m in methods:
+            t = tests.get(m)
+            cells.append("–" if t is None else _diff(t) + (" *" if t["p_holm"] < ALPHA else ""))
+        rows.append([name, *cells])
+    return methods, rows
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -145,7 +168,7 @@ def render_results(study: Mapping[str, Any]) -> str:
         over = ", ".join(f"`{k}={v}`" for k, v in cond["overrides"].items()) or "defaults"
         lines += [f"## Condition `{name}` ({over}); final round {final}, "
                   f"{len(cond['seeds'])} seeds", ""]
-        lines += _md_table(["method", *HEADLINE], headline_rows(study, name))
+        lines += _md_table(["method", *headline_metrics(study, name)], headline_rows(study, name))
         lines.append("")
         for metric in TESTED:
             for base, by_method in cond["tests"].get(metric, {}).items():
@@ -159,7 +182,12 @@ def render_results(study: Mapping[str, Any]) -> str:
         mde = _mde_line(cond)
         if mde:
             lines += [mde, ""]
-    lines += ["## What the data show", ""]
+    methods, rows = condition_rows(study)
+    lines += ["## All conditions: NDCG@5 difference from no_update at the final round", "",
+              "Mean [95% CI] over seeds; * = significant (paired t, Holm within the condition).",
+              ""]
+    lines += _md_table(["condition", *methods], rows)
+    lines += ["", "## What the data show", ""]
     lines += [f"- {x}" for x in significance_sentences(study)]
     lines += [f"- {x}" for x in significance_sentences(study, "sim_ctr")]
     lines += [f"- {x}" for x in where_abpo_does_not_win(study)]
@@ -204,7 +232,8 @@ def write_plots(study: Mapping[str, Any], out_dir: str | pathlib.Path,
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
+
+    from abpo_jax.train.outputs import plot_name, save_round_plot
 
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -230,14 +259,5 @@ def write_plots(study: Mapping[str, Any], out_dir: str | pathlib.Path,
                 continue
             ax.set_title(f"{name}: {metric} (mean, 95% CI over {len(cond['seeds'])} seeds)",
                          fontsize=9)
-            ax.set_xlabel("round")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_ylabel(metric)
-            ax.legend(fontsize=7)
-            ax.grid(alpha=0.3)
-            fig.tight_layout()
-            path = out / f"{name}_{metric.replace('@', '_at_')}.png"
-            fig.savefig(path, dpi=100)
-            plt.close(fig)
-            paths.append(path)
+            paths.append(save_round_plot(fig, ax, metric, out / f"{name}_{plot_name(metric)}.png"))
     return paths

@@ -83,7 +83,7 @@ def cell_config(config: ml_collections.ConfigDict, condition: str, overrides: Ma
 
 def _write_json(path: pathlib.Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    tmp.write_text(json.dumps(obj, indent=1))   # insertion order: the page follows it
     os.replace(tmp, path)   # atomic: a kill never leaves a torn file
 
 
@@ -130,11 +130,11 @@ def main(config: ml_collections.ConfigDict) -> dict[str, Any]:
     report.write_plots(study, study_dir / "plots")
     (study_dir / "results.md").write_text(report.render_results(study))
     for name in study["conditions"]:
-        rows = [dict(zip(["method", *report.HEADLINE], r)) for r in
-                report.headline_rows(study, name)]
+        metrics = report.headline_metrics(study, name)
+        rows = [dict(zip(["method", *metrics], r)) for r in report.headline_rows(study, name)]
         for r in rows:
             r["round"] = study["conditions"][name]["rounds"][-1]
-        print_table(rows, list(report.HEADLINE),
+        print_table(rows, metrics,
                     f"condition {name}: final round, mean ± 95% CI over {len(seeds)} seeds")
     for line in report.significance_sentences(study):
         print(line)

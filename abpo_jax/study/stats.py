@@ -34,12 +34,15 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> dict[str, float]:
 def paired_test(a: Sequence[float], b: Sequence[float], level: float = 0.95
                 ) -> dict[str, float]:
     """a - b paired over seeds: mean difference, its t interval, the two-sided paired t-test
-    p-value (1.0 when every difference is 0), and the number of seeds where a > b."""
+    p-value, and the number of seeds where a > b. One seed cannot be tested (p = 1); with no
+    spread, p = 1 when every difference is 0 and 0 otherwise."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     d = a - b
     out = mean_ci(d, level)
-    if len(d) < 2 or np.all(d == d[0]):
-        p = 1.0 if np.all(d == 0) else 0.0
+    if len(d) < 2:
+        p = 1.0
+    elif np.all(d == d[0]):
+        p = 1.0 if d[0] == 0 else 0.0
     else:
         p = float(stats.ttest_rel(a, b).pvalue)
     return {**out, "p": p, "wins": int(np.sum(d > 0)), "losses": int(np.sum(d < 0))}

@@ -147,7 +147,6 @@ def plot_metrics(rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike,
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -166,17 +165,28 @@ def plot_metrics(rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike,
         if not drew:
             plt.close(fig)
             continue
-        ax.set_xlabel("round")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
-        ax.set_ylabel(metric)
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = out / f"{metric.replace('@', '_at_').replace('/', '_')}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_round_plot(fig, ax, metric, out / f"{plot_name(metric)}.png"))
     return paths
+
+
+def plot_name(metric: str) -> str:
+    """A file-name-safe form of a metric name (hr@5 -> hr_at_5)."""
+    return metric.replace("@", "_at_").replace("/", "_")
+
+
+def save_round_plot(fig: Any, ax: Any, metric: str, path: pathlib.Path) -> pathlib.Path:
+    """Finish a metric-per-round figure (integer round ticks, labels, legend, grid), save, close."""
+    from matplotlib.ticker import MaxNLocator
+    import matplotlib.pyplot as plt
+    ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:

@@ -16,7 +16,7 @@ import pytest
 from abpo_jax.data import datasets as ds
 from abpo_jax.data.splits import user_sequences
 
-SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
 AMAZON2018 = SHARED / "amazon2018"
 needs_amazon2018 = pytest.mark.skipif(
     not (AMAZON2018 / "Office_Products_test.csv").is_file(),
