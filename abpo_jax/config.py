@@ -167,6 +167,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.study.dir = ""                  # default <run_dir>/study
     c.study.seeds = 5                 # seeds seed, seed + 1, ...
     c.study.conditions = ("base:",)   # "name:field=value,field=value" (overrides per condition)
+    c.study.report_only = False       # summarize the finished cells only (e.g. of a running study)
     c.rounds.reference = "previous"   # previous (pi_ref = pi_{k-1}) | initial
 
     # --- evaluation ----------------------------------------------------------------------

@@ -116,13 +116,18 @@ def main(config: ml_collections.ConfigDict) -> dict[str, Any]:
         path = cell_dir / CELL_FILE
         if path.exists():
             cell = json.loads(path.read_text())
+        elif config.study.report_only:
+            continue
         else:
             cell = {"condition": name, "seed": s, **run_cell(configs[(name, s)], cell_dir)}
             _write_json(path, cell)
         done.append(cell)
+    if not done:
+        raise ConfigError(f"config.study.report_only=True but no cell of {study_dir} is finished")
     setup = {
         "command": "abpo-jax study " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
-        "description": describe(config, len(seeds)),
+        "description": describe(config, len(seeds))
+        + (f" Finished cells: {len(done)} of {len(cells)}." if len(done) < len(cells) else ""),
         "wall_seconds_this_invocation": time.time() - t_start,
     }
     study = report.summarize(done, list(config.rounds.methods), conditions, setup)

@@ -52,3 +52,12 @@ def test_study_end_to_end_and_resume(tmp_path, capsys):
     again = runner.main(_config(tmp_path))
     assert {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("cell.json")} == stamps
     assert again["conditions"]["base"]["values"] == study["conditions"]["base"]["values"]
+
+    # report_only: summarize what is finished, run nothing
+    (out / "cells" / "t2" / "seed_1" / "cell.json").unlink()
+    config = _config(tmp_path)
+    config.study.report_only = True
+    partial = runner.main(config)
+    assert not (out / "cells" / "t2" / "seed_1" / "cell.json").exists()
+    assert partial["conditions"]["t2"]["seeds"] == [0]
+    assert "Finished cells: 3 of 4." in partial["setup"]["description"]
