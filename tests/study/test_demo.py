@@ -3,37 +3,16 @@ part 2 runs the top-level config through the rounds; both configs are validated 
 import pytest
 
 from abpo_jax import demo
-from abpo_jax.config import ConfigError, base_config, validate
-
-
-def _tiny(c, run_dir):
-    c.run_dir = str(run_dir)
-    c.data.max_users = 200
-    c.data.history_len = 3
-    c.data.num_candidates = 6
-    c.data.num_test_users = 16
-    c.data.users_per_round = 16
-    c.model.source = "tiny"
-    c.model.tiny.hidden = 16
-    c.model.tiny.layers = 1
-    c.model.tiny.intermediate = 32
-    c.loss.num_generations = 2
-    c.train.batch_size = 8
-    c.train.sft_steps = 2
-    c.rounds.num_rounds = 1
-    c.rounds.methods = ("abpo", "no_update")
-    c.sim.mf_steps = 10
-    c.eval.batch_size = 16
-    c.outputs.progress = False
-    return c
+from abpo_jax.config import ConfigError, validate
+from helpers import tiny_run_config
 
 
 def _config(tmp_path):
-    c = _tiny(base_config(), tmp_path / "llm")
+    c = tiny_run_config(tmp_path / "llm")
     c.rounds.num_rounds = 0
     c.demo = c.__class__()
     c.demo.run_study, c.demo.run_llm = True, True
-    c.demo.study = _tiny(base_config(), tmp_path / "stats")
+    c.demo.study = tiny_run_config(tmp_path / "stats")
     c.demo.study.study.seeds = 2
     return validate(c)
 

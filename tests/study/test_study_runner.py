@@ -2,30 +2,13 @@
 written, the page is a pure function of study.json, and a re-run resumes cell by cell."""
 import json
 
-from abpo_jax.config import base_config, validate
+from abpo_jax.config import validate
 from abpo_jax.study import report, runner
+from helpers import tiny_run_config
 
 
 def _config(tmp_path):
-    c = base_config()
-    c.run_dir = str(tmp_path / "study_run")
-    c.data.max_users = 200
-    c.data.history_len = 3
-    c.data.num_candidates = 6     # >= 5: hr@5 / ndcg@5 exist
-    c.data.num_test_users = 16
-    c.data.users_per_round = 16
-    c.model.source = "tiny"
-    c.model.tiny.hidden = 16
-    c.model.tiny.layers = 1
-    c.model.tiny.intermediate = 32
-    c.loss.num_generations = 2
-    c.train.batch_size = 8
-    c.train.sft_steps = 2
-    c.rounds.num_rounds = 1
-    c.rounds.methods = ("abpo", "grpo", "no_update")
-    c.sim.mf_steps = 10
-    c.eval.batch_size = 16
-    c.outputs.progress = False
+    c = tiny_run_config(tmp_path / "study_run", methods=("abpo", "grpo", "no_update"))
     c.study.seeds = 2
     c.study.conditions = ("base:", "t2:policy.logging_temperature=2")
     return validate(c)
