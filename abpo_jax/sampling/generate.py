@@ -102,17 +102,19 @@ def _repeat_rows(cache, g: int):
                          positions=jnp.repeat(cache.positions, g, axis=0))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _generate(graphdef, params: SamplingParams, eos_id: int, state, prompt_tokens, prompt_mask,
-              rng, trie: trie_lib.Trie | None) -> Samples:
-    model = nnx.merge(graphdef, state)
+def prefill(model: nnx.Module, prompt_tokens: jax.Array, prompt_mask: jax.Array, n: int,
+            g: int) -> tuple[Any, jax.Array, jax.Array, jax.Array]:
+    """Encode left-padded prompts [B, P] once into a cache with room for `n` new tokens, then
+    repeat every row G times (rows b*G .. b*G+G-1 belong to prompt b).
+
+    Returns (cache, logits [B*G, V] of the last prompt slot, next position [B*G], key_ok
+    bool [B*G, P+n]: the cache slots a new query may attend to so far).
+    """
     b, p = prompt_tokens.shape
-    g, n = params.num_samples, params.max_new_tokens
     s_max = p + n
     prompt_mask = prompt_mask.astype(bool)
     slots = jnp.arange(s_max)
-
-    # Prefill: query i sees real prompt slots j <= i (padding queries see themselves).
+    # Query i sees real prompt slots j <= i (padding queries see themselves).
     positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0).astype(jnp.int32)
     key_ok = jnp.pad(prompt_mask, ((0, 0), (0, n)))
     attn = (key_ok[:, None, :] & (slots[None, None, :] <= jnp.arange(p)[None, :, None]))
@@ -120,12 +122,32 @@ def _generate(graphdef, params: SamplingParams, eos_id: int, state, prompt_token
     cache = init_cache(model.config, b, s_max)
     hidden, cache = model.hidden_states(prompt_tokens, positions, attn, cache)
     last = model.logits_from_hidden(hidden[:, -1:])[:, 0]  # LM head on the last slot only
+    return (_repeat_rows(cache, g), jnp.repeat(last.astype(jnp.float32), g, axis=0),
+            jnp.repeat(positions[:, -1] + 1, g, axis=0), jnp.repeat(key_ok, g, axis=0))
 
+
+def draw(z: jax.Array, keys: jax.Array, temperature: float, top_k: int,
+         top_p: float) -> tuple[jax.Array, jax.Array]:
+    """(token [B], log q(token) [B]) from logits z [B, V] that are already constrained:
+    q = softmax(filter_logits(z / temperature)); greedy argmax with log q = 0 at temperature 0.
+    `keys` [B] holds one PRNG key per row."""
+    if temperature == 0:
+        return jnp.argmax(z, axis=-1).astype(jnp.int32), jnp.zeros(z.shape[:1], jnp.float32)
+    z = filter_logits(z / temperature, top_k, top_p)
+    token = jax.vmap(jax.random.categorical)(keys, z).astype(jnp.int32)
+    logq = jnp.take_along_axis(jax.nn.log_softmax(z, -1), token[:, None], -1)[:, 0]
+    return token, logq
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _generate(graphdef, params: SamplingParams, eos_id: int, state, prompt_tokens, prompt_mask,
+              rng, trie: trie_lib.Trie | None) -> Samples:
+    model = nnx.merge(graphdef, state)
+    b, p = prompt_tokens.shape
+    g, n = params.num_samples, params.max_new_tokens
+    slots = jnp.arange(p + n)
+    cache, last, next_pos, key_ok = prefill(model, prompt_tokens, prompt_mask, n, g)
     rows = b * g
-    cache = _repeat_rows(cache, g)
-    last = jnp.repeat(last, g, axis=0)
-    next_pos = jnp.repeat(positions[:, -1] + 1, g, axis=0)
-    key_ok = jnp.repeat(key_ok, g, axis=0)
     if trie is not None and trie.child_tokens.ndim == 3:
         trie = jax.tree.map(lambda x: jnp.repeat(x, g, axis=0), trie)
     row_ids = jnp.arange(rows)
@@ -134,14 +156,8 @@ def _generate(graphdef, params: SamplingParams, eos_id: int, state, prompt_token
         if trie is not None:
             # Finished rows sit at a leaf (nothing allowed); keep their logits finite.
             z = jnp.where(done[:, None], z, trie_lib.constrain_logits(trie, node, z))
-        if params.temperature == 0:
-            token = jnp.argmax(z, axis=-1).astype(jnp.int32)
-            return token, jnp.zeros((rows,), jnp.float32)
-        z = filter_logits(z / params.temperature, params.top_k, params.top_p)
         keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(rng, step), row_ids)
-        token = jax.vmap(jax.random.categorical)(keys, z).astype(jnp.int32)
-        logq = jnp.take_along_axis(jax.nn.log_softmax(z, -1), token[:, None], -1)[:, 0]
-        return token, logq
+        return draw(z, keys, params.temperature, params.top_k, params.top_p)
 
     def body(carry):
         step, cache, z, node, done, key_ok, pos, out = carry
