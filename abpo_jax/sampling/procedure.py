@@ -19,6 +19,10 @@ Procedure (z = model logits of a step, float32; T the temperature; filter = top-
    every token the prompt's candidate trie disallows at the current node to -inf; the item
    tokens end with eos at a trie leaf, so every finished sample is one of the candidates.
 
+The procedure emits no opening ``<think>``: end the prompt with it (a thinking chat template)
+or leave it to the model. A sample that runs out of `max_item_tokens` before eos has no
+candidate (-1), hence the bound on the longest candidate sequence.
+
 The probability of the whole completion under this procedure is
 
     q(o | x) = prod_{t free} q_free(o_t | x, o_<t) * prod_{t item} q_item(o_t | x, o_<t),
