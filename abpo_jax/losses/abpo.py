@@ -252,17 +252,20 @@ def snips_value(w: jax.Array, u: jax.Array, mask: Optional[jax.Array] = None) ->
 
 def member_rewards(settings: LossSettings, *, names_logged: jax.Array, u: jax.Array,
                    unobserved: jax.Array, is_target: Optional[jax.Array] = None,
-                   sim_reward: Optional[jax.Array] = None) -> jax.Array:
+                   sim_reward: Optional[jax.Array] = None,
+                   format_reward: Optional[jax.Array] = None) -> jax.Array:
     """R [B, M] for the members of each group, member 0 the anchor.
 
     names_logged [B, M] bool: the member names the logged item (always true for the anchor);
     u [B]: its outcome value; unobserved: the outcome source's value for any other item
-    (scalar or [B]); is_target [B, M] bool (ground_truth); sim_reward [B, M] (simulator).
+    (scalar or [B]); is_target [B, M] bool (ground_truth); sim_reward [B, M] (simulator);
+    format_reward [B, M] (text mode with free text; 1 for every member otherwise).
     """
     names_logged = jnp.asarray(names_logged, bool)
     zeros = jnp.zeros(names_logged.shape, jnp.float32)
     sources = {
-        "format": zeros + 1.0,
+        "format": zeros + 1.0 if format_reward is None else jnp.asarray(format_reward,
+                                                                        jnp.float32),
         "outcome": jnp.where(names_logged, jnp.asarray(u, jnp.float32)[..., None],
                              jnp.broadcast_to(jnp.asarray(unobserved, jnp.float32)[..., None]
                                               if jnp.ndim(unobserved) else unobserved,
@@ -471,13 +474,51 @@ def anchor_terms(settings: LossSettings, *, outcome: jax.Array, self_certainty: 
     return AnchorTerms(c, u, w, w_tilde, v, stats)
 
 
+def group_loss(settings: LossSettings, *, logp: jax.Array, old_logp: jax.Array,
+               ref_logp: jax.Array, mask: jax.Array, members: jax.Array, terms: AnchorTerms,
+               valid: jax.Array, target: Optional[jax.Array] = None,
+               sim_reward: Optional[jax.Array] = None,
+               format_reward: Optional[jax.Array] = None,
+               denominators: Optional[Denominators] = None,
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The objective for groups of M = G+1 members with per-token log-probs (both modes).
+
+    logp / old_logp / ref_logp / mask [B, M, T]: per-token log-probs of each member under the
+    trained, old and reference policies, member 0 the anchor (the logged completion) and 1..G
+    the rollouts; members [B, M] the item each member names (candidate index or item id);
+    terms from :func:`anchor_terms` over the global batch; valid [B] (0 = padding row);
+    target [B] the held-out item (-1 unknown); sim_reward [B, M] each member's simulated click
+    probability; format_reward [B, M].
+    """
+    valid = jnp.asarray(valid, jnp.float32)
+    member_mask = jnp.broadcast_to(valid[:, None], members.shape)
+    rewards = member_rewards(
+        settings, names_logged=members == members[:, :1], u=terms.outcome_value,
+        unobserved=terms.unobserved,
+        is_target=None if target is None else members == target[:, None],
+        sim_reward=sim_reward, format_reward=format_reward)
+    roll_adv, anchor_adv = anchored_advantages(settings, rewards, member_mask)
+    mask = jnp.asarray(mask, jnp.float32) * valid[:, None, None]
+    loss, metrics = policy_loss(
+        settings, logp=logp[:, 1:], old_logp=old_logp[:, 1:], ref_logp=ref_logp[:, 1:],
+        mask=mask[:, 1:], advantages=roll_adv, anchor_logp=logp[:, 0],
+        anchor_mask=mask[:, 0], anchor_advantage=anchor_adv,
+        anchor_weight=terms.snips_weight, denominators=denominators)
+    metrics.update(reward=masked_mean(rewards[:, 1:], member_mask[:, 1:]),
+                   anchor_reward=masked_mean(rewards[:, 0], valid),
+                   mean_certainty=masked_mean(terms.certainty, valid),
+                   unobserved_value=jnp.asarray(terms.unobserved, jnp.float32))
+    return loss, metrics
+
+
 def item_mode_loss(settings: LossSettings, *, logp: jax.Array, old_logp: jax.Array,
                    ref_logp: jax.Array, members: jax.Array, terms: AnchorTerms,
                    valid: jax.Array, target: Optional[jax.Array] = None,
                    sim_reward: Optional[jax.Array] = None,
                    denominators: Optional[Denominators] = None,
                    ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The objective for item mode, where a member is one action of pi~ over the candidates.
+    """The objective for item mode, where a member is one action of pi~ over the candidates
+    (one "token": log pi~ of its candidate).
 
     logp / old_logp / ref_logp [B, C]: log pi~ of the trained, old and reference policies;
     members [B, G+1] candidate indices, member 0 the logged item (the anchor) and 1..G the
@@ -485,22 +526,9 @@ def item_mode_loss(settings: LossSettings, *, logp: jax.Array, old_logp: jax.Arr
     row); target [B] the held-out item's index (-1 unknown); sim_reward [B, C].
     """
     take = lambda x: jnp.take_along_axis(x, members, axis=-1)  # noqa: E731  [B, C] -> [B, G+1]
-    valid = jnp.asarray(valid, jnp.float32)
-    member_mask = jnp.broadcast_to(valid[:, None], members.shape)
-    rewards = member_rewards(
-        settings, names_logged=members == members[:, :1], u=terms.outcome_value,
-        unobserved=terms.unobserved,
-        is_target=None if target is None else members == target[:, None],
-        sim_reward=None if sim_reward is None else take(sim_reward))
-    roll_adv, anchor_adv = anchored_advantages(settings, rewards, member_mask)
-    lp, old, ref = take(logp)[..., None], take(old_logp)[..., None], take(ref_logp)[..., None]
-    loss, metrics = policy_loss(
-        settings, logp=lp[:, 1:], old_logp=old[:, 1:], ref_logp=ref[:, 1:],
-        mask=member_mask[:, 1:, None], advantages=roll_adv, anchor_logp=lp[:, 0],
-        anchor_mask=valid[:, None], anchor_advantage=anchor_adv,
-        anchor_weight=terms.snips_weight, denominators=denominators)
-    metrics.update(reward=masked_mean(rewards[:, 1:], member_mask[:, 1:]),
-                   anchor_reward=masked_mean(rewards[:, 0], valid),
-                   mean_certainty=masked_mean(terms.certainty, valid),
-                   unobserved_value=jnp.asarray(terms.unobserved, jnp.float32))
-    return loss, metrics
+    return group_loss(
+        settings, logp=take(logp)[..., None], old_logp=take(old_logp)[..., None],
+        ref_logp=take(ref_logp)[..., None], mask=jnp.ones(members.shape + (1,), jnp.float32),
+        members=members, terms=terms, valid=valid, target=target,
+        sim_reward=None if sim_reward is None else take(sim_reward),
+        denominators=denominators)
