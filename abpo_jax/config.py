@@ -95,7 +95,13 @@ def base_config() -> ml_collections.ConfigDict:
 
     # --- policy (action space) ------------------------------------------------------------
     c.policy = ml_collections.ConfigDict()
-    c.policy.mode = "item"            # item (score the closed candidate list); text: not yet
+    c.policy.mode = "item"            # item (score the closed candidate list) | text (sample completions)
+    c.policy.candidates = "list"      # list (closed candidate list in the prompt) | catalogue (whole catalogue; text mode)
+    c.policy.item_text = "id"         # catalogue mode: the item is generated as its id | title
+    c.policy.temperature = 1.0        # text mode: rollout sampling temperature (pi_old's procedure)
+    c.policy.top_k = 0                # text mode: top-k truncation (0 = off), rollouts and logging
+    c.policy.top_p = 1.0              # text mode: nucleus truncation (1 = off), rollouts and logging
+    c.policy.max_think_tokens = 0     # text mode: free text (<think>...</think>) budget before the item; 0 = none
     c.policy.logging_temperature = 1.0  # temperature of the deployed logging policy
     c.policy.logging_policy = "current"  # current (pi_{k-1} deploys) | stale (the round-0 policy always)
     c.policy.logging_popularity = 0.0  # b: logging logits + b log(1 + item count) (exposure bias)
@@ -135,6 +141,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.unobserved_reward = "snips_value"  # outcome of a rollout naming another item: zero | snips_value
     c.loss.anchor_rewards = "all"     # all (same sources as the rollouts) | outcome (anchor: outcome only; ablation)
     c.loss.kl_tokens = "rollouts"     # KL normalised over rollout tokens | all (rollouts + anchor; ablation)
+    c.loss.format_rewards = ("tag_presence", "tag_count", "only_expected_tags")  # text mode with free text: the format source
     # --- optimisation ---------------------------------------------------------------------
     c.train = ml_collections.ConfigDict()
     c.train.optimizer = "adamw"       # adamw | sgd
@@ -174,6 +181,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.ks = (1, 5, 10)
     c.eval.batch_size = 16
+    c.eval.text_samples = 8           # text mode: sampled completions per test prompt (sibling protocol)
+    c.eval.beam = 10                  # catalogue mode: constrained beam width K (HR@K / NDCG@K)
 
     # --- mesh / scale --------------------------------------------------------------------
     c.mesh = ml_collections.ConfigDict()
@@ -230,7 +239,9 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "model.remat_policy": REMAT_POLICIES,
     "model.attention": ATTENTION_IMPLS,
     "model.attention_backend": ATTENTION_BACKENDS,
-    "policy.mode": ("item",),         # text mode (sampled completions) is not implemented
+    "policy.mode": ("item", "text"),
+    "policy.candidates": ("list", "catalogue"),
+    "policy.item_text": ("id", "title"),
     "sim.preference": ("mf", "cooc"),
     "loss.anchor": ("off", "baseline_only", "full"),
     "loss.snips": ("on", "off"),
@@ -275,6 +286,12 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "sim.external_ignore": _probability,
     "policy.logging_temperature": _positive,
     "policy.logging_popularity": _non_negative,
+    "policy.temperature": _non_negative,
+    "policy.top_k": _non_negative,
+    "policy.top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "policy.max_think_tokens": _non_negative,
+    "eval.text_samples": _positive,
+    "eval.beam": _positive,
     "train.ppo_epochs": _positive,
     "study.seeds": _positive,
     "train.learning_rate": _non_negative,
@@ -327,6 +344,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
 # Fields holding a tuple whose every element must come from a set.
 TUPLE_CHOICES: dict[str, tuple[str, ...]] = {
     "loss.rewards": ("format", "outcome", "ground_truth", "simulator"),
+    "loss.format_rewards": ("tag_presence", "tag_count", "only_expected_tags"),
     "gee.strategies": ("full-ctr", "partial-ctr", "random-ctr", "no-drop", "explore-exploit"),
 }
 
@@ -388,7 +406,34 @@ def _check_cross_fields(config: ml_collections.ConfigDict) -> None:
                                     for k in ks)):
         raise ConfigError(f"config.eval.ks={tuple(ks)!r} is out of range; it must be a non-empty "
                           "tuple of integers >= 1 (the K of HR@K / NDCG@K)")
+    _check_policy_mode(config)
     _check_methods(config)
+
+
+def _check_policy_mode(config: ml_collections.ConfigDict) -> None:
+    """Text and catalogue mode: the combinations that are defined (DESIGN.md "Action space")."""
+    found, policy = _lookup(config, "policy")
+    if not found or "mode" not in policy:
+        return
+    text = policy.mode == "text"
+    if policy.get("candidates") == "catalogue" and not text:
+        raise ConfigError("config.policy.candidates='catalogue' needs config.policy.mode='text' "
+                          "(the item is generated under a trie of the whole catalogue)")
+    if text and policy.get("logging_popularity", 0.0):
+        raise ConfigError(f"config.policy.logging_popularity={policy.logging_popularity} is "
+                          "item mode only (a logit bias over the candidate list); set it to 0 "
+                          "with config.policy.mode='text'")
+    found_r, rewards = _lookup(config, "loss.rewards")
+    if (text and policy.get("candidates") == "catalogue" and found_r
+            and "simulator" in rewards):
+        raise ConfigError("config.loss.rewards contains 'simulator', which catalogue mode cannot "
+                          "give (the log carries the click probability of the exposed item "
+                          "only); drop it or use config.policy.candidates='list'")
+    found_t, t = _lookup(config, "train")
+    if text and found_t and (t.get("ppo_epochs", 1) != 1 or t.get("grad_accum", 1) != 1):
+        raise ConfigError("config.train.ppo_epochs and config.train.grad_accum must be 1 with "
+                          "config.policy.mode='text' (rollouts are sampled from the step's "
+                          "own parameters, pi_old = pi_theta before the step)")
 
 
 def _check_methods(config: ml_collections.ConfigDict) -> None:

@@ -86,8 +86,12 @@ def test_bad_tuple_entry_names_field_and_choices():
     config.gee.strategies = ("full-ctr", "greedy")
     with pytest.raises(ConfigError, match=r"config\.gee\.strategies contains 'greedy'"):
         validate(config)
+    config = base_config()
+    config.loss.format_rewards = ("tag_count", "brevity")
+    with pytest.raises(ConfigError, match=r"config\.loss\.format_rewards contains 'brevity'"):
+        validate(config)
     # rounds.methods is checked against the config's own method table (config.methods)
-    assert set(TUPLE_CHOICES) == {"loss.rewards", "gee.strategies"}
+    assert set(TUPLE_CHOICES) == {"loss.rewards", "loss.format_rewards", "gee.strategies"}
 
 
 def test_cli_usage_and_unknown_command():

@@ -13,6 +13,7 @@ the exact prompt) and every candidate's simulated click probability (`CLICK_PROB
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Callable, Protocol, Sequence
 
@@ -37,6 +38,8 @@ class ExampleLike(Protocol):
 # Keys of the record extras written by `log_round`.
 TARGET, HISTORY_RATINGS, CLICK_PROBS = "target_item_id", "history_ratings", "click_probs"
 ANCHOR_CERTAINTY = "anchor_certainty"   # exposure's self-certainty quantile over the round
+# Text mode: the logged completion itself (token ids and `sampling.procedure` token kinds).
+COMPLETION_TOKENS, COMPLETION_KINDS = "completion_tokens", "completion_kinds"
 
 ScoreFn = Callable[[Sequence[ExampleLike]], "jax.Array | np.ndarray"]
 
@@ -94,17 +97,35 @@ def _score_all(examples: Sequence[ExampleLike], score_fn: ScoreFn, batch_size: i
     return log_pi
 
 
-def log_round(examples: Sequence[ExampleLike], score_fn: ScoreFn, simulator: UserSimulator, *,
-              round_index: int, seed: int, logs_dir: str, policy_revision: str,
-              temperature: float = 1.0, timestamp: float | None = None,
+@dataclasses.dataclass
+class SampledExposures:
+    """Exposures drawn by the deployed policy itself (text mode): index [N] into `candidates`
+    [N, C] (the prompt's list, or [N, 1] = the generated catalogue item), propensity [N] (the
+    probability of the whole completion under the sampling procedure), raw self-certainty [N]
+    and extras (the completion's tokens) per record."""
+
+    index: np.ndarray
+    propensity: np.ndarray
+    candidates: np.ndarray
+    certainty: np.ndarray | None
+    extras: Sequence[dict]
+
+
+def log_round(examples: Sequence[ExampleLike], score_fn: ScoreFn | None,
+              simulator: UserSimulator, *, round_index: int, seed: int, logs_dir: str,
+              policy_revision: str, temperature: float = 1.0, timestamp: float | None = None,
               batch_size: int = 64, overwrite: bool = False,
               logit_bias: np.ndarray | None = None,
-              certainty: np.ndarray | None = None) -> log_store.RoundLog:
+              certainty: np.ndarray | None = None,
+              sampled: "SampledExposures | None" = None) -> log_store.RoundLog:
     """Deploy `score_fn` on the round's requests and commit the round's log.
 
     Args:
       examples: one request per fresh user of the round (`data.splits.Example`s).
-      score_fn: log pi over each example's candidates, called on chunks of `batch_size`.
+      score_fn: log pi over each example's candidates, called on chunks of `batch_size`
+        (item mode); None with `sampled`.
+      sampled: exposures the deployed policy already drew itself (text mode), with their
+        exact propensities, raw self-certainty and per-record extras.
       simulator: gives the outcome of each exposure.
       temperature: logging temperature (config `policy.logging_temperature`).
       logit_bias: [N, C] added to log pi / T before sampling (e.g. a popularity bias); the
@@ -121,24 +142,30 @@ def log_round(examples: Sequence[ExampleLike], score_fn: ScoreFn, simulator: Use
     if len(np.unique(users)) != len(users):
         raise ValueError(f"round {round_index}: a user appears twice; request ids are derived "
                          "from (round, user) and must be unique")
-    log_pi = _score_all(examples, score_fn, batch_size)
     key = _round_key(seed, round_index)
-    bias = 0.0 if logit_bias is None else np.asarray(logit_bias, np.float32)
-    index, propensity = sample_exposures(jax.random.fold_in(key, 0), log_pi, temperature, bias)
-    candidates = np.stack([np.asarray(e.candidates) for e in examples])
+    if sampled is None:
+        log_pi = _score_all(examples, score_fn, batch_size)
+        bias = 0.0 if logit_bias is None else np.asarray(logit_bias, np.float32)
+        index, propensity = sample_exposures(jax.random.fold_in(key, 0), log_pi, temperature,
+                                             bias)
+        candidates = np.stack([np.asarray(e.candidates) for e in examples])
+        sc = (None if certainty is None else
+              np.asarray(certainty, np.float32)[np.arange(len(examples)), np.asarray(index)])
+    else:
+        index, propensity, candidates = sampled.index, sampled.propensity, sampled.candidates
+        sc = sampled.certainty
     exposed = candidates[np.arange(len(examples)), np.asarray(index)]
     outcome = np.asarray(simulator.sample_outcomes(jax.random.fold_in(key, 1), users, exposed))
     click = np.asarray(simulator.click_probs(users, candidates), np.float32)
     propensity = np.asarray(propensity, np.float64)
     stamp = time.time() if timestamp is None else float(timestamp)
-    quantile = None
-    if certainty is not None:
-        sc = np.asarray(certainty, np.float32)[np.arange(len(examples)), np.asarray(index)]
-        quantile = certainty_quantiles(sc, sc)
+    quantile = None if sc is None else certainty_quantiles(sc, sc)
 
     def records():
         for i, e in enumerate(examples):
             extras = {CLICK_PROBS: [float(p) for p in click[i]]}
+            if sampled is not None:
+                extras.update(sampled.extras[i])
             if quantile is not None:
                 extras[ANCHOR_CERTAINTY] = float(quantile[i])
             if hasattr(e, "target"):

@@ -16,9 +16,10 @@ from abpo_jax.study import stats
 
 # Per-round metrics reported (when a run produced them), in table order.
 METRICS = ("ndcg@5", "ndcg@10", "hr@1", "hr@5", "hr@10", "sim_ctr", "exposed_share",
-           "kl_exposure", "gini", "coverage", "snips_ctr", "log_sim_ctr", "snips_bias")
+           "kl_exposure", "gini", "coverage", "snips_ctr", "log_sim_ctr", "snips_bias",
+           "text_ndcg@5", "text_hr@1", "catalogue_ndcg@10", "catalogue_hr@10")
 HEADLINE = ("ndcg@5", "ndcg@10", "hr@1", "hr@5", "hr@10", "sim_ctr", "exposed_share",
-            "snips_bias")
+            "snips_bias", "text_ndcg@5", "text_hr@1", "catalogue_ndcg@10", "catalogue_hr@10")
 TESTED = ("ndcg@5", "sim_ctr")          # metrics with paired tests at the final round
 BASELINES = ("no_update", "grpo")       # every method is tested against each present
 ALPHA = 0.05

@@ -22,12 +22,14 @@ from abpo_jax.train import state as st
 from abpo_jax.config import ConfigError
 from abpo_jax.train.checkpoint import Checkpointer, Layout, checkpoint_dir, prepare_run_dir
 from abpo_jax.train.distributed import barrier, on_main_process
-from abpo_jax.train.evaluation import Evaluator
+from abpo_jax.train.evaluation import Evaluator, TextEval
 from abpo_jax.train.learner import Learner
 from abpo_jax.train.outputs import MetricsWriter
 from abpo_jax.train.policy import Encoder, Policy, prompt_style
 from abpo_jax.train.rollout import Exposures, Rollout
 from abpo_jax.train.seeds import RngStreams
+from abpo_jax.train.text_learner import TextUpdate
+from abpo_jax.train.text_policy import TextEncoder, TextPolicy, procedure_from_config
 
 
 @dataclasses.dataclass
@@ -44,6 +46,7 @@ class Experiment:
     layout: Layout
     ckpt: Checkpointer
     writer: MetricsWriter
+    text: TextEncoder | None = None   # text mode: prompts, tries, logged completions
 
 
 def check_sizes(config: Any, batch_ways: int) -> None:
@@ -150,8 +153,9 @@ def build(config: Any, devices: Sequence[jax.Device] | None = None,
     # --- tokenizer, model, roles -------------------------------------------------------------
     from abpo_jax.models.tokenizer import load_tokenizer
     tokenizer = load_tokenizer(config.model.source, config.model.path, data.short_ids)
+    catalogue = config.policy.mode == "text" and config.policy.candidates == "catalogue"
     encoder = Encoder(tokenizer, inter.item_titles, data.short_ids, prompt_style(config),
-                      bool(d.show_ratings))
+                      bool(d.show_ratings), candidates_in_prompt=not catalogue)
     encoder.fit(test_examples + [e for r in round_examples for e in r] + sft_examples)
     model = build_model(config, int(tokenizer.vocab_size), mesh, streams)
     split, init_params, frozen = st.place_model(model, config, mesh)
@@ -159,6 +163,12 @@ def build(config: Any, devices: Sequence[jax.Device] | None = None,
     policy = Policy(split, frozen, encoder, mesh, st.batch_sharding(mesh),
                     int(config.eval.batch_size), config.loss.certainty_tokens, show)
     learner = Learner(split, frozen, mesh, config, show)
+    text = text_policy = logging_procedure = None
+    if config.policy.mode == "text":
+        text, text_policy, logging_procedure = build_text(
+            config, encoder, tokenizer, inter, data.short_ids, catalogue, split, frozen, mesh,
+            show)
+        learner.text = TextUpdate(text_policy, text.procedure)
     logs_root = run_dir / "logs"
     exposures = Exposures(logs_root)
     popularity = np.bincount(inter.item, minlength=inter.num_items).astype(np.float32)
@@ -171,8 +181,40 @@ def build(config: Any, devices: Sequence[jax.Device] | None = None,
         sft_examples=sft_examples, encoder=encoder, learner=learner,
         rollout=Rollout(policy, sim, round_examples, logs_root, streams.logging,
                         float(config.policy.logging_temperature), popularity,
-                        float(config.policy.logging_popularity)),
+                        float(config.policy.logging_popularity), text_policy,
+                        logging_procedure, config.loss.certainty_tokens),
         evaluator=Evaluator(policy, test_examples, sim, inter.num_items, popularity, exposures,
-                            tuple(config.eval.ks)),
+                            tuple(config.eval.ks), text_eval(config, text_policy, streams)),
         layout=layout, ckpt=Checkpointer(checkpoint_dir(config), config.checkpoint.max_to_keep),
-        writer=MetricsWriter(run_dir, tensorboard=config.outputs.tensorboard))
+        writer=MetricsWriter(run_dir, tensorboard=config.outputs.tensorboard), text=text)
+
+
+def build_text(config: Any, encoder: Encoder, tokenizer: Any, inter: Any,
+               short_ids: Sequence[str], catalogue: bool, split: Any, frozen: Any, mesh: Any,
+               show: bool) -> tuple[TextEncoder, TextPolicy, Any]:
+    """Text mode's encoder (rollout procedure at `policy.temperature`), sampler and logging
+    procedure (at `policy.logging_temperature`)."""
+    sequences = None
+    if catalogue:
+        from abpo_jax.data.catalogue import catalogue_completion_ids  # TODO(helper B) hoist
+        sequences = catalogue_completion_ids(tokenizer, inter.item_titles, short_ids,
+                                             config.policy.item_text)
+        max_item = max(len(x) for x in sequences)
+    else:
+        max_item = encoder.completion_len
+    rollout_proc = procedure_from_config(config, tokenizer, max_item,
+                                         config.policy.temperature)
+    text = TextEncoder(encoder, rollout_proc, tuple(config.loss.format_rewards), sequences)
+    policy = TextPolicy(split, frozen, text, mesh, st.batch_sharding(mesh),
+                        int(config.eval.batch_size), show)
+    logging_proc = procedure_from_config(config, tokenizer, max_item,
+                                         config.policy.logging_temperature)
+    return text, policy, logging_proc
+
+
+def text_eval(config: Any, policy: TextPolicy | None, streams: RngStreams) -> TextEval | None:
+    """Text-mode evaluation settings (None in item mode)."""
+    if policy is None:
+        return None
+    return TextEval(policy, policy.text.procedure, int(config.eval.text_samples),
+                    int(config.eval.beam), streams.text_eval)

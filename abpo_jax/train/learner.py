@@ -88,7 +88,7 @@ def _scan_micro(fn: Callable, xs: Any) -> Any:
     return jax.lax.map(fn, xs)
 
 
-def _finite_update(state: dict, grads: Any, loss: jax.Array, tx: optax.GradientTransformation
+def finite_update(state: dict, grads: Any, loss: jax.Array, tx: optax.GradientTransformation
                    ) -> tuple[dict, jax.Array]:
     """Apply `tx` unless the loss or any gradient is non-finite (then keep params + opt state)."""
     finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
@@ -157,7 +157,8 @@ def policy_objective(settings: abpo.LossSettings, batch: RLBatch, old_logp: jax.
 
 
 def make_policy_step(split: ModelSplit, tx: optax.GradientTransformation,
-                     settings: abpo.LossSettings, ppo_epochs: int = 1) -> Callable:
+                     settings: abpo.LossSettings, ppo_epochs: int = 1,
+                     single_pass: bool = True) -> Callable:
     """Pure policy-gradient step `(state, frozen, ref_params, batch, round_key) -> (state, metrics)`.
 
     `state` = {"params", "opt", "step", "skipped", "cert"} ("cert": running self-certainty
@@ -168,6 +169,8 @@ def make_policy_step(split: ModelSplit, tx: optax.GradientTransformation,
     mu = 1 and one micro-batch, pi_old comes from the very forward the gradient uses
     (`jax.vjp`: forward, then rollouts and advantages from its outputs, then the backward), so
     there is no separate pi_old pass; the pi_ref pass is skipped when beta = 0.
+    `single_pass=False` keeps the separate pi_old pre-pass anyway (the reference the
+    single-pass step is tested and benchmarked against).
     """
     certainty_on = settings.certainty_tokens
 
@@ -178,8 +181,8 @@ def make_policy_step(split: ModelSplit, tx: optax.GradientTransformation,
     def step(state, frozen, ref_params, batch: RLBatch, round_key):
         key = jax.random.fold_in(round_key, state["step"])
         A = batch.valid.shape[0]
-        single_pass = ppo_epochs == 1 and A == 1
-        if single_pass:
+        one_pass = single_pass and ppo_epochs == 1 and A == 1
+        if one_pass:
             first = jax.tree.map(lambda x: x[0], batch.cands)
             (logp0, cert0), pullback = jax.vjp(lambda p: score(p, frozen, first),
                                                state["params"])
@@ -196,11 +199,11 @@ def make_policy_step(split: ModelSplit, tx: optax.GradientTransformation,
         objective = policy_objective(settings, batch, old_logp, ref_logp, cert,
                                      state["cert"], key)
 
-        if single_pass:
+        if one_pass:
             (loss, metrics), g_logp = jax.value_and_grad(
                 lambda lp: objective.micro_loss(lp, 0), has_aux=True)(logp0)
             grads = pullback((g_logp, jnp.zeros_like(cert0)))[0]
-            new_state, finite = _finite_update(state, grads, loss, tx)
+            new_state, finite = finite_update(state, grads, loss, tx)
         else:
             grad_fn = jax.grad(lambda p, i: _split_aux(objective.micro_loss(
                 score(p, frozen, jax.tree.map(lambda x: x[i], batch.cands))[0], i)),
@@ -208,7 +211,7 @@ def make_policy_step(split: ModelSplit, tx: optax.GradientTransformation,
             new_state = state
             for _ in range(ppo_epochs):   # mu is small and static: unrolled
                 grads, loss, metrics = _accumulate(grad_fn, new_state["params"], A)
-                new_state, finite = _finite_update(new_state, grads, loss, tx)
+                new_state, finite = finite_update(new_state, grads, loss, tx)
         new_state["cert"] = (objective.terms.stats if settings.certainty_norm == "running"
                              else state["cert"])
         valid = batch.valid.astype(jnp.float32).reshape(-1)
@@ -270,7 +273,7 @@ def make_sft_step(split: ModelSplit, tx: optax.GradientTransformation) -> Callab
         denom = jnp.maximum(denom, 1e-8)
         grads = jax.tree.map(lambda g: g / denom, g_sum)
         loss = loss_sum / denom
-        new_state, finite = _finite_update(state, grads, loss, tx)
+        new_state, finite = finite_update(state, grads, loss, tx)
         return new_state, {"loss": loss, "finite": finite.astype(jnp.float32),
                            "grad_norm": optax.global_norm(grads)}
 
@@ -341,11 +344,13 @@ class Learner:
     mesh: Mesh
     config: Any                    # the run config: `train.*` and `loss.*` fields
     show_progress: bool = False
+    text: Any = None               # text mode: a `text_learner.TextUpdate` (rollouts + step)
 
     def __post_init__(self):
         self.settings = abpo.LossSettings.from_config(self.config.loss)
         self.methods = method_losses(self.config)   # name -> (update kind, loss overrides)
         self.micro_sharding = NamedSharding(self.mesh, P(None, ("data", "fsdp")))
+        self.batch_rows = NamedSharding(self.mesh, P(("data", "fsdp")))
         self.replicated = st.replicated(self.mesh)
         self.compiled: dict[str, Callable] = {}   # jit cache: pure memo, name -> step
 
@@ -380,6 +385,21 @@ class Learner:
             self.compiled[name] = jax.jit(make(), in_shardings=tuple(ins),
                                           out_shardings=(sh, self.replicated), donate_argnums=0)
         return self.compiled[name]
+
+    def _jit_text(self, name: str, make: Callable[[], Callable], state: dict) -> Callable:
+        if name not in self.compiled:
+            sh = jax.tree.map(lambda x: x.sharding, state)
+            ins = (sh, jax.tree.map(lambda x: x.sharding, self.frozen),
+                   jax.tree.map(lambda x: x.sharding, state["params"]), self.batch_rows)
+            self.compiled[name] = jax.jit(make(), in_shardings=ins,
+                                          out_shardings=(sh, self.replicated), donate_argnums=0)
+        return self.compiled[name]
+
+    def _place(self, host: Any) -> Any:
+        """This process's [B/P, ...] host arrays -> global [B, ...] arrays sharded by row."""
+        return jax.tree.map(
+            lambda x: jax.make_array_from_process_local_data(self.batch_rows, np.asarray(x)),
+            host)
 
     def _micro(self, host: Any) -> Any:
         """This process's [B/P, ...] host arrays (P processes) -> global [A, B/A, ...] arrays
@@ -421,7 +441,12 @@ class Learner:
         state = {key: state[key] for key in STATE_KEYS}
         kind, overrides = self.methods[method]
         policy_gradient = kind == "policy_gradient"
-        if policy_gradient:
+        text_mode = policy_gradient and self.text is not None
+        if text_mode:
+            settings = self.settings.replace(**overrides)
+            fn = self._jit_text(f"text:{method}", lambda: self.text.make_step(tx, settings),
+                                state)
+        elif policy_gradient:
             settings = self.settings.replace(**overrides)
             fn = self._jit(f"policy:{method}", lambda: make_policy_step(
                 self.split, tx, settings, int(self.config.train.ppo_epochs)), state, 1,
@@ -431,13 +456,21 @@ class Learner:
         hist = list(hist)
         for s in progress(range(start, steps), "update", total=steps - start,
                           enabled=self.show_progress):
-            batch = self._micro(rl_batch(next(batches)))
-            with jax.set_mesh(self.mesh):
-                if policy_gradient:
-                    state, m = fn(state, self.frozen, ref, batch, round_key)
-                else:
-                    state, m = fn(state, self.frozen, batch.cands, batch.exposed,
-                                  batch.outcome.astype(jnp.float32))
+            host = next(batches)
+            if text_mode:   # rollouts from pi_old = this step's params, then the step
+                tb = self._place(self.text.batch(host, state["params"],
+                                                 jax.random.fold_in(round_key, s),
+                                                 settings.num_generations))
+                with jax.set_mesh(self.mesh):
+                    state, m = fn(state, self.frozen, ref, tb)
+            else:
+                batch = self._micro(rl_batch(host))
+                with jax.set_mesh(self.mesh):
+                    if policy_gradient:
+                        state, m = fn(state, self.frozen, ref, batch, round_key)
+                    else:
+                        state, m = fn(state, self.frozen, batch.cands, batch.exposed,
+                                      batch.outcome.astype(jnp.float32))
             hist.append({key: float(v) for key, v in jax.device_get(m).items()})
             kill_point("update")
             self._maybe_save(save, state, s + 1, steps, hist)

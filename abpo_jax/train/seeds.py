@@ -7,6 +7,7 @@
     logging       logging policy (folds in round, then 0/1)  seed + 1
     log_shuffle   grain shuffle of round k's log             seed * 1000 + k
     train_round   train-step key of round k (folds in step)  fold_in(key(seed), k)
+    text_eval     text-mode evaluation samples of round k    fold_in(key(seed + 2), k)
 
 Logging uses one stream for every method (common random numbers across methods). The data
 splits and the simulator take `seed` itself (`data.splits`, `sim.users`). Changing any entry
@@ -46,3 +47,6 @@ class RngStreams:
 
     def train_round(self, round_index: int) -> jax.Array:
         return jax.random.fold_in(jax.random.key(self.seed), round_index)
+
+    def text_eval(self, round_index: int) -> jax.Array:
+        return jax.random.fold_in(jax.random.key(self.seed + 2), round_index)

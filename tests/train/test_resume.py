@@ -22,7 +22,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = r"""
 import os, sys, importlib.util
 import numpy as np
-spec = importlib.util.spec_from_file_location("tiny", os.path.join(sys.argv[2], "configs/tiny.py"))
+spec = importlib.util.spec_from_file_location("tiny", os.path.join(sys.argv[2], "configs", sys.argv[4]))
 mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
 c = mod.get_config()
 c.run_dir = sys.argv[1]
@@ -69,10 +69,10 @@ def _env(cache: pathlib.Path, kill: str | None) -> dict:
     return env
 
 
-def _run(run_dir: pathlib.Path, cache: pathlib.Path, kill: str | None = None
-         ) -> subprocess.CompletedProcess:
+def _run(run_dir: pathlib.Path, cache: pathlib.Path, kill: str | None = None,
+         config: str = "tiny.py") -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", SCRIPT, str(run_dir), str(ROOT),
-                           str(cache / "sim")], env=_env(cache, kill), cwd=ROOT,
+                           str(cache / "sim"), config], env=_env(cache, kill), cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
 
 
@@ -89,13 +89,22 @@ def _final(run_dir: pathlib.Path) -> list[np.ndarray]:
         return [z[k] for k in sorted(z.files, key=lambda s: int(s.split("_")[1]))]
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def _reference(tmp_path_factory, config: str):
     cache = tmp_path_factory.mktemp("cache")
     run_dir = tmp_path_factory.mktemp("reference")
-    out = _run(run_dir, cache)
+    out = _run(run_dir, cache, config=config)
     assert out.returncode == 0, out.stderr[-3000:]
     return cache, run_dir
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    return _reference(tmp_path_factory, "tiny.py")
+
+
+@pytest.fixture(scope="module")
+def text_reference(tmp_path_factory):
+    return _reference(tmp_path_factory, "text_tiny.py")
 
 
 def _assert_same_run(a: pathlib.Path, b: pathlib.Path) -> None:
@@ -137,4 +146,17 @@ def test_corrupt_newest_checkpoint_falls_back(reference, tmp_path):
     resumed = _run(tmp_path, cache)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "unreadable" in resumed.stderr and "falling back" in resumed.stderr
+    _assert_same_run(ref_dir, tmp_path)
+
+
+@pytest.mark.parametrize("kill", ["rollout:1", "update:2"])
+def test_text_mode_killed_run_resumes_to_the_same_result(text_reference, tmp_path, kill):
+    """Text mode: sampled deployment and rollouts (keys fold in round and step) resume to
+    the same parameters and metrics."""
+    cache, ref_dir = text_reference
+    killed = _run(tmp_path, cache, kill, config="text_tiny.py")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    resumed = _run(tmp_path, cache, config="text_tiny.py")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from checkpoint" in resumed.stdout
     _assert_same_run(ref_dir, tmp_path)

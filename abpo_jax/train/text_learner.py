@@ -1,0 +1,252 @@
+"""The text-mode policy-gradient step: G sampled completions + the logged one, per token.
+
+One step = one global batch of b logged requests (ppo_epochs = 1, one micro-batch: checked by
+`config.validate`):
+  1. host, before the step: G rollouts per prompt sampled from pi_old = the step's own params
+     (`TextPolicy.sample_batch`, the rollout procedure of `policy.temperature / top_k / top_p /
+     max_think_tokens`, key fold_in(round key, step)); each member's item (trie leaf) and
+     format reward (`losses.format_rewards`, decoded text; 1 without free text);
+  2. jitted: one packed forward of prompt + M = G+1 completions (member 0 the logged completion,
+     the anchor), per-token log pi_theta at temperature 1 (the loss), self-certainty, and the
+     anchor's probability under pi_old's *sampling procedure* (temperature, truncation, trie
+     renormalisation: `procedure.procedure_log_probs`), the SNIPS numerator — the same
+     quantity the log's propensity is under the logging procedure;
+  3. the revised objective per token (`losses.abpo.group_loss`), backward of step 2's forward
+     (`jax.vjp`), AdamW. Forced tokens (a `</think>` appended by the procedure) and padding are
+     not actions: they are outside the loss mask.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from abpo_jax.data.logs import LogRecord
+from abpo_jax.data.pipeline import log_iterator
+from abpo_jax.losses import abpo
+from abpo_jax.sampling import procedure as proc
+from abpo_jax.sampling.group_scoring import packed_attention_mask, token_scores
+from abpo_jax.train.learner import finite_update, featurize
+from abpo_jax.sampling.trie import Trie
+from abpo_jax.train.policy import example_from_record
+from abpo_jax.train.state import ModelSplit
+from abpo_jax.train.text_policy import TextEncoder, TextPolicy, sequence_certainty
+
+
+@dataclasses.dataclass
+class TextBatch:
+    """One global batch of b logged requests with their M = G+1 member completions.
+
+    prompt_tokens / prompt_mask [b, P] (left-padded); tokens / kinds [b, M, N] (member 0 the
+    logged completion); members [b, M] each member's item (candidate index or item id);
+    format_reward [b, M]; sim_reward [b, M] simulated click probability of each member's item
+    (list mode; 0 in catalogue mode); propensity, outcome, target (member-item space, -1
+    unknown), round_certainty, valid [b]; trie: the prompts' candidate tries [b, ...] (list
+    mode) or None (the shared catalogue trie is a constant of the step).
+    """
+    prompt_tokens: Any
+    prompt_mask: Any
+    tokens: Any
+    kinds: Any
+    members: Any
+    format_reward: Any
+    sim_reward: Any
+    propensity: Any
+    outcome: Any
+    target: Any
+    round_certainty: Any
+    valid: Any
+    trie: Any
+
+
+jax.tree_util.register_dataclass(
+    TextBatch, data_fields=[f.name for f in dataclasses.fields(TextBatch)], meta_fields=[])
+
+
+def member_scores(model: Any, prompt_tokens: jax.Array, prompt_mask: jax.Array,
+                  tokens: jax.Array, kinds: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(per-token log pi [b, M, N], self-certainty [b, M, N], the anchor's logits [b, N, V])
+    of M completions per left-padded prompt in one shared-prefix packed pass (layout of
+    `sampling.group_scoring`: prompt, then the M completion blocks, each seeing the prompt and
+    itself causally)."""
+    b, m, n = tokens.shape
+    p = prompt_tokens.shape[1]
+    prompt_mask = prompt_mask.astype(bool)
+    real = kinds != proc.KIND_PAD
+    plen = jnp.sum(prompt_mask, axis=1).astype(jnp.int32)
+    prompt_pos = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0).astype(jnp.int32)
+    comp_pos = jnp.broadcast_to(plen[:, None, None] + jnp.arange(n)[None, None], (b, m, n))
+    seg = jnp.where(real, jnp.arange(1, m + 1)[None, :, None], -1)
+    packed_tokens = jnp.concatenate([prompt_tokens, tokens.reshape(b, m * n)], axis=1)
+    positions = jnp.concatenate([prompt_pos, comp_pos.reshape(b, m * n)], axis=1)
+    segments = jnp.concatenate([jnp.where(prompt_mask, 0, -1), seg.reshape(b, m * n)], axis=1)
+    hidden, _ = model.hidden_states(packed_tokens, positions,
+                                    packed_attention_mask(segments, positions))
+    # Token (j, t) is predicted by the prompt's last slot (left padding: P - 1) for t = 0,
+    # else by its own token t - 1.
+    rows = p + jnp.arange(m)[:, None] * n + jnp.arange(n)[None, :] - 1
+    rows = jnp.where(jnp.arange(n)[None, :] == 0, p - 1, rows).reshape(-1)
+    logits = model.logits_from_hidden(hidden[:, rows]).astype(jnp.float32).reshape(b, m, n, -1)
+    logp, certainty = token_scores(logits, tokens)
+    return jnp.where(real, logp, 0.0), jnp.where(real, certainty, 0.0), logits[:, 0]
+
+
+def make_text_policy_step(split: ModelSplit, tx: optax.GradientTransformation,
+                          settings: abpo.LossSettings, procedure: proc.Procedure, eos_id: int,
+                          shared_trie: Any = None) -> Callable:
+    """Pure text-mode step `(state, frozen, ref_params, batch: TextBatch) -> (state, metrics)`
+    (see the module docstring). `procedure` is pi_old's rollout procedure (the SNIPS
+    numerator); `shared_trie` the catalogue trie (catalogue mode)."""
+
+    def forward(params, frozen, batch):
+        logp, cert, anchor_logits = member_scores(split.merge(params, frozen),
+                                                  batch.prompt_tokens, batch.prompt_mask,
+                                                  batch.tokens, batch.kinds)
+        trie = shared_trie if shared_trie is not None else batch.trie
+        anchor_logq = proc.procedure_log_probs(
+            jax.lax.stop_gradient(anchor_logits), batch.tokens[:, 0], batch.kinds[:, 0], trie,
+            procedure, eos_id)
+        return logp, (cert, anchor_logq)
+
+    def step(state, frozen, ref_params, batch: TextBatch):
+        logp, pullback, (cert, anchor_logq) = jax.vjp(
+            lambda p: forward(p, frozen, batch), state["params"], has_aux=True)
+        old_logp = jax.lax.stop_gradient(logp)
+        if settings.beta != 0.0:
+            ref_logp = jax.lax.stop_gradient(forward(ref_params, frozen, batch)[0])
+        else:
+            ref_logp = old_logp
+        valid = batch.valid.astype(jnp.float32)
+        kinds = batch.kinds
+        loss_mask = ((kinds == proc.KIND_FREE) | (kinds == proc.KIND_ITEM)).astype(jnp.float32)
+        loss_mask = loss_mask * valid[:, None, None]
+        terms = abpo.anchor_terms(
+            settings, outcome=batch.outcome,
+            self_certainty=sequence_certainty(cert[:, 0], kinds[:, 0],
+                                              settings.certainty_tokens),
+            target_prob=jnp.exp(jnp.sum(anchor_logq, axis=-1)), propensity=batch.propensity,
+            mask=valid, round_certainty=batch.round_certainty,
+            stats=state["cert"] if settings.certainty_norm == "running" else None)
+        denominators = abpo.loss_denominators(settings, loss_mask[:, 1:], loss_mask[:, 0])
+
+        def loss_fn(lp):
+            return abpo.group_loss(
+                settings, logp=lp, old_logp=old_logp, ref_logp=ref_logp, mask=loss_mask,
+                members=batch.members, terms=terms, valid=valid, target=batch.target,
+                sim_reward=batch.sim_reward, format_reward=batch.format_reward,
+                denominators=denominators)
+
+        (loss, metrics), g_logp = jax.value_and_grad(loss_fn, has_aux=True)(logp)
+        grads = pullback(g_logp)[0]
+        new_state, finite = finite_update(state, grads, loss, tx)
+        new_state["cert"] = (terms.stats if settings.certainty_norm == "running"
+                             else state["cert"])
+        metrics.update(loss=loss, finite=finite.astype(jnp.float32),
+                       grad_norm=optax.global_norm(grads),
+                       snips_weight=abpo.masked_mean(terms.snips_weight, valid),
+                       completion_tokens=abpo.masked_mean(
+                           jnp.sum(loss_mask[:, 1:], -1), jnp.broadcast_to(
+                               valid[:, None], loss_mask.shape[:2])[:, 1:]))
+        return new_state, metrics
+
+    return step
+
+
+# --- input: logged records -> text batches --------------------------------------------------
+
+
+def featurize_text(record: LogRecord, text: TextEncoder) -> dict[str, np.ndarray]:
+    """One logged request as fixed-shape arrays: the item-mode fields (`learner.featurize`,
+    used by `sft_positive`) plus the left-padded prompt and the logged completion."""
+    out = featurize(record, text.encoder)
+    ex = example_from_record(record)
+    tokens, mask = text.prompts([ex])
+    anchor_t, anchor_k = text.anchor(record, ex)
+    catalogue = text.catalogue_mode
+    out.update({
+        "prompt_tokens": tokens[0], "prompt_mask": mask[0],
+        "anchor_tokens": anchor_t, "anchor_kinds": anchor_k,
+        "anchor_item": np.int32(text.logged_item(record)),
+        "anchor_format": np.float32(text.format_rewards(anchor_t[None], anchor_k[None])[0]),
+        "item_target": np.int32(ex.target if catalogue else ex.target_index),
+        "history": np.asarray(record.context_item_ids, np.int32),
+        "user": np.int64(record.user_id),
+    })
+    if not catalogue:
+        trie = text.tries([ex])
+        out.update(trie_tokens=trie.child_tokens[0], trie_nodes=trie.child_nodes[0],
+                   trie_leaves=trie.leaf_candidate[0])
+    return out
+
+
+def text_log_batches(shards: Sequence[str], text: TextEncoder, *, steps: int, batch_size: int,
+                     seed: int, num_records: int) -> Iterator[dict]:
+    """This process's share of `steps` global batches of a round's log (grain, checkpointable)."""
+    per_epoch = max(num_records // batch_size, 1)
+    return iter(log_iterator(
+        list(shards), batch_size=batch_size // jax.process_count(), seed=seed,
+        featurize=lambda record: featurize_text(record, text),
+        num_epochs=max(1, math.ceil(steps / per_epoch))))
+
+
+def text_batch(host: dict, policy: TextPolicy, params: Any, key: jax.Array,
+               procedure: proc.Procedure, num_generations: int) -> TextBatch:
+    """A featurized host batch + G rollouts sampled from `params` (pi_old) -> :class:`TextBatch`
+    (host numpy; the learner places it)."""
+    text = policy.text
+    b = len(host["exposed"])
+    samples = _sample_prompts(policy, params, host, key, procedure, num_generations)
+    tokens = np.concatenate([host["anchor_tokens"][:, None], samples.tokens], axis=1)
+    kinds = np.concatenate([host["anchor_kinds"][:, None], samples.kinds], axis=1)
+    members = np.concatenate([host["anchor_item"][:, None], samples.candidate], axis=1)
+    fmt = np.concatenate([host["anchor_format"][:, None],
+                          text.format_rewards(samples.tokens, samples.kinds)], axis=1)
+    if text.catalogue_mode:
+        sim = np.zeros(members.shape, np.float32)
+        trie = None
+    else:
+        sim = np.take_along_axis(np.asarray(host["sim_reward"], np.float32), members, axis=1)
+        trie = Trie(child_tokens=host["trie_tokens"], child_nodes=host["trie_nodes"],
+                    leaf_candidate=host["trie_leaves"])
+    return TextBatch(
+        prompt_tokens=host["prompt_tokens"], prompt_mask=host["prompt_mask"], tokens=tokens,
+        kinds=kinds, members=members.astype(np.int32), format_reward=fmt.astype(np.float32),
+        sim_reward=sim, propensity=host["propensity"], outcome=host["outcome"],
+        target=host["item_target"], round_certainty=host["round_certainty"],
+        valid=np.ones(b, np.float32), trie=trie)
+
+
+def _sample_prompts(policy: TextPolicy, params: Any, host: dict, key: jax.Array,
+                    procedure: proc.Procedure, g: int) -> proc.TextSamples:
+    """G rollouts per prompt of a host batch, with the batch's own prompt tokens and tries."""
+    text = policy.text
+    trie = (text.shared_trie if text.catalogue_mode else
+            Trie(child_tokens=host["trie_tokens"], child_nodes=host["trie_nodes"],
+                 leaf_candidate=host["trie_leaves"]))
+    return policy.sample_prompts(params, host["prompt_tokens"], host["prompt_mask"], trie, key,
+                                 procedure, g)
+
+
+@dataclasses.dataclass
+class TextUpdate:
+    """What the learner needs for text-mode policy-gradient updates: the step and the
+    per-step rollout batches (`Learner.text`)."""
+
+    policy: TextPolicy
+    procedure: proc.Procedure     # pi_old's rollout procedure
+
+    def make_step(self, tx: optax.GradientTransformation, settings: abpo.LossSettings
+                  ) -> Callable:
+        text = self.policy.text
+        return make_text_policy_step(self.policy.split, tx, settings, self.procedure,
+                                     text.eos_id, text.shared_trie)
+
+    def batch(self, host: dict, params: Any, key: jax.Array, num_generations: int
+              ) -> TextBatch:
+        return text_batch(host, self.policy, params, key, self.procedure, num_generations)
