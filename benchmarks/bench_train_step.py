@@ -28,6 +28,11 @@ outside the token embedding and LM head, d = hidden size, V = vocabulary,
     useful = step: with ppo_epochs = 1 the pi_old values are the gradient forward's own (the
     peer, written the usual way, spends one more F_fwd on a separate no-grad pi_old pass)
 
+The "two-pass (before)" rows (`--config.bench.train_two_pass`, on in configs/bench.py) run
+the step as it was before the single-pass change (`make_policy_step(single_pass=False)`: a
+separate no-grad pi_old pass, one more F_fwd counted in all passes but not in useful), so
+before and after come from one run on one machine.
+
 (LoRA: the backward skips the weight gradients, so its forward + backward counts 2, not 3.)
 Attention score FLOPs are not counted. `flop_fraction` = useful / step_s / peak, with `peak`
 the float32 matmul FLOP/s measured in the same run (best of 5 [2048 x 2048] @ [2048 x 2048]).
@@ -64,7 +69,8 @@ def _options(config) -> dict:
     quick = bool(bench.get("quick", False))
     return {"quick": quick, "steps": int(bench.get("train_steps", 1 if quick else 2)),
             "peer": bool(bench.get("train_peer", True)),
-            "peer_steps": int(bench.get("train_peer_steps", 1))}
+            "peer_steps": int(bench.get("train_peer_steps", 1)),
+            "two_pass": bool(bench.get("train_two_pass", False))}
 
 
 def _tokens(s: Sizes, vocab: int, seed: int = 0):
@@ -107,16 +113,18 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n ** 3 / best
 
 
-def step_flops(mc, s: Sizes, beta: float, lora: bool) -> tuple[float, float]:
-    """(all FLOPs, useful FLOPs) of one step by the module docstring's formula."""
+def step_flops(mc, s: Sizes, beta: float, lora: bool, two_pass: bool = False
+               ) -> tuple[float, float]:
+    """(all FLOPs, useful FLOPs) of one step by the module docstring's formula (`two_pass`:
+    the separate pi_old pass is run, and counted in "all" but not in "useful")."""
     d, v = mc.hidden_size, mc.vocab_size
     per_layer = (d * mc.num_heads * mc.head_dim * 2 + d * mc.num_kv_heads * mc.head_dim * 2
                  + 3 * d * mc.intermediate_size)
     n = mc.num_layers * per_layer
     fwd = 2 * n * s.B * (s.P + s.C * s.L) + 2 * d * v * s.B * s.C * s.L
     train = 2 if lora else 3
-    total = fwd * ((1 if beta != 0 else 0) + train)   # single pass: no separate pi_old
-    return float(total), float(total)
+    useful = fwd * ((1 if beta != 0 else 0) + train)   # single pass: no separate pi_old
+    return float(useful + (fwd if two_pass else 0)), float(useful)
 
 
 def _model(quick: bool, mesh):
@@ -137,7 +145,8 @@ def _settings(config, s: Sizes):
     return LossSettings.from_config(config.loss).replace(certainty_norm="batch")
 
 
-def _ours(config, s: Sizes, lora_rank: int, steps: int, quick: bool) -> dict:
+def _ours(config, s: Sizes, lora_rank: int, steps: int, quick: bool,
+          two_pass: bool = False) -> dict:
     from flax import nnx
 
     from abpo_jax.models import lora
@@ -159,7 +168,8 @@ def _ours(config, s: Sizes, lora_rank: int, steps: int, quick: bool) -> dict:
     tx = st.make_optimizer(config, 1e-4, 100)
     state = init_step_state(params, st.init_opt_state(tx, params, mesh))
     ref = jax.tree.map(jnp.copy, params)
-    fn = jax.jit(make_policy_step(split, tx, settings), donate_argnums=0)
+    fn = jax.jit(make_policy_step(split, tx, settings, single_pass=not two_pass),
+                 donate_argnums=0)
     prompts, comps = _tokens(s, mc.vocab_size)
     batch = _batch(s, prompts, comps)
     key = jax.random.key(0)
@@ -174,7 +184,7 @@ def _ours(config, s: Sizes, lora_rank: int, steps: int, quick: bool) -> dict:
             state, m = fn(state, frozen, ref, batch, key)
         jax.block_until_ready(m)
     step_s = (time.perf_counter() - t0) / steps
-    total, useful = step_flops(mc, s, settings.beta, bool(lora_rank))
+    total, useful = step_flops(mc, s, settings.beta, bool(lora_rank), two_pass)
     return {"weights": weights, "mc": mc, "step_s": step_s, "first_s": first_s, "load_s": load_s,
             "loss": first_loss, "flops": total, "useful": useful, "settings": settings,
             "prompts": prompts, "comps": comps, "batch": batch, "key": key,
@@ -251,11 +261,13 @@ def run(config) -> list[dict]:
     peak = matmul_peak()
     name = "tiny" if opts["quick"] else "smollm2"
     rows = []
-    for rank in (8, 0):
-        res = _ours(config, s, rank, opts["steps"], opts["quick"])
+    variants = [(8, False), (0, False)] + ([(8, True), (0, True)] if opts["two_pass"] else [])
+    for rank, two_pass in variants:
+        res = _ours(config, s, rank, opts["steps"], opts["quick"], two_pass)
         tokens = s.B * (s.P + s.C * s.L)
+        label = ("lora r8" if rank else "full") + (" two-pass (before)" if two_pass else "")
         row = {
-            "benchmark": f"train_step {name} {'lora r8' if rank else 'full'}",
+            "benchmark": f"train_step {name} {label}",
             "metric": "groups/s", "ours": s.B / res["step_s"], "peer": None,
             "peer_name": None, "ratio": None,
             "step_s": res["step_s"], "tokens_per_s": tokens / res["step_s"],
@@ -269,7 +281,7 @@ def run(config) -> list[dict]:
                       f"{res['useful'] / res['step_s'] / peak:.0%} of {peak / 1e9:.0f} GFLOP/s; "
                       f"{res['trainable']:,} trainable"),
         }
-        if rank == 0 and opts["peer"]:
+        if rank == 0 and not two_pass and opts["peer"]:
             peer = _peer(config, s, res, opts["peer_steps"])
             row.update(peer=s.B / peer["step_s"],
                        peer_name="transformers+torch (per-sequence)",

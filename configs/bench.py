@@ -21,4 +21,5 @@ def get_config():
     c.bench.train_steps = 2     # bench_train_step: timed steps after the first (compiling) one
     c.bench.train_peer = True   # bench_train_step: race the transformers+torch step
     c.bench.train_peer_steps = 1
+    c.bench.train_two_pass = True   # bench_train_step: also the step before single-pass (before/after)
     return c
