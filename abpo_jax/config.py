@@ -429,6 +429,11 @@ def _check_policy_mode(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("config.loss.rewards contains 'simulator', which catalogue mode cannot "
                           "give (the log carries the click probability of the exposed item "
                           "only); drop it or use config.policy.candidates='list'")
+    found_m, model = _lookup(config, "model")
+    if (policy.get("candidates") == "catalogue" and policy.get("item_text") == "title"
+            and found_m and model.get("source") == "tiny"):
+        raise ConfigError("config.policy.item_text='title' needs a pretrained model: the tiny "
+                          "decoder's vocabulary is the item ids (config.model.source='tiny')")
     found_t, t = _lookup(config, "train")
     if text and found_t and (t.get("ppo_epochs", 1) != 1 or t.get("grad_accum", 1) != 1):
         raise ConfigError("config.train.ppo_epochs and config.train.grad_accum must be 1 with "

@@ -17,7 +17,8 @@ from abpo_jax.eval.metrics import (average_recommendation_popularity, coverage, 
 # Columns of the per-round table, in order (rows may hold more).
 TABLE_COLUMNS = ("hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10", "exposed_share", "kl_exposure",
                  "coverage", "gini", "sim_ctr", "snips_ctr", "snips_bias",
-                 "text_hr@1", "text_ndcg@5")   # text mode: the sibling protocol (sampled)
+                 "text_hr@1", "text_ndcg@5",   # text mode: the sibling protocol (sampled)
+                 "catalogue_hr@10", "catalogue_ndcg@10")   # catalogue mode: beam search
 
 
 def policy_metrics(log_probs: np.ndarray, candidates: np.ndarray, target_index: np.ndarray,

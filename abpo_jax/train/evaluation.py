@@ -15,6 +15,7 @@ import numpy as np
 
 from abpo_jax.data.logs import LogRecord
 from abpo_jax.data.splits import Example
+from abpo_jax.eval.catalogue import catalogue_metrics
 from abpo_jax.eval.evaluate import log_metrics, policy_metrics
 from abpo_jax.eval.text_ranking import ranking_from_samples, text_ranking_metrics
 from abpo_jax.sampling.procedure import Procedure
@@ -39,7 +40,6 @@ class TextEval:
     def metrics(self, k: int, params: Any, examples: Sequence[Example], ks: Sequence[int],
                 desc: str) -> dict:
         if self.policy.text.catalogue_mode:
-            from abpo_jax.eval.catalogue import catalogue_metrics  # TODO(helper B) hoist
             items = self.policy.beam_items(params, examples, self.beam, desc)
             return catalogue_metrics(items, np.array([e.target for e in examples]),
                                      [x for x in ks if x <= self.beam])
@@ -81,13 +81,15 @@ class Evaluator:
         if self.text is not None:
             row.update(self.text.metrics(k, params, self.test_examples, self.ks,
                                          f"eval-text r{k} {method}"))
-        if records is not None:
+        catalogue = self.text is not None and self.text.policy.text.catalogue_mode
+        if records is not None and not catalogue:   # catalogue logs hold no candidate list
             rlp = self.policy.log_probs(params, [example_from_record(r) for r in records],
                                         f"eval-log r{k} {method}")
             outcome = np.array([r.outcome for r in records])
             row.update(log_metrics(rlp, np.array([r.exposed_index for r in records]),
                                    np.array([r.propensity for r in records]), outcome,
                                    np.stack([record_click_probs(r) for r in records])))
-            row["log_ctr"] = float(np.mean(outcome))
+        if records is not None:
+            row["log_ctr"] = float(np.mean([r.outcome for r in records]))
         row.update(train or {})
         return row

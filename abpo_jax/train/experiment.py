@@ -22,6 +22,7 @@ from abpo_jax.train import state as st
 from abpo_jax.config import ConfigError
 from abpo_jax.train.checkpoint import Checkpointer, Layout, checkpoint_dir, prepare_run_dir
 from abpo_jax.train.distributed import barrier, on_main_process
+from abpo_jax.data.catalogue import catalogue_completion_ids
 from abpo_jax.train.evaluation import Evaluator, TextEval
 from abpo_jax.train.learner import Learner
 from abpo_jax.train.outputs import MetricsWriter
@@ -155,7 +156,8 @@ def build(config: Any, devices: Sequence[jax.Device] | None = None,
     tokenizer = load_tokenizer(config.model.source, config.model.path, data.short_ids)
     catalogue = config.policy.mode == "text" and config.policy.candidates == "catalogue"
     encoder = Encoder(tokenizer, inter.item_titles, data.short_ids, prompt_style(config),
-                      bool(d.show_ratings), candidates_in_prompt=not catalogue)
+                      bool(d.show_ratings), candidates_in_prompt=not catalogue,
+                      item_text=config.policy.item_text)
     encoder.fit(test_examples + [e for r in round_examples for e in r] + sft_examples)
     model = build_model(config, int(tokenizer.vocab_size), mesh, streams)
     split, init_params, frozen = st.place_model(model, config, mesh)
@@ -196,7 +198,6 @@ def build_text(config: Any, encoder: Encoder, tokenizer: Any, inter: Any,
     procedure (at `policy.logging_temperature`)."""
     sequences = None
     if catalogue:
-        from abpo_jax.data.catalogue import catalogue_completion_ids  # TODO(helper B) hoist
         sequences = catalogue_completion_ids(tokenizer, inter.item_titles, short_ids,
                                              config.policy.item_text)
         max_item = max(len(x) for x in sequences)

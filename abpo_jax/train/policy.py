@@ -59,14 +59,16 @@ class Encoder:
     style: str
     show_ratings: bool
     candidates_in_prompt: bool = True   # False: catalogue mode (the prompt shows the history only)
+    item_text: str = "id"               # catalogue mode: items named by id | title in the prompt
     prompt_len: int = 0
     completion_len: int = 0
     num_candidates: int = 0
 
     def prompt_ids(self, example: Example) -> list[int]:
-        extra = {} if self.candidates_in_prompt else {"candidates": False}  # TODO(helper B)
         messages = render_messages(example, self.titles, self.short_ids,
-                                   show_ratings=self.show_ratings, style=self.style, **extra)
+                                   show_ratings=self.show_ratings, style=self.style,
+                                   candidates=self.candidates_in_prompt,
+                                   item_text=self.item_text)
         out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         return list(self.tokenizer.encode(out) if isinstance(out, str) else out)
 

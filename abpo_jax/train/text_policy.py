@@ -31,6 +31,7 @@ from abpo_jax.data.splits import Example
 from abpo_jax.losses.format_rewards import format_reward
 from abpo_jax.sampling import procedure as proc
 from abpo_jax.sampling import trie as trie_lib
+from abpo_jax.sampling.beam import BeamParams, beam_search
 from abpo_jax.sampling.generate import left_pad
 from abpo_jax.sim.logging_policy import COMPLETION_KINDS, COMPLETION_TOKENS
 from abpo_jax.train.outputs import progress
@@ -198,6 +199,27 @@ class TextPolicy:
                                     num_samples)
             parts.append(jax.tree.map(lambda x: x[:real], out))
         return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+
+
+    def beam_items(self, params: Any, examples: Sequence[Example], beam: int, desc: str
+                   ) -> np.ndarray:
+        """Catalogue mode: the K = `beam` items of constrained beam search per request [N, K],
+        best first (MiniOneRec's evaluation: length_penalty 0, the sequence log-prob)."""
+        bs, parts = self.batch_size, []
+        params_b = BeamParams(num_beams=beam, max_new_tokens=self.text.procedure.max_item_tokens)
+        chunks = range(0, len(examples), bs)
+        model = self.split.merge(params, self.frozen)
+        for i in progress(chunks, desc, total=len(chunks), enabled=self.show_progress):
+            chunk = list(examples[i:i + bs])
+            real = len(chunk)
+            chunk += [chunk[-1]] * (bs - real)
+            tokens, mask = self.text.prompts(chunk)
+            put = lambda x: jax.device_put(np.asarray(x), self.batch_sharding)  # noqa: E731
+            with jax.set_mesh(self.mesh):
+                out = beam_search(model, put(tokens), put(mask), self.text.shared_trie,
+                                  params_b, self.text.eos_id)
+            parts.append(np.asarray(out.items)[:real])
+        return np.concatenate(parts)
 
 
 def sequence_certainty(certainty: np.ndarray | jax.Array, kinds: np.ndarray | jax.Array,

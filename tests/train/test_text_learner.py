@@ -26,7 +26,8 @@ from abpo_jax.train.learner import init_step_state
 from abpo_jax.train.text_learner import TextBatch, make_text_policy_step
 
 V, EOS, B, G, C = 40, 3, 4, 3, 3
-N = 4            # completion slots: [1, item, 2, eos]
+ITEM_LEN = 4     # item slots: [1, item, 2, eos]
+THINK = [7, 4]   # think variant: one free token (7) and a forced close (4) before the item
 TEMP = 0.7
 
 
@@ -45,18 +46,22 @@ def _setup():
     return config, mesh, model, split, params, frozen
 
 
-def _batch(rng):
+def _batch(rng, think: bool):
     prompts = [list(rng.integers(5, V, size=rng.integers(2, 6))) for _ in range(B)]
     cand_items = [rng.choice(np.arange(5, V), C, replace=False) for _ in range(B)]
     cands = [[[1, int(c), 2, EOS] for c in items] for items in cand_items]
     members = rng.integers(0, C, (B, G + 1)).astype(np.int32)
-    tokens = np.array([[cands[b][m] for m in members[b]] for b in range(B)], np.int32)
+    prefix = THINK if think else []
+    tokens = np.array([[prefix + cands[b][m] for m in members[b]] for b in range(B)], np.int32)
     kinds = np.full(tokens.shape, proc.KIND_ITEM, np.int32)
+    if think:
+        kinds[..., 0], kinds[..., 1] = proc.KIND_FREE, proc.KIND_FORCED
     pt, pm = left_pad(prompts, 8)
-    trie = build_batch_trie(cands, C * N + 2, C)
+    trie = build_batch_trie(cands, C * ITEM_LEN + 2, C)
+    fmt = (rng.integers(0, 3, (B, G + 1)) / 2.0 if think else np.ones((B, G + 1)))
     batch = TextBatch(
         prompt_tokens=pt, prompt_mask=pm, tokens=tokens, kinds=kinds, members=members,
-        format_reward=np.ones((B, G + 1), np.float32),
+        format_reward=fmt.astype(np.float32),
         sim_reward=rng.uniform(0, 1, (B, G + 1)).astype(np.float32),
         propensity=rng.uniform(0.2, 0.7, B).astype(np.float32),
         outcome=np.array([1, 0, 0, 1], np.int32), target=rng.integers(0, C, B).astype(np.int32),
@@ -73,11 +78,20 @@ def _token_logits(model, prompt, completion):
     return logits[0, len(prompt) - 1:-1].astype(jnp.float32)
 
 
-def _procedure_logq(z, completion, cands):
-    """log q of a completion under trie constraint + temperature (numpy, from the prefixes)."""
+def _procedure_logq(z, completion, kinds, cands):
+    """log q of a completion under the procedure (numpy): free tokens from all tokens but eos,
+    forced ones probability 1, the item under the trie of the candidates' prefixes; /T."""
     total = 0.0
+    start = int(np.sum(kinds != proc.KIND_ITEM))
+    item = list(completion[start:])
     for t, tok in enumerate(completion):
-        allowed = {c[t] for c in cands if list(c[:t]) == list(completion[:t])}
+        if kinds[t] == proc.KIND_FORCED:
+            continue
+        if kinds[t] == proc.KIND_FREE:
+            allowed = set(range(V)) - {EOS}
+        else:
+            j = t - start
+            allowed = {c[j] for c in cands if list(c[:j]) == item[:j]}
         zz = np.full(V, -np.inf)
         idx = sorted(allowed)
         zz[idx] = np.asarray(z[t], np.float64)[idx] / TEMP
@@ -93,7 +107,7 @@ def _member_logp(model, batch, prompts):
         lp_b, cert_b = [], []
         for m in range(G + 1):
             z = _token_logits(model, prompts[b], batch.tokens[b, m])
-            logp = jax.nn.log_softmax(z)[jnp.arange(N), batch.tokens[b, m]]
+            logp = jax.nn.log_softmax(z)[jnp.arange(len(z)), batch.tokens[b, m]]
             lp_b.append(logp)
             cert_b.append(jax.nn.logsumexp(z, -1) - z.mean(-1))
         lp.append(jnp.stack(lp_b))
@@ -106,8 +120,8 @@ def _old_terms(old_model, batch, prompts, cands):
     probability under the sampling procedure."""
     old, cert = (np.asarray(x) for x in _member_logp(old_model, batch, prompts))
     pi_old_a = np.array([np.exp(_procedure_logq(np.asarray(_token_logits(
-        old_model, prompts[b], batch.tokens[b, 0])), batch.tokens[b, 0], cands[b]))
-        for b in range(B)])
+        old_model, prompts[b], batch.tokens[b, 0])), batch.tokens[b, 0], batch.kinds[b, 0],
+        cands[b])) for b in range(B)])
     return old, cert, pi_old_a
 
 
@@ -117,29 +131,34 @@ def _reference_loss(settings, model, old_terms, batch, prompts):
     old, cert, pi_old_a = old_terms
     w = pi_old_a / batch.propensity
     w_t = np.clip(w / w.mean(), 0, settings.snips_clip)
+    # the loss counts sampled tokens only: free and item, not the forced close
+    mask = (batch.kinds != proc.KIND_FORCED).astype(np.float32)
     # certainty: item-span mean, batch min-max; u = r+ or -lambda (1 - c)
-    sc = np.asarray(cert[:, 0].mean(-1))
+    item = batch.kinds[:, 0] == proc.KIND_ITEM
+    sc = (cert[:, 0] * item).sum(-1) / item.sum(-1)
     c = (sc - sc.min()) / (sc.max() - sc.min() + 1e-4)
     u = np.where(batch.outcome == 1, settings.positive_reward,
                  -settings.negative_scale * (1 - c))
     v = (w * u).sum() / w.sum()
     names = batch.members == batch.members[:, :1]
-    r = 1.0 + np.where(names, u[:, None], v)                       # format + outcome
+    r = batch.format_reward + np.where(names, u[:, None], v)      # format + outcome
     adv = r - r.mean(-1, keepdims=True)
-    n_tokens = B * (G + 1) * N
+    n_tokens = mask.sum()
     ratio = jnp.exp(lp[:, 1:] - old[:, 1:])
-    pg = -jnp.sum(ratio * adv[:, 1:, None])
-    anchor = -jnp.sum((w_t * adv[:, 0])[:, None] * lp[:, 0])
+    pg = -jnp.sum(ratio * adv[:, 1:, None] * mask[:, 1:])
+    anchor = -jnp.sum((w_t * adv[:, 0])[:, None] * lp[:, 0] * mask[:, 0])
     return (pg + anchor) / n_tokens   # KL = 0: pi_ref = pi_theta
 
 
-@pytest.mark.parametrize("beta", [0.0, 0.04])
-def test_text_step_equals_per_token_reference(beta):
+@pytest.mark.parametrize("beta,think", [(0.0, False), (0.04, True)])
+def test_text_step_equals_per_token_reference(beta, think):
     config, mesh, model, split, params, frozen = _setup()
     config.loss.beta = beta
     settings = LossSettings.from_config(config.loss)
-    batch, prompts, cands = _batch(np.random.default_rng(0))
-    procedure = proc.Procedure(temperature=TEMP, max_item_tokens=N)
+    batch, prompts, cands = _batch(np.random.default_rng(0), think)
+    procedure = proc.Procedure(temperature=TEMP, max_item_tokens=ITEM_LEN,
+                               max_think_tokens=1 if think else 0,
+                               think_close=(THINK[1],) if think else ())
     tx = st.make_optimizer(config, 0.1, 10)
     state = init_step_state(params, st.init_opt_state(tx, params, mesh))
     ref = jax.tree.map(jnp.copy, params)
