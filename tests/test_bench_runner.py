@@ -16,7 +16,7 @@ def _config(tmp_path, only=""):
 
 def test_shipped_benchmarks_are_discovered_and_expose_run():
     found = bench.discover()
-    assert {"scoring", "sampling", "losses", "pipeline", "train_step"} <= set(found)
+    assert {"scoring", "sampling", "losses", "pipeline", "train_step", "beam"} <= set(found)
     for path in found.values():
         assert "def run(" in path.read_text()
     with pytest.raises(SystemExit, match="unknown benchmark"):
@@ -47,7 +47,8 @@ EXTRA: list = []  # extra overrides (none: the shipped defaults)
 
 def test_quick_train_step_json(tmp_path):
     """`abpo-jax bench --quick`: CI-sized, one JSON record whose train_step rows carry the peer,
-    the same loss on both sides, the measured matmul peak and the FLOP fraction."""
+    the same loss on both sides, the measured matmul peak and the FLOP fraction, and whose
+    catalogue beam-search row races HF generate and returns the same items."""
     import os
     import subprocess
     import sys
@@ -63,6 +64,14 @@ def test_quick_train_step_json(tmp_path):
     record = json.loads(path.read_text())
     assert record["quick"] and not record["failures"]
     rows = {r["benchmark"]: r for r in record["rows"]}
+    beam = rows.pop("catalogue_beam_search tiny")
+    assert set(bench.COLUMNS) <= set(beam) and beam["metric"] == "s/prompt"
+    assert beam["ours"] > 0 and beam["peer"] > 0 and beam["ratio"] > 0
+    assert beam["peer_name"].startswith("hf generate")
+    # same weights, prompts and trie: the same K items, in order, valid, with the same scores
+    assert beam["items_agree"] == 1.0 and beam["valid_items"] == 1.0
+    assert beam["max_score_diff"] <= 1e-4
+    assert rows.pop("catalogue_beam_search_compile tiny")["ours"] > 0
     assert set(rows) == {"train_step tiny lora r8", "train_step tiny full"}
     for r in rows.values():
         assert set(bench.COLUMNS) <= set(r)
