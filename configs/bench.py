@@ -21,5 +21,8 @@ def get_config():
     c.bench.train_steps = 2     # bench_train_step: timed steps after the first (compiling) one
     c.bench.train_peer = True   # bench_train_step: race the transformers+torch step
     c.bench.train_peer_steps = 1
+    c.bench.beam_num_prompts = 4  # bench_beam: prompts searched (SmolLM2 over the ML-1M catalogue)
+    c.bench.beam_item_text = "title"  # bench_beam: the catalogue's completions: title | id
+    c.bench.beam_width = 10     # bench_beam: K (eval.beam's default)
     c.bench.train_two_pass = True   # bench_train_step: also the step before single-pass (before/after)
     return c

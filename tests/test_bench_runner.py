@@ -72,11 +72,17 @@ def test_quick_train_step_json(tmp_path):
     assert beam["items_agree"] == 1.0 and beam["valid_items"] == 1.0
     assert beam["max_score_diff"] <= 1e-4
     assert rows.pop("catalogue_beam_search_compile tiny")["ours"] > 0
-    assert set(rows) == {"train_step tiny lora r8", "train_step tiny full"}
+    assert set(rows) == {"train_step tiny lora r8", "train_step tiny full",
+                         "train_step tiny lora r8 two-pass (before)",
+                         "train_step tiny full two-pass (before)"}
     for r in rows.values():
         assert set(bench.COLUMNS) <= set(r)
         assert r["matmul_peak"] > 0 and 0 < r["flop_fraction"] <= r["flop_fraction_all_passes"]
         assert r["step_s"] > 0 and r["ours"] > 0
+    # the two-pass step runs one more forward than it needs: counted in all passes only
+    before = rows["train_step tiny full two-pass (before)"]
+    assert before["step_flops"] > before["useful_flops"] == rows["train_step tiny full"][
+        "useful_flops"]
     full = rows["train_step tiny full"]
     assert full["peer_name"].startswith("transformers") and full["ratio"] > 0
     assert full["loss_abs_diff"] <= 1e-4 * max(1.0, abs(full["loss"]))

@@ -22,7 +22,7 @@ from abpo_jax.train import state as st
 from abpo_jax.config import ConfigError
 from abpo_jax.train.checkpoint import Checkpointer, Layout, checkpoint_dir, prepare_run_dir
 from abpo_jax.train.distributed import barrier, on_main_process
-from abpo_jax.data.catalogue import catalogue_completion_ids
+from abpo_jax.data.catalogue import catalogue_completion_ids, catalogue_titles
 from abpo_jax.train.evaluation import Evaluator, TextEval
 from abpo_jax.train.learner import Learner
 from abpo_jax.train.outputs import MetricsWriter
@@ -155,7 +155,10 @@ def build(config: Any, devices: Sequence[jax.Device] | None = None,
     from abpo_jax.models.tokenizer import load_tokenizer
     tokenizer = load_tokenizer(config.model.source, config.model.path, data.short_ids)
     catalogue = config.policy.mode == "text" and config.policy.candidates == "catalogue"
-    encoder = Encoder(tokenizer, inter.item_titles, data.short_ids, prompt_style(config),
+    # catalogue mode names items by their unique catalogue titles (repeats renamed) in the
+    # prompt's history as in the completions
+    titles = catalogue_titles(inter.item_titles) if catalogue else inter.item_titles
+    encoder = Encoder(tokenizer, titles, data.short_ids, prompt_style(config),
                       bool(d.show_ratings), candidates_in_prompt=not catalogue,
                       item_text=config.policy.item_text)
     encoder.fit(test_examples + [e for r in round_examples for e in r] + sft_examples)

@@ -10,7 +10,8 @@ from helpers import tiny_run_config
 def _config(tmp_path):
     c = tiny_run_config(tmp_path / "study_run", methods=("abpo", "grpo", "no_update"))
     c.study.seeds = 2
-    c.study.conditions = ("base:", "t2:policy.logging_temperature=2")
+    # a condition may switch the action space: t2 is text mode logging at temperature 2
+    c.study.conditions = ("base:", "t2:policy.logging_temperature=2,policy.mode=text")
     return validate(c)
 
 
@@ -19,7 +20,9 @@ def test_study_end_to_end_and_resume(tmp_path, capsys):
     study = runner.main(config)
     out = tmp_path / "study_run" / "study"
     assert set(study["conditions"]) == {"base", "t2"}
-    assert study["conditions"]["t2"]["overrides"] == {"policy.logging_temperature": 2}
+    assert study["conditions"]["t2"]["overrides"] == {"policy.logging_temperature": 2,
+                                                      "policy.mode": "text"}
+    assert "text_ndcg@5" in study["conditions"]["t2"]["summary"]["abpo"]
     cells = sorted(p.parent.name + "/" + p.name for p in (out / "cells").glob("*/*"))
     assert cells == ["base/seed_0", "base/seed_1", "t2/seed_0", "t2/seed_1"]
     saved = json.loads((out / "study.json").read_text())
