@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ast
 import importlib
-import importlib.util
 import pathlib
 import sys
 import textwrap
@@ -142,10 +141,8 @@ def command_help(command: str, config_file: str | None = None) -> str:
                     if ln.strip().startswith("abpo-jax")]
         if examples:
             lines += ["", "run (from the config's docstring):"] + [f"  {ln}" for ln in examples]
-        spec = importlib.util.spec_from_file_location(f"_abpo_help_{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        config = module.get_config()
+        from abpo_jax.config import from_file
+        config = from_file(path)
     except Exception as e:  # help must not die on a broken config file; say why instead
         lines += ["", f"(cannot read the config's fields: {type(e).__name__}: {e})"]
         return "\n".join(lines)

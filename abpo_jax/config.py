@@ -8,6 +8,7 @@ error naming the field and the allowed values.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import pathlib
 from typing import Any, Callable
@@ -347,6 +348,16 @@ TUPLE_CHOICES: dict[str, tuple[str, ...]] = {
     "loss.format_rewards": ("tag_presence", "tag_count", "only_expected_tags"),
     "gee.strategies": ("full-ctr", "partial-ctr", "random-ctr", "no-drop", "explore-exploit"),
 }
+
+
+def from_file(path: str | pathlib.Path) -> ml_collections.ConfigDict:
+    """`get_config()` of a config file (configs/ are files, not a package: a config starts
+    from another with `from_file(pathlib.Path(__file__).with_name("tiny.py"))`)."""
+    path = pathlib.Path(path)
+    spec = importlib.util.spec_from_file_location(f"abpo_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def _lookup(config: ml_collections.ConfigDict, path: str) -> tuple[bool, Any]:

@@ -10,16 +10,13 @@ generated under a trie of all 3,706 titles; evaluation is constrained beam searc
 (catalogue_hr@K / catalogue_ndcg@K). Shows the real LLM in catalogue mode, not a result.
 """
 
-import importlib.util
 import pathlib
+
+from abpo_jax.config import from_file
 
 
 def get_config():
-    path = pathlib.Path(__file__).with_name("text_smollm2.py")
-    spec = importlib.util.spec_from_file_location("config_text_smollm2", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    c = from_file(pathlib.Path(__file__).with_name("text_smollm2.py"))
     c.run_dir = "runs/catalogue_smollm2"
     c.policy.candidates = "catalogue"
     c.policy.item_text = "title"

@@ -13,16 +13,13 @@ logged item, so GRPO's group rewards are nearly constant there; ABPO's anchor ca
 logged outcome into every group.
 """
 
-import importlib.util
 import pathlib
+
+from abpo_jax.config import from_file
 
 
 def get_config():
-    path = pathlib.Path(__file__).with_name("text_tiny.py")
-    spec = importlib.util.spec_from_file_location("config_text_tiny", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    c = from_file(pathlib.Path(__file__).with_name("text_tiny.py"))
     c.run_dir = "runs/catalogue_tiny"
     c.policy.candidates = "catalogue"
     c.eval.beam = 10

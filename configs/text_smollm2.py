@@ -13,16 +13,13 @@ the whole completion's probability under the procedure (top-k 50, temperature 1)
 real LLM through text mode, not a result.
 """
 
-import importlib.util
 import pathlib
+
+from abpo_jax.config import from_file
 
 
 def get_config():
-    path = pathlib.Path(__file__).with_name("demo.py")
-    spec = importlib.util.spec_from_file_location("config_demo", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    c = from_file(pathlib.Path(__file__).with_name("demo.py"))
     del c["demo"]
     c.run_dir = "runs/text_smollm2"
     c.policy.mode = "text"

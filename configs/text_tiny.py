@@ -13,16 +13,13 @@ ranking of the same model. The tiny item-token vocabulary has no words, so no fr
 (`configs/text_smollm2.py` thinks first).
 """
 
-import importlib.util
 import pathlib
+
+from abpo_jax.config import from_file
 
 
 def get_config():
-    path = pathlib.Path(__file__).with_name("tiny.py")
-    spec = importlib.util.spec_from_file_location("config_tiny", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    c = from_file(pathlib.Path(__file__).with_name("tiny.py"))
     c.run_dir = "runs/text_tiny"
     c.policy.mode = "text"
     c.policy.top_k = 0

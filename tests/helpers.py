@@ -1,17 +1,18 @@
 """Shared test helpers."""
-import importlib.util
+import functools
 import pathlib
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def load_config(name: str):
     """`get_config()` of `configs/<name>` (the files are not a package)."""
-    path = ROOT / "configs" / name
-    spec = importlib.util.spec_from_file_location(f"config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    from abpo_jax.config import from_file
+    return from_file(ROOT / "configs" / name)
 
 
 def tiny_run_config(run_dir, methods=("abpo", "no_update")):
@@ -38,3 +39,18 @@ def tiny_run_config(run_dir, methods=("abpo", "no_update")):
     c.eval.batch_size = 16
     c.outputs.progress = False
     return c
+
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _causal(graphdef, state, tokens):
+    t = tokens.shape[1]
+    logits, _ = nnx.merge(graphdef, state)(tokens, jnp.arange(t)[None],
+                                            jnp.tril(jnp.ones((t, t), bool))[None])
+    return logits
+
+
+def causal_logits(model, tokens):
+    """No-cache causal logits [B, T, V] of whole token sequences (no padding): the plain
+    reference the samplers and scorers are checked against (jitted once per model shape)."""
+    return _causal(*nnx.split(model), jnp.asarray(tokens))

@@ -1,6 +1,5 @@
 """Constrained beam search: brute-force enumeration, ordering, and HF `generate(num_beams=K)`."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +12,7 @@ from abpo_jax.models.decoder import Decoder
 from abpo_jax.sampling import beam as beam_lib
 from abpo_jax.sampling import trie as trie_lib
 from abpo_jax.sampling.generate import left_pad
+from helpers import causal_logits
 
 V = 48
 EOS = 2
@@ -42,20 +42,12 @@ def model():
     return Decoder(ModelConfig.tiny(V), rngs=nnx.Rngs(3))
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _forward(graphdef, state, tokens):
-    t = tokens.shape[1]
-    logits, _ = nnx.merge(graphdef, state)(tokens, jnp.arange(t)[None],
-                                            jnp.tril(jnp.ones((t, t), bool))[None])
-    return logits
-
-
 def _sequence_logprob(model, prompt, completion) -> float:
     """Teacher-forced log pi(completion | prompt), no cache, float64 log-softmax."""
     seq = list(prompt) + list(completion)
     tokens = np.zeros((1, 16), np.int32)
     tokens[0, :len(seq)] = seq
-    z = np.asarray(_forward(*nnx.split(model), tokens)[0], np.float64)
+    z = np.asarray(causal_logits(model, tokens)[0], np.float64)
     total = 0.0
     for i, tok in enumerate(completion):
         row = z[len(prompt) - 1 + i]

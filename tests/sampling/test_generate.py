@@ -1,6 +1,5 @@
 """KV-cache sampler vs no-cache teacher-forced references, trie constraint, HF logits warpers."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +12,7 @@ from abpo_jax.models.decoder import Decoder
 from abpo_jax.sampling import generate as gen
 from abpo_jax.sampling import group_scoring as gs
 from abpo_jax.sampling import trie as trie_lib
+from helpers import causal_logits
 
 V = 48
 EOS = 2
@@ -23,19 +23,11 @@ def model():
     return Decoder(ModelConfig.tiny(V), rngs=nnx.Rngs(1))
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _forward(graphdef, state, tokens):
-    t = tokens.shape[1]
-    logits, _ = nnx.merge(graphdef, state)(tokens, jnp.arange(t)[None],
-                                            jnp.tril(jnp.ones((t, t), bool))[None])
-    return logits
-
-
 def _full_logits(model, seq, pad_to=16):
     """No-cache causal logits [T, V] of one sequence (right padding cannot affect them)."""
     tokens = np.zeros((1, pad_to), np.int32)
     tokens[0, :len(seq)] = seq
-    return np.asarray(_forward(*nnx.split(model), tokens)[0, :len(seq)], np.float64)
+    return np.asarray(causal_logits(model, tokens)[0, :len(seq)], np.float64)
 
 
 def _log_softmax(z):

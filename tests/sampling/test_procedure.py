@@ -2,7 +2,6 @@
 sampling frequencies under truncation, forced close, greedy vs a no-cache reference loop."""
 
 import dataclasses
-import functools
 import re
 
 import jax
@@ -17,6 +16,7 @@ from abpo_jax.models.decoder import Decoder
 from abpo_jax.sampling import generate as gen
 from abpo_jax.sampling import procedure as pr
 from abpo_jax.sampling import trie as trie_lib
+from helpers import causal_logits
 
 V = 48
 EOS = 2
@@ -31,14 +31,6 @@ def model():
     return Decoder(ModelConfig.tiny(V), rngs=nnx.Rngs(1))
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _forward(graphdef, state, tokens):
-    t = tokens.shape[1]
-    logits, _ = nnx.merge(graphdef, state)(tokens, jnp.arange(t)[None],
-                                            jnp.tril(jnp.ones((t, t), bool))[None])
-    return logits
-
-
 def _teacher_logits(model, prompts, completions, n):
     """No-cache causal logits [R, n, V] predicting each completion token (right padding after a
     sequence cannot change its causal logits; slots past a completion are never used)."""
@@ -47,7 +39,7 @@ def _teacher_logits(model, prompts, completions, n):
     tokens = np.zeros((len(prompts), width), np.int32)
     for i, (p, c) in enumerate(zip(prompts, completions)):
         tokens[i, :len(p) + len(c)] = list(p) + list(c)
-    full = np.asarray(_forward(*nnx.split(model), jnp.asarray(tokens)), np.float64)
+    full = np.asarray(causal_logits(model, jnp.asarray(tokens)), np.float64)
     idx = np.array([[len(p) - 1 + t for t in range(n)] for p in prompts])
     return np.take_along_axis(full, idx[:, :, None], axis=1)
 
