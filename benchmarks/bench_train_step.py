@@ -127,14 +127,18 @@ def step_flops(mc, s: Sizes, beta: float, lora: bool, two_pass: bool = False
     return float(useful + (fwd if two_pass else 0)), float(useful)
 
 
-def _model(quick: bool, mesh):
+def _model(config, quick: bool, mesh):
+    """SmolLM2 (or the --quick tiny Llama) with `config.model`'s compute settings (dtype,
+    layer scan, remat, attention), as a run builds it."""
     from abpo_jax.models.loaders import load_smollm2
+    from abpo_jax.train.experiment import model_overrides
+    overrides = model_overrides(config.model)
     if not quick:
-        return load_smollm2(mesh=mesh)
+        return load_smollm2(mesh=mesh, **overrides)
     from abpo_jax.models.config import ModelConfig
     from abpo_jax.models.decoder import create_sharded_model
     mc = ModelConfig.tiny(512, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
-                          intermediate_size=128)
+                          intermediate_size=128, **overrides)
     return create_sharded_model(mc, mesh), mc
 
 
@@ -158,7 +162,7 @@ def _ours(config, s: Sizes, lora_rank: int, steps: int, quick: bool,
     settings = _settings(config, s)
     mesh = st.build_mesh(config)
     t_load = time.perf_counter()
-    model, mc = _model(quick, mesh)
+    model, mc = _model(config, quick, mesh)
     if lora_rank:
         lora.apply_lora(model, lora_rank, 16.0, ("q_proj", "v_proj"), rngs=nnx.Rngs(0),
                         mesh=mesh)

@@ -304,15 +304,15 @@ def featurize(record: LogRecord, encoder: Encoder) -> dict[str, np.ndarray]:
     }
 
 
-def log_batches(shards: Sequence[str], encoder: Encoder, *, steps: int, batch_size: int,
-                seed: int, num_records: int) -> Iterator[dict]:
-    """This process's share of `steps` global batches of a round's log (grain iterator,
-    checkpointable; reshuffled every epoch)."""
+def log_batches(shards: Sequence[str], featurize_record: Callable[[LogRecord], dict], *,
+                steps: int, batch_size: int, seed: int, num_records: int) -> Iterator[dict]:
+    """This process's share of `steps` global batches of a round's log, each record through
+    `featurize_record` (:func:`featurize`, or text mode's `featurize_text`); grain iterator,
+    checkpointable, reshuffled every epoch."""
     per_epoch = max(num_records // batch_size, 1)
     return iter(log_iterator(
         list(shards), batch_size=batch_size // jax.process_count(), seed=seed,
-        featurize=lambda record: featurize(record, encoder),
-        num_epochs=max(1, math.ceil(steps / per_epoch))))
+        featurize=featurize_record, num_epochs=max(1, math.ceil(steps / per_epoch))))
 
 
 def rl_batch(b: dict) -> RLBatch:

@@ -34,10 +34,10 @@ from abpo_jax.eval.evaluate import TABLE_COLUMNS
 from abpo_jax.train.checkpoint import ResumeInputError, Restored, RunState
 from abpo_jax.train.distributed import initialize_distributed
 from abpo_jax.train.experiment import Experiment, build, frozen_policies
-from abpo_jax.train.learner import log_batches
+from abpo_jax.train.learner import featurize, log_batches
 from abpo_jax.train.outputs import is_main_process, plot_metrics, print_table
 from abpo_jax.train.rollout import round_path
-from abpo_jax.train.text_learner import text_log_batches
+from abpo_jax.train.text_learner import featurize_text
 
 
 def _copy(tree: Any) -> Any:
@@ -47,12 +47,9 @@ def _copy(tree: Any) -> Any:
 def round_batches(exp: Experiment, k: int, method: str):
     """The grain iterator over `method`'s committed round-k log (fresh or to restore into)."""
     roundlog = log_store.open_round(round_path(exp.rollout.logs_root, method, k))
-    if exp.text is not None:
-        return text_log_batches([str(p) for p in roundlog.shard_paths], exp.text,
-                                steps=exp.learner.update_steps(),
-                                batch_size=int(exp.config.train.batch_size),
-                                seed=exp.streams.log_shuffle(k), num_records=len(roundlog))
-    return log_batches([str(p) for p in roundlog.shard_paths], exp.encoder,
+    featurize_record = ((lambda r: featurize_text(r, exp.text)) if exp.text is not None
+                        else (lambda r: featurize(r, exp.encoder)))
+    return log_batches([str(p) for p in roundlog.shard_paths], featurize_record,
                        steps=exp.learner.update_steps(),
                        batch_size=int(exp.config.train.batch_size),
                        seed=exp.streams.log_shuffle(k), num_records=len(roundlog))

@@ -19,8 +19,7 @@ One step = one global batch of b logged requests (ppo_epochs = 1, one micro-batc
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +27,6 @@ import numpy as np
 import optax
 
 from abpo_jax.data.logs import LogRecord
-from abpo_jax.data.pipeline import log_iterator
 from abpo_jax.losses import abpo
 from abpo_jax.sampling import procedure as proc
 from abpo_jax.sampling.group_scoring import packed_attention_mask, token_scores
@@ -183,16 +181,6 @@ def featurize_text(record: LogRecord, text: TextEncoder) -> dict[str, np.ndarray
         out.update(trie_tokens=trie.child_tokens[0], trie_nodes=trie.child_nodes[0],
                    trie_leaves=trie.leaf_candidate[0])
     return out
-
-
-def text_log_batches(shards: Sequence[str], text: TextEncoder, *, steps: int, batch_size: int,
-                     seed: int, num_records: int) -> Iterator[dict]:
-    """This process's share of `steps` global batches of a round's log (grain, checkpointable)."""
-    per_epoch = max(num_records // batch_size, 1)
-    return iter(log_iterator(
-        list(shards), batch_size=batch_size // jax.process_count(), seed=seed,
-        featurize=lambda record: featurize_text(record, text),
-        num_epochs=max(1, math.ceil(steps / per_epoch))))
 
 
 def text_batch(host: dict, policy: TextPolicy, params: Any, key: jax.Array,
