@@ -149,7 +149,7 @@ def test_corrupt_newest_checkpoint_falls_back(reference, tmp_path):
     _assert_same_run(ref_dir, tmp_path)
 
 
-@pytest.mark.parametrize("kill", ["rollout:1", "update:2"])
+@pytest.mark.parametrize("kill", ["update:2"])   # mid-update: its round log was sampled
 def test_text_mode_killed_run_resumes_to_the_same_result(text_reference, tmp_path, kill):
     """Text mode: sampled deployment and rollouts (keys fold in round and step) resume to
     the same parameters and metrics."""

@@ -27,8 +27,23 @@ def test_rng_streams_keep_the_historical_seeds():
                                   jax.random.key_data(want))
 
 
-def test_text_mode_is_rejected_at_validation():
+@pytest.mark.parametrize("fields,message", [
+    ({"policy.candidates": "catalogue"}, r"policy\.candidates='catalogue' needs config\.policy\.mode='text'"),
+    ({"policy.mode": "text", "policy.logging_popularity": 1.0}, r"logging_popularity=1\.0 is item mode only"),
+    ({"policy.mode": "text", "train.ppo_epochs": 2}, r"ppo_epochs and config\.train\.grad_accum must be 1"),
+    ({"policy.mode": "text", "policy.candidates": "catalogue",
+      "loss.rewards": ("format", "simulator")}, r"contains 'simulator', which catalogue mode"),
+    ({"policy.mode": "text", "policy.candidates": "catalogue", "policy.item_text": "title",
+      "model.source": "tiny"}, r"item_text='title' needs a pretrained model"),
+    ({"policy.mode": "text", "policy.top_p": 0.0}, r"config\.policy\.top_p=0\.0 is out of range"),
+])
+def test_text_mode_combinations_that_are_not_defined_fail_naming_the_field(fields, message):
     c = base_config()
-    c.policy.mode = "text"
-    with pytest.raises(ConfigError, match="config.policy.mode='text' is not allowed"):
+    for path, value in fields.items():
+        section, name = path.split(".")
+        c[section][name] = value
+    with pytest.raises(ConfigError, match=message):
         validate(c)
+    c = base_config()
+    c.policy.mode, c.policy.candidates = "text", "catalogue"
+    validate(c)   # the defined combination passes
