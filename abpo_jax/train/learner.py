@@ -373,25 +373,20 @@ class Learner:
                                                          self.mesh))
 
     def _jit(self, name: str, make: Callable[[], Callable], state: dict, num_batch_args: int,
-             with_ref: bool = False) -> Callable:
+             with_ref: bool = False, batch_sharding: NamedSharding | None = None,
+             with_key: bool | None = None) -> Callable:
+        """The jitted step `name`: (state, frozen[, ref params], batch args...[, key]) with
+        explicit shardings, the state donated; batch args on the micro-batch sharding unless
+        `batch_sharding` is given; a replicated key last when `with_key` (default: with_ref)."""
         if name not in self.compiled:
             sh = jax.tree.map(lambda x: x.sharding, state)
             ins = [sh, jax.tree.map(lambda x: x.sharding, self.frozen)]
             if with_ref:
                 ins.append(jax.tree.map(lambda x: x.sharding, state["params"]))
-            ins += [self.micro_sharding] * num_batch_args
-            if with_ref:
+            ins += [batch_sharding or self.micro_sharding] * num_batch_args
+            if with_ref if with_key is None else with_key:
                 ins.append(self.replicated)
             self.compiled[name] = jax.jit(make(), in_shardings=tuple(ins),
-                                          out_shardings=(sh, self.replicated), donate_argnums=0)
-        return self.compiled[name]
-
-    def _jit_text(self, name: str, make: Callable[[], Callable], state: dict) -> Callable:
-        if name not in self.compiled:
-            sh = jax.tree.map(lambda x: x.sharding, state)
-            ins = (sh, jax.tree.map(lambda x: x.sharding, self.frozen),
-                   jax.tree.map(lambda x: x.sharding, state["params"]), self.batch_rows)
-            self.compiled[name] = jax.jit(make(), in_shardings=ins,
                                           out_shardings=(sh, self.replicated), donate_argnums=0)
         return self.compiled[name]
 
@@ -444,8 +439,8 @@ class Learner:
         text_mode = policy_gradient and self.text is not None
         if text_mode:
             settings = self.settings.replace(**overrides)
-            fn = self._jit_text(f"text:{method}", lambda: self.text.make_step(tx, settings),
-                                state)
+            fn = self._jit(f"text:{method}", lambda: self.text.make_step(tx, settings), state,
+                           1, with_ref=True, batch_sharding=self.batch_rows, with_key=False)
         elif policy_gradient:
             settings = self.settings.replace(**overrides)
             fn = self._jit(f"policy:{method}", lambda: make_policy_step(

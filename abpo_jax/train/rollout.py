@@ -19,6 +19,7 @@ import numpy as np
 from abpo_jax.data import log_store
 from abpo_jax.data.logs import LogRecord
 from abpo_jax.data.splits import Example
+from abpo_jax.losses.abpo import sequence_self_certainty
 from abpo_jax.sampling.procedure import Procedure
 from abpo_jax.sim.logging_policy import (COMPLETION_KINDS, COMPLETION_TOKENS, SampledExposures,
                                          log_round)
@@ -27,7 +28,7 @@ from abpo_jax.train.distributed import barrier
 from abpo_jax.train.outputs import is_main_process
 from abpo_jax.train.faults import kill_point
 from abpo_jax.train.policy import Policy
-from abpo_jax.train.text_policy import TextPolicy, completion_lists, sequence_certainty
+from abpo_jax.train.text_policy import TextPolicy, certainty_mask, completion_lists
 
 
 def round_path(logs_root: pathlib.Path, method: str, k: int) -> pathlib.Path:
@@ -96,8 +97,8 @@ class Rollout:
         sampled = SampledExposures(
             index=index, propensity=np.exp(np.sum(out.logq[:, 0], axis=-1, dtype=np.float64)),
             candidates=candidates,
-            certainty=sequence_certainty(out.self_certainty[:, 0], out.kinds[:, 0],
-                                         self.certainty_on),
+            certainty=np.asarray(sequence_self_certainty(
+                out.self_certainty[:, 0], certainty_mask(out.kinds[:, 0], self.certainty_on))),
             extras=extras)
         if is_main_process():
             log_round(examples, None, self.simulator, round_index=k, seed=self.seed,

@@ -34,7 +34,7 @@ from abpo_jax.train.learner import finite_update, featurize
 from abpo_jax.sampling.trie import Trie
 from abpo_jax.train.policy import example_from_record
 from abpo_jax.train.state import ModelSplit
-from abpo_jax.train.text_policy import TextEncoder, TextPolicy, sequence_certainty
+from abpo_jax.train.text_policy import TextEncoder, TextPolicy, certainty_mask
 
 
 @dataclasses.dataclass
@@ -126,8 +126,8 @@ def make_text_policy_step(split: ModelSplit, tx: optax.GradientTransformation,
         loss_mask = loss_mask * valid[:, None, None]
         terms = abpo.anchor_terms(
             settings, outcome=batch.outcome,
-            self_certainty=sequence_certainty(cert[:, 0], kinds[:, 0],
-                                              settings.certainty_tokens),
+            self_certainty=abpo.sequence_self_certainty(
+                cert[:, 0], certainty_mask(kinds[:, 0], settings.certainty_tokens)),
             target_prob=jnp.exp(jnp.sum(anchor_logq, axis=-1)), propensity=batch.propensity,
             mask=valid, round_certainty=batch.round_certainty,
             stats=state["cert"] if settings.certainty_norm == "running" else None)
@@ -189,36 +189,25 @@ def text_batch(host: dict, policy: TextPolicy, params: Any, key: jax.Array,
     (host numpy; the learner places it)."""
     text = policy.text
     b = len(host["exposed"])
-    samples = _sample_prompts(policy, params, host, key, procedure, num_generations)
+    trie = None if text.catalogue_mode else Trie(child_tokens=host["trie_tokens"],
+                                                 child_nodes=host["trie_nodes"],
+                                                 leaf_candidate=host["trie_leaves"])
+    samples = policy.sample_prompts(params, host["prompt_tokens"], host["prompt_mask"],
+                                    text.shared_trie if trie is None else trie, key, procedure,
+                                    num_generations)
     tokens = np.concatenate([host["anchor_tokens"][:, None], samples.tokens], axis=1)
     kinds = np.concatenate([host["anchor_kinds"][:, None], samples.kinds], axis=1)
     members = np.concatenate([host["anchor_item"][:, None], samples.candidate], axis=1)
     fmt = np.concatenate([host["anchor_format"][:, None],
                           text.format_rewards(samples.tokens, samples.kinds)], axis=1)
-    if text.catalogue_mode:
-        sim = np.zeros(members.shape, np.float32)
-        trie = None
-    else:
-        sim = np.take_along_axis(np.asarray(host["sim_reward"], np.float32), members, axis=1)
-        trie = Trie(child_tokens=host["trie_tokens"], child_nodes=host["trie_nodes"],
-                    leaf_candidate=host["trie_leaves"])
+    sim = (np.zeros(members.shape, np.float32) if text.catalogue_mode else
+           np.take_along_axis(np.asarray(host["sim_reward"], np.float32), members, axis=1))
     return TextBatch(
         prompt_tokens=host["prompt_tokens"], prompt_mask=host["prompt_mask"], tokens=tokens,
         kinds=kinds, members=members.astype(np.int32), format_reward=fmt.astype(np.float32),
         sim_reward=sim, propensity=host["propensity"], outcome=host["outcome"],
         target=host["item_target"], round_certainty=host["round_certainty"],
         valid=np.ones(b, np.float32), trie=trie)
-
-
-def _sample_prompts(policy: TextPolicy, params: Any, host: dict, key: jax.Array,
-                    procedure: proc.Procedure, g: int) -> proc.TextSamples:
-    """G rollouts per prompt of a host batch, with the batch's own prompt tokens and tries."""
-    text = policy.text
-    trie = (text.shared_trie if text.catalogue_mode else
-            Trie(child_tokens=host["trie_tokens"], child_nodes=host["trie_nodes"],
-                 leaf_candidate=host["trie_leaves"]))
-    return policy.sample_prompts(params, host["prompt_tokens"], host["prompt_mask"], trie, key,
-                                 procedure, g)
 
 
 @dataclasses.dataclass

@@ -22,7 +22,6 @@ import dataclasses
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
@@ -98,10 +97,6 @@ class TextEncoder:
     def trie_for(self, examples: Sequence[Example]) -> Any:
         """The trie the sampler and the scorer take for `examples`."""
         return self.shared_trie if self.catalogue_mode else self.tries(examples)
-
-    def member_items(self, examples: Sequence[Example], leaves: np.ndarray) -> np.ndarray:
-        """Trie leaves [B, G] as member items (candidate index or item id; identity)."""
-        return np.asarray(leaves, np.int32)
 
     def logged_item(self, record: LogRecord) -> int:
         """The anchor's member item: its candidate index (list) or its item id (catalogue)."""
@@ -222,12 +217,7 @@ class TextPolicy:
         return np.concatenate(parts)
 
 
-def sequence_certainty(certainty: np.ndarray | jax.Array, kinds: np.ndarray | jax.Array,
-                       on: str) -> Any:
-    """Raw self-certainty of completions [..., N]: the mean SC_t over the item span (`item`)
-    or over every generated token (`completion`) (`loss.certainty_tokens`)."""
-    xp = jnp if isinstance(certainty, jax.Array) else np
-    kinds = xp.asarray(kinds)
-    m = (kinds == proc.KIND_ITEM) if on == "item" else (kinds != proc.KIND_PAD)
-    m = m.astype(xp.float32)
-    return xp.sum(xp.asarray(certainty) * m, -1) / xp.maximum(xp.sum(m, -1), 1.0)
+def certainty_mask(kinds: Any, on: str) -> Any:
+    """The tokens whose self-certainty is averaged (`loss.certainty_tokens`): the item span
+    (`item`) or every generated token (`completion`); numpy or jax [..., N]."""
+    return proc.item_span_mask(kinds) if on == "item" else kinds != proc.KIND_PAD
