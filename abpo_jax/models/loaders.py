@@ -26,6 +26,7 @@ from jax.sharding import Mesh, SingleDeviceSharding
 
 from abpo_jax.config import gguf_problem
 from abpo_jax.models.config import ModelConfig
+from abpo_jax.models import weight_cache as weight_cache_lib
 from abpo_jax.models.decoder import Decoder, unstack_layers_state
 from abpo_jax.models.sharding import Rules, state_shardings
 
@@ -244,6 +245,13 @@ def unpermute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
 
 
 def gguf_config(reader: Any, path: str, **overrides: Any) -> ModelConfig:
+    """The ModelConfig a GGUF file's metadata describes, with `overrides` on top."""
+    return ModelConfig(**{**gguf_fields(reader, path), **overrides})
+
+
+def gguf_fields(reader: Any, path: str) -> dict[str, Any]:
+    """ModelConfig fields from a GGUF file's metadata (plain values: the weight cache stores
+    them beside the tensors)."""
     arch = gguf_field(reader, "general.architecture")
     if arch not in _GGUF_ARCHS:
         raise CheckpointError(f"{path}: GGUF architecture {arch!r} is not supported "
@@ -279,11 +287,10 @@ def gguf_config(reader: Any, path: str, **overrides: Any) -> ModelConfig:
     scaling_type = gguf_field(reader, f"{arch}.rope.scaling.type")
     if scaling_type not in (None, "none"):
         raise CheckpointError(f"{path}: GGUF rope scaling {scaling_type!r} is not supported")
-    kwargs.update(overrides)
-    return ModelConfig(**kwargs)
+    return {k: v.item() if isinstance(v, np.generic) else v for k, v in kwargs.items()}
 
 
-def _gguf_tensors(reader: Any, config: ModelConfig, path: str
+def _gguf_tensors(reader: Any, fields: dict[str, Any], path: str
                   ) -> Iterator[tuple[Path, np.ndarray]]:
     from gguf.quants import dequantize
 
@@ -302,8 +309,8 @@ def _gguf_tensors(reader: Any, config: ModelConfig, path: str
             _, layer, part, kind = name.split(".")
             if part not in _GGUF_NAMES:
                 raise CheckpointError(f"{path}: unexpected GGUF tensor {name!r}")
-            if config.family == "llama" and part in ("attn_q", "attn_k"):
-                heads = config.num_heads if part == "attn_q" else config.num_kv_heads
+            if fields["family"] == "llama" and part in ("attn_q", "attn_k"):
+                heads = fields["num_heads"] if part == "attn_q" else fields["num_kv_heads"]
                 w = unpermute_rope_rows(w, heads)
             module = _GGUF_NAMES[part]
             if len(module) == 1:
@@ -320,8 +327,14 @@ def _gguf_tensors(reader: Any, config: ModelConfig, path: str
 
 def load_gguf(path: str | os.PathLike, mesh: Mesh | None = None, rules: Rules | None = None,
               dtype: Any = None, param_dtype: Any = None, reader: Any = None,
-              **config_overrides: Any) -> tuple[Decoder, ModelConfig]:
-    """Load a llama/qwen2 GGUF file (any quantisation `gguf` can dequantize) into a Decoder."""
+              weight_cache: str | None = "", **config_overrides: Any
+              ) -> tuple[Decoder, ModelConfig]:
+    """Load a llama/qwen2 GGUF file (any quantisation `gguf` can dequantize) into a Decoder.
+
+    The dequantized tensors are kept in `weight_cache` (a `model.weight_cache_dir` value: "" the
+    user cache, "off" none; `models/weight_cache.py`), so the next load of the file skips
+    dequantizing.
+    """
     import gguf
 
     path = str(path)
@@ -332,9 +345,17 @@ def load_gguf(path: str | os.PathLike, mesh: Mesh | None = None, rules: Rules | 
             raise CheckpointError(f"{path}: {problem}" + (
                 "; pickle-based weights (.bin/.pt) are refused"
                 if pathlib.Path(path).suffix in PICKLE_SUFFIXES else ""))
-    reader = reader or gguf.GGUFReader(path)
-    config = gguf_config(reader, path, **_dtype_overrides(dtype, param_dtype), **config_overrides)
-    model = place_weights(config, _gguf_tensors(reader, config, path), path, mesh, rules)
+
+    def read() -> tuple[dict[str, Any], Iterator[tuple[Path, np.ndarray]]]:
+        # Parsing the metadata (the tokenizer's vocabulary: ~150k fields) takes seconds,
+        # so a cache hit skips the reader as well as the dequantizing.
+        r = reader or gguf.GGUFReader(path)
+        fields = gguf_fields(r, path)
+        return fields, _gguf_tensors(r, fields, path)
+
+    fields, tensors = weight_cache_lib.cached_checkpoint(path, read, weight_cache, kind="weights")
+    config = ModelConfig(**{**fields, **_dtype_overrides(dtype, param_dtype), **config_overrides})
+    model = place_weights(config, tensors, path, mesh, rules)
     return model, config
 
 
@@ -353,21 +374,27 @@ def smollm2_gguf_path() -> str:
 
 
 def load_smollm2(mesh: Mesh | None = None, rules: Rules | None = None, dtype: Any = None,
-                 param_dtype: Any = None, **config_overrides: Any) -> tuple[Decoder, ModelConfig]:
+                 param_dtype: Any = None, weight_cache: str | None = "",
+                 **config_overrides: Any) -> tuple[Decoder, ModelConfig]:
     """The embedded default policy: SmolLM2-135M-Instruct (dequantized Q4_1)."""
-    return load_gguf(smollm2_gguf_path(), mesh, rules, dtype, param_dtype, **config_overrides)
+    return load_gguf(smollm2_gguf_path(), mesh, rules, dtype, param_dtype,
+                     weight_cache=weight_cache, **config_overrides)
 
 
 def load_model(source: str, path: str = "", mesh: Mesh | None = None, rules: Rules | None = None,
-               dtype: Any = None, param_dtype: Any = None,
+               dtype: Any = None, param_dtype: Any = None, weight_cache: str | None = "",
                **config_overrides: Any) -> tuple[Decoder, ModelConfig]:
-    """Dispatch on `config.model.source`: smollm2 | hf | gguf (tiny is built by the caller)."""
+    """Dispatch on `config.model.source`: smollm2 | hf | gguf (tiny is built by the caller).
+
+    `weight_cache` (`model.weight_cache_dir`) applies to GGUF files, whose tensors need
+    dequantizing; safetensors are read as stored."""
     if source == "smollm2":
-        return load_smollm2(mesh, rules, dtype, param_dtype, **config_overrides)
+        return load_smollm2(mesh, rules, dtype, param_dtype, weight_cache, **config_overrides)
     if source == "hf":
         return load_hf_checkpoint(path, mesh, rules, dtype, param_dtype, **config_overrides)
     if source == "gguf":
-        return load_gguf(path, mesh, rules, dtype, param_dtype, **config_overrides)
+        return load_gguf(path, mesh, rules, dtype, param_dtype, weight_cache=weight_cache,
+                         **config_overrides)
     raise ValueError(f"config.model.source={source!r}: loaders handle smollm2, hf, gguf")
 
 

@@ -137,39 +137,59 @@ class Tokenizer:
                    chat_template=template, family=_family_from_template(template))
 
     @classmethod
-    def from_gguf(cls, path: str | os.PathLike, reader: Any = None) -> "Tokenizer":
-        """Byte-level BPE tokenizer rebuilt from GGUF metadata (`tokenizer.ggml.*`)."""
-        import gguf
+    def from_gguf(cls, path: str | os.PathLike, reader: Any = None,
+                  weight_cache: str | None = "") -> "Tokenizer":
+        """Byte-level BPE tokenizer rebuilt from GGUF metadata (`tokenizer.ggml.*`).
 
-        from abpo_jax.models.loaders import gguf_field
+        Parsing the metadata takes seconds, so the built tokenizer (its `tokenizers` JSON and
+        special ids) is kept in `weight_cache` (`model.weight_cache_dir`,
+        `models/weight_cache.py`) beside the file's dequantized weights."""
+        from abpo_jax.models import weight_cache as weight_cache_lib
 
         path = str(path)
-        reader = reader or gguf.GGUFReader(path)
-        kind = gguf_field(reader, "tokenizer.ggml.model")
-        if kind != "gpt2":
-            raise ValueError(f"{path}: GGUF tokenizer.ggml.model={kind!r}; only byte-level BPE "
-                             "('gpt2') is supported")
-        tokens = gguf_field(reader, "tokenizer.ggml.tokens")
-        merges = gguf_field(reader, "tokenizer.ggml.merges") or []
-        types = gguf_field(reader, "tokenizer.ggml.token_type") or [_NORMAL] * len(tokens)
-        vocab = {t: i for i, t in enumerate(tokens)}
-        bpe = models.BPE(vocab=vocab, merges=[tuple(m.split(" ", 1)) for m in merges],
-                         fuse_unk=False, byte_fallback=False)
-        backend = HFTokenizer(bpe)
-        backend.pre_tokenizer = gguf_pre_tokenizer(gguf_field(reader, "tokenizer.ggml.pre"))
-        backend.decoder = decoders.ByteLevel()
-        # Control tokens are special; user-defined ones are matched in text but kept on decode.
-        added = [AddedToken(tokens[i], special=(t == _CONTROL), normalized=False)
-                 for i, t in enumerate(types) if t in (_CONTROL, _USER_DEFINED)]
-        backend.add_tokens(added)
-        eos = gguf_field(reader, "tokenizer.ggml.eos_token_id")
-        if eos is None:
-            raise ValueError(f"{path}: GGUF metadata tokenizer.ggml.eos_token_id is missing")
-        template = gguf_field(reader, "tokenizer.chat_template")
-        return cls(backend, eos_id=int(eos),
-                   pad_id=gguf_field(reader, "tokenizer.ggml.padding_token_id"),
-                   bos_id=gguf_field(reader, "tokenizer.ggml.bos_token_id"),
-                   chat_template=template, family=_family_from_template(template))
+        meta, _ = weight_cache_lib.cached_checkpoint(
+            path, lambda: (_gguf_tokenizer_fields(path, reader), []), weight_cache,
+            kind="tokenizer")
+        template = meta["chat_template"]
+        return cls(HFTokenizer.from_str(meta["backend"]), eos_id=meta["eos_id"],
+                   pad_id=meta["pad_id"], bos_id=meta["bos_id"], chat_template=template,
+                   family=_family_from_template(template))
+
+
+def _gguf_tokenizer_fields(path: str, reader: Any = None) -> dict[str, Any]:
+    """What `Tokenizer.from_gguf` builds from a GGUF file, as JSON-serialisable fields."""
+    import gguf
+
+    from abpo_jax.models.loaders import gguf_field
+
+    reader = reader or gguf.GGUFReader(path)
+    kind = gguf_field(reader, "tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise ValueError(f"{path}: GGUF tokenizer.ggml.model={kind!r}; only byte-level BPE "
+                         "('gpt2') is supported")
+    tokens = gguf_field(reader, "tokenizer.ggml.tokens")
+    merges = gguf_field(reader, "tokenizer.ggml.merges") or []
+    types = gguf_field(reader, "tokenizer.ggml.token_type") or [_NORMAL] * len(tokens)
+    vocab = {t: i for i, t in enumerate(tokens)}
+    bpe = models.BPE(vocab=vocab, merges=[tuple(m.split(" ", 1)) for m in merges],
+                     fuse_unk=False, byte_fallback=False)
+    backend = HFTokenizer(bpe)
+    backend.pre_tokenizer = gguf_pre_tokenizer(gguf_field(reader, "tokenizer.ggml.pre"))
+    backend.decoder = decoders.ByteLevel()
+    # Control tokens are special; user-defined ones are matched in text but kept on decode.
+    added = [AddedToken(tokens[i], special=(t == _CONTROL), normalized=False)
+             for i, t in enumerate(types) if t in (_CONTROL, _USER_DEFINED)]
+    backend.add_tokens(added)
+    eos = gguf_field(reader, "tokenizer.ggml.eos_token_id")
+    if eos is None:
+        raise ValueError(f"{path}: GGUF metadata tokenizer.ggml.eos_token_id is missing")
+
+    def plain(value: Any) -> Any:
+        return None if value is None else int(value)
+    return {"backend": backend.to_str(), "eos_id": int(eos),
+            "pad_id": plain(gguf_field(reader, "tokenizer.ggml.padding_token_id")),
+            "bos_id": plain(gguf_field(reader, "tokenizer.ggml.bos_token_id")),
+            "chat_template": gguf_field(reader, "tokenizer.chat_template")}
 
 
 # --- item-id vocabulary ---------------------------------------------------------------------
@@ -205,10 +225,11 @@ TOKENIZER_SOURCES = ("smollm2", "hf", "gguf", "tiny")
 
 
 def load_tokenizer(source: str, path: str | None = None,
-                   short_ids: Sequence[str] | None = None) -> Tokenizer:
+                   short_ids: Sequence[str] | None = None,
+                   weight_cache: str | None = "") -> Tokenizer:
     """The tokenizer of a `config.model.source`: the bundled SmolLM2 GGUF's (`smollm2`), an HF
-    directory's (`hf`, path), a GGUF file's (`gguf`, path), or the item-id vocabulary over
-    `short_ids` (`tiny`)."""
+    directory's (`hf`, path), a GGUF file's (`gguf`, path; both cached in `weight_cache`), or
+    the item-id vocabulary over `short_ids` (`tiny`)."""
     if source == "tiny":
         if short_ids is None:
             raise ValueError("load_tokenizer: model.source=tiny needs short_ids (the item-id "
@@ -216,13 +237,15 @@ def load_tokenizer(source: str, path: str | None = None,
         return item_tokenizer(short_ids)
     if source == "smollm2":
         from abpo_jax.models.loaders import smollm2_gguf_path  # lazy: loaders pulls in jax
-        return Tokenizer.from_gguf(smollm2_gguf_path())
+        return Tokenizer.from_gguf(smollm2_gguf_path(), weight_cache=weight_cache)
     if source not in TOKENIZER_SOURCES:
         raise ValueError(f"load_tokenizer: model.source={source!r}; expected one of "
                          f"{TOKENIZER_SOURCES}")
     if not path:
         raise ValueError(f"load_tokenizer: model.source={source} needs model.path")
-    return Tokenizer.from_hf_dir(path) if source == "hf" else Tokenizer.from_gguf(path)
+    if source == "hf":
+        return Tokenizer.from_hf_dir(path)
+    return Tokenizer.from_gguf(path, weight_cache=weight_cache)
 
 
 # --- chat formats -----------------------------------------------------------------------------

@@ -276,6 +276,7 @@ CONFIG_FILE = "config.json"
 # Fields that change where or how a run reports, not what it computes: never a mismatch.
 OUTPUT_ONLY_FIELDS = ("run_dir", "checkpoint.resume_mismatch", "outputs.", "distributed.",
                       "study.", "demo.", "train.compile_cache_dir", "train.compile_cache_min_secs",
+                      "model.weight_cache_dir",
                       "recommend.",
                       "logs.dir", "logs.action", "logs.input", "logs.output", "logs.round",
                       "logs.overwrite")

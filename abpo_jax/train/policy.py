@@ -39,8 +39,10 @@ def load_pretrained(config: Any) -> tuple[Any, Any]:
     if source == "tiny":
         raise ValueError("config.model.source=tiny is an untrained item-id model; recommend "
                          "needs smollm2, hf or gguf")
-    model, _ = load_model(source, config.model.path, dtype=config.model.dtype)
-    return model, load_tokenizer(source, config.model.path)
+    model, _ = load_model(source, config.model.path, dtype=config.model.dtype,
+                          weight_cache=config.model.weight_cache_dir)
+    return model, load_tokenizer(source, config.model.path,
+                                 weight_cache=config.model.weight_cache_dir)
 
 
 def prompt_style(config: Any) -> str:

@@ -21,8 +21,29 @@ def smollm2():
     gguf = pytest.importorskip("gguf")
     path = loaders.smollm2_gguf_path()
     reader = gguf.GGUFReader(path)
-    model, config = loaders.load_gguf(path, reader=reader)
+    model, config = loaders.load_gguf(path, reader=reader, weight_cache="off")
     return path, model, config, Tokenizer.from_gguf(path, reader=reader)
+
+
+def _params(model):
+    return {k: np.asarray(v.get_value()) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def test_weight_cache_hit_gives_the_dequantized_weights(smollm2, tmp_path, monkeypatch):
+    """A second load reads the cache (dequantizing is made to fail) and gets bitwise the
+    weights that dequantizing gives (the fixture loaded with the cache off)."""
+    path, model, _, _ = smollm2
+    cache = str(tmp_path / "weights")
+    loaders.load_gguf(path, weight_cache=cache)                       # miss: dequantize, store
+
+    def no_dequantize(*args, **kwargs):
+        raise AssertionError("dequantized again on a cache hit")
+    monkeypatch.setattr(loaders, "_gguf_tensors", no_dequantize)
+    warm, _ = loaders.load_gguf(path, weight_cache=cache)
+    want, got = _params(model), _params(warm)
+    assert got.keys() == want.keys()
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=str(k))
 
 
 def test_config(smollm2):

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from abpo_jax.models import loaders
+from abpo_jax.models import tokenizer as tokenizer_module
 from abpo_jax.models.tokenizer import (ITEM_TAGS, Tokenizer, builtin_chat_format,
                                        item_tokenizer)
 
@@ -21,11 +22,21 @@ STRINGS = [
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-@pytest.fixture(scope="module")
-def smollm2():
+@pytest.fixture(scope="module", params=["built", "cached"])
+def smollm2(request, tmp_path_factory):
+    """The GGUF tokenizer as built from the file's metadata, and as read back from the weight
+    cache (building is made to fail, so it is a hit): both must match transformers."""
     gguf = pytest.importorskip("gguf")
     path = loaders.smollm2_gguf_path()
-    return path, Tokenizer.from_gguf(path, reader=gguf.GGUFReader(path))
+    cache = str(tmp_path_factory.mktemp("weights"))
+    built = Tokenizer.from_gguf(path, reader=gguf.GGUFReader(path), weight_cache=cache)
+    if request.param == "built":
+        return path, built
+    with pytest.MonkeyPatch.context() as mp:
+        def no_build(*args, **kwargs):
+            raise AssertionError("built again on a cache hit")
+        mp.setattr(tokenizer_module, "_gguf_tokenizer_fields", no_build)
+        return path, Tokenizer.from_gguf(path, weight_cache=cache)
 
 
 @pytest.fixture(scope="module")
