@@ -15,7 +15,8 @@ from typing import Any, Callable
 
 import ml_collections
 
-from abpo_jax.models.config import ATTENTION_BACKENDS, ATTENTION_IMPLS, REMAT_POLICIES
+from abpo_jax.models.config import (ATTENTION_BACKENDS, ATTENTION_IMPLS, MATMUL_PRECISIONS,
+                                    REMAT_POLICIES)
 
 
 # Logical axis -> mesh axis (a name, a tuple of names, or None = replicated), in the spirit of
@@ -76,6 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.source = "smollm2"        # smollm2 (embedded GGUF) | hf (safetensors dir) | gguf | tiny
     c.model.path = ""                 # directory or file for hf / gguf
+    c.model.weight_cache_dir = ""     # dequantized GGUF tensors: "" = ~/.cache/abpo_jax/weights; off
     c.model.dtype = "float32"         # compute dtype: float32 | bfloat16
     c.model.param_dtype = "float32"
     c.model.remat = False
@@ -83,6 +85,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.scan_layers = True        # one lax.scan over stacked layers (compiles like 1 layer)
     c.model.attention = "dense"       # dense (reference) | dot_product_attention (jax.nn; fused where available)
     c.model.attention_backend = "auto"  # dot_product_attention implementation: auto | xla | cudnn
+    c.model.matmul_precision = "float32"  # weight matmuls: float32 | bfloat16 (bf16 operands, f32 accumulate)
     c.model.tiny = ml_collections.ConfigDict()   # only for source=tiny (item-id tokens)
     c.model.tiny.hidden = 64
     c.model.tiny.layers = 2
@@ -239,6 +242,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "model.param_dtype": ("float32", "bfloat16"),
     "model.remat_policy": REMAT_POLICIES,
     "model.attention": ATTENTION_IMPLS,
+    "model.matmul_precision": MATMUL_PRECISIONS,
     "model.attention_backend": ATTENTION_BACKENDS,
     "policy.mode": ("item", "text"),
     "policy.candidates": ("list", "catalogue"),

@@ -14,6 +14,7 @@ FAMILIES = ("llama", "qwen2", "gemma3")
 ACTIVATIONS = ("silu", "gelu_tanh")
 LAYER_TYPES = ("full", "sliding")
 ATTENTION_IMPLS = ("dense", "dot_product_attention")
+MATMUL_PRECISIONS = ("float32", "bfloat16")
 ATTENTION_BACKENDS = ("auto", "xla", "cudnn")
 REMAT_POLICIES = ("nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable",
                   "everything_saveable")
@@ -86,6 +87,11 @@ class ModelConfig:
     # attention_backend allows it).
     attention: str = "dense"
     attention_backend: str = "auto"   # auto (jax chooses) | xla | cudnn
+    # The weight matmuls (projections, MLP, LM head), forward and both backward products:
+    # float32 operands (reference), or operands rounded to bfloat16 with float32 accumulation
+    # and output (TPUs' default for float32 dots; AMX / tensor cores run it several times
+    # faster). Activations, norms, softmax, attention scores and parameters stay `dtype`.
+    matmul_precision: str = "float32"
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -102,6 +108,9 @@ class ModelConfig:
         if self.attention != "dense" and self.attn_logit_softcapping:
             raise ValueError("ModelConfig.attention=dot_product_attention has no attention-logit "
                              "soft-capping; use attention='dense' for this model")
+        if self.matmul_precision not in MATMUL_PRECISIONS:
+            raise ValueError(f"ModelConfig.matmul_precision={self.matmul_precision!r}; choose "
+                             f"one of {MATMUL_PRECISIONS}")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"ModelConfig.remat_policy={self.remat_policy!r}; choose one of "
                              f"{REMAT_POLICIES}")

@@ -17,6 +17,7 @@ compute the same function; `stack_layers_state` / `unstack_layers_state` convert
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -132,13 +133,67 @@ class RMSNorm(nnx.Module):
         return (y * (self.offset + self.weight[...].astype(jnp.float32))).astype(x.dtype)
 
 
+# --- mixed-precision weight matmuls (ModelConfig.matmul_precision) ---------------------------
+
+def _bf16_dot(x: Array, w: Array, w_transposed: bool) -> Array:
+    contract = (((x.ndim - 1,), (1 if w_transposed else 0,)), ((), ()))
+    return jax.lax.dot_general(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), contract,
+                               preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def bf16_matmul(x: Array, w: Array, w_transposed: bool = False) -> Array:
+    """x [..., K] @ w [K, N] (or w [N, K] transposed) with bfloat16 operands and float32
+    accumulation and output, in the forward and in both backward products (autodiff of a plain
+    bf16 dot would run the backward's products on the float32 cotangent)."""
+    return _bf16_dot(x, w, w_transposed)
+
+
+def _bf16_matmul_fwd(x: Array, w: Array, w_transposed: bool):
+    x16, w16 = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+    # the residuals are the bf16 operands (half the saved activations' memory) and empty
+    # arrays carrying the primal dtypes (residuals must be arrays)
+    return _bf16_dot(x16, w16, w_transposed), (x16, w16, jnp.zeros((0,), x.dtype),
+                                               jnp.zeros((0,), w.dtype))
+
+
+def _bf16_matmul_bwd(w_transposed: bool, res, g: Array):
+    x16, w16, x_like, w_like = res
+    g16 = g.astype(jnp.bfloat16)
+    f32 = jnp.float32
+    # dx [..., K] = g [..., N] . w^T
+    dx = jax.lax.dot_general(g16, w16, (((g.ndim - 1,), (0 if w_transposed else 1,)), ((), ())),
+                             preferred_element_type=f32)
+    # dw = x^T g over every leading (token) dimension: [K, N], or [N, K] when transposed
+    lead = tuple(range(x16.ndim - 1))
+    if w_transposed:
+        dw = jax.lax.dot_general(g16, x16, ((lead, lead), ((), ())), preferred_element_type=f32)
+    else:
+        dw = jax.lax.dot_general(x16, g16, ((lead, lead), ((), ())), preferred_element_type=f32)
+    return dx.astype(x_like.dtype), dw.astype(w_like.dtype)
+
+
+bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd)
+
+
+def _bf16_dot_general(lhs: Array, rhs: Array, dimension_numbers: Any, precision: Any = None,
+                      preferred_element_type: Any = None, out_sharding: Any = None) -> Array:
+    """`nnx.Linear`'s dot_general (x [..., in] . kernel [in, out]) as `bf16_matmul`."""
+    (lhs_c, rhs_c), (lhs_b, rhs_b) = dimension_numbers
+    if tuple(lhs_c) != (lhs.ndim - 1,) or tuple(rhs_c) != (0,) or lhs_b or rhs_b:
+        raise NotImplementedError(f"bf16 matmul of dimension numbers {dimension_numbers}")
+    out = bf16_matmul(lhs, rhs)
+    return out if out_sharding is None else jax.sharding.reshard(out, out_sharding)
+
+
 def linear(din: int, dout: int, axes: tuple[str, str], config: ModelConfig, rngs: nnx.Rngs,
            bias: bool = False) -> nnx.Linear:
+    extra = {"dot_general": _bf16_dot_general} if config.matmul_precision == "bfloat16" else {}
     return nnx.Linear(
         din, dout, use_bias=bias, dtype=jnp.dtype(config.dtype),
         param_dtype=jnp.dtype(config.param_dtype),
         kernel_init=_partitioned(nnx.initializers.normal(0.02), axes),
-        bias_init=_partitioned(nnx.initializers.zeros, (axes[1],)), rngs=rngs)
+        bias_init=_partitioned(nnx.initializers.zeros, (axes[1],)), rngs=rngs, **extra)
 
 
 class Attention(nnx.Module):
@@ -446,7 +501,9 @@ class Decoder(nnx.Module):
     def logits_from_hidden(self, x: Array) -> Array:
         """LM head (tied or not) and optional final soft-capping; float32 logits."""
         c = self.config
-        if c.tie_embeddings:
+        if c.tie_embeddings and c.matmul_precision == "bfloat16":
+            logits = bf16_matmul(x, self.embed_tokens.embedding[...], True)
+        elif c.tie_embeddings:
             logits = jnp.einsum("btd,vd->btv", x, self.embed_tokens.embedding[...].astype(x.dtype),
                                 preferred_element_type=jnp.float32)
         else:

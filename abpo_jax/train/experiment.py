@@ -72,7 +72,8 @@ def model_overrides(model: Any) -> dict[str, Any]:
     """`ModelConfig` fields set by `config.model` (compute dtypes, remat, layer scan, attention)."""
     return dict(dtype=model.dtype, param_dtype=model.param_dtype, remat=bool(model.remat),
                 remat_policy=model.remat_policy, scan_layers=bool(model.scan_layers),
-                attention=model.attention, attention_backend=model.attention_backend)
+                attention=model.attention, attention_backend=model.attention_backend,
+                matmul_precision=model.matmul_precision)
 
 
 def build_model(config: Any, vocab_size: int, mesh: Any, streams: RngStreams) -> nnx.Module:
@@ -89,7 +90,8 @@ def build_model(config: Any, vocab_size: int, mesh: Any, streams: RngStreams) ->
         model = create_sharded_model(mc, mesh, rngs_seed=streams.model_init)
     else:
         from abpo_jax.models.loaders import load_model
-        model, _ = load_model(c.source, c.path, mesh=mesh, **model_overrides(c))
+        model, _ = load_model(c.source, c.path, mesh=mesh, weight_cache=c.weight_cache_dir,
+                              **model_overrides(c))
     if int(c.lora.rank) > 0:
         from abpo_jax.models import lora
         model = lora.apply_lora(model, int(c.lora.rank), float(c.lora.alpha),
@@ -153,7 +155,8 @@ def build(config: Any, devices: Sequence[jax.Device] | None = None,
 
     # --- tokenizer, model, roles -------------------------------------------------------------
     from abpo_jax.models.tokenizer import load_tokenizer
-    tokenizer = load_tokenizer(config.model.source, config.model.path, data.short_ids)
+    tokenizer = load_tokenizer(config.model.source, config.model.path, data.short_ids,
+                               config.model.weight_cache_dir)
     catalogue = config.policy.mode == "text" and config.policy.candidates == "catalogue"
     # catalogue mode names items by their unique catalogue titles (repeats renamed) in the
     # prompt's history as in the completions
