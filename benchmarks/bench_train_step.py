@@ -33,9 +33,17 @@ the step as it was before the single-pass change (`make_policy_step(single_pass=
 separate no-grad pi_old pass, one more F_fwd counted in all passes but not in useful), so
 before and after come from one run on one machine.
 
+The "bf16-matmul" rows (`--config.bench.train_bf16_matmul`, on in configs/bench.py) run the
+step with `model.matmul_precision=bfloat16` (weight matmuls on bfloat16 operands with float32
+accumulation, forward and backward) and `model.remat=True,
+remat_policy=dots_with_no_batch_dims_saveable` (`FAST`; the row's `model_settings`); their
+`flop_fraction` is against the peak of that matmul measured in the same run
+(`flop_fraction_of_f32_peak` against the float32 one), and their peer runs the torch model under `torch.autocast("cpu", torch.bfloat16)` (its loss differs from ours
+by bf16 rounding, not float tolerance).
+
 (LoRA: the backward skips the weight gradients, so its forward + backward counts 2, not 3.)
 Attention score FLOPs are not counted. `flop_fraction` = useful / step_s / peak, with `peak`
-the float32 matmul FLOP/s measured in the same run (best of 5 [2048 x 2048] @ [2048 x 2048]).
+the row's matmul FLOP/s measured in the same run (best of 5 [2048 x 2048] @ [2048 x 2048]).
 """
 
 from __future__ import annotations
@@ -62,6 +70,10 @@ class Sizes:
 
 
 FULL, QUICK = Sizes(), Sizes(B=2, P=32, C=4, L=6, G=4)
+# The "bf16-matmul" rows' model settings: bf16 operands with float32 accumulation, and per-layer
+# remat that keeps only the weight matmuls' outputs (the scan then stacks far fewer residuals).
+FAST = {"matmul_precision": "bfloat16", "remat": True,
+        "remat_policy": "dots_with_no_batch_dims_saveable"}
 
 
 def _options(config) -> dict:
@@ -70,7 +82,8 @@ def _options(config) -> dict:
     return {"quick": quick, "steps": int(bench.get("train_steps", 1 if quick else 2)),
             "peer": bool(bench.get("train_peer", True)),
             "peer_steps": int(bench.get("train_peer_steps", 1)),
-            "two_pass": bool(bench.get("train_two_pass", False))}
+            "two_pass": bool(bench.get("train_two_pass", False)),
+            "bf16": bool(bench.get("train_bf16_matmul", False))}
 
 
 def _tokens(s: Sizes, vocab: int, seed: int = 0):
@@ -100,10 +113,16 @@ def _batch(s: Sizes, prompts, comps):
     return jax.tree.map(lambda x: np.asarray(x)[None], batch)
 
 
-def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
-    """Best float32 matmul FLOP/s of this backend over `repeats` timed [n, n] @ [n, n]."""
+def matmul_peak(n: int = 2048, repeats: int = 5, precision: str = "float32") -> float:
+    """Best matmul FLOP/s of this backend over `repeats` timed [n, n] @ [n, n]: float32, or
+    (`precision="bfloat16"`) bfloat16 operands accumulated in float32, as the model's
+    `matmul_precision=bfloat16` runs them."""
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
+    if precision == "bfloat16":
+        a = a.astype(jnp.bfloat16)
+        f = jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32))
+    else:
+        f = jax.jit(lambda x: x @ x)
     f(a).block_until_ready()
     best = float("inf")
     for _ in range(repeats):
@@ -134,7 +153,7 @@ def _model(config, quick: bool, mesh):
     from abpo_jax.train.experiment import model_overrides
     overrides = model_overrides(config.model)
     if not quick:
-        return load_smollm2(mesh=mesh, **overrides)
+        return load_smollm2(mesh=mesh, weight_cache=config.model.weight_cache_dir, **overrides)
     from abpo_jax.models.config import ModelConfig
     from abpo_jax.models.decoder import create_sharded_model
     mc = ModelConfig.tiny(512, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -150,7 +169,7 @@ def _settings(config, s: Sizes):
 
 
 def _ours(config, s: Sizes, lora_rank: int, steps: int, quick: bool,
-          two_pass: bool = False) -> dict:
+          two_pass: bool = False, precision: str = "float32") -> dict:
     from flax import nnx
 
     from abpo_jax.models import lora
@@ -159,6 +178,9 @@ def _ours(config, s: Sizes, lora_rank: int, steps: int, quick: bool,
     from abpo_jax.train.learner import init_step_state, make_policy_step
 
     config.model.lora.rank = lora_rank
+    saved = {k: config.model[k] for k in FAST}
+    if precision == "bfloat16":
+        config.model.update(FAST)
     settings = _settings(config, s)
     mesh = st.build_mesh(config)
     t_load = time.perf_counter()
@@ -189,14 +211,19 @@ def _ours(config, s: Sizes, lora_rank: int, steps: int, quick: bool,
         jax.block_until_ready(m)
     step_s = (time.perf_counter() - t0) / steps
     total, useful = step_flops(mc, s, settings.beta, bool(lora_rank), two_pass)
+    config.model.update(saved)
     return {"weights": weights, "mc": mc, "step_s": step_s, "first_s": first_s, "load_s": load_s,
             "loss": first_loss, "flops": total, "useful": useful, "settings": settings,
             "prompts": prompts, "comps": comps, "batch": batch, "key": key,
             "trainable": st.count_params(params)}
 
 
-def _peer(config, s: Sizes, res: dict, steps: int) -> dict:
-    """The torch step (module docstring); returns step time and its first-step loss."""
+def _peer(config, s: Sizes, res: dict, steps: int, bf16: bool = False) -> dict:
+    """The torch step (module docstring); returns step time and its first-step loss. `bf16`:
+    the model passes under `torch.autocast("cpu", torch.bfloat16)` (the peer of ours with
+    `matmul_precision=bfloat16`)."""
+    import contextlib
+
     import torch
     import transformers
 
@@ -222,7 +249,10 @@ def _peer(config, s: Sizes, res: dict, steps: int) -> dict:
 
     def score(model):
         """log pi~ [B, C] and the item-span self-certainty [B, C], one sequence per candidate."""
-        logits = model(input_ids=seqs).logits[:, p_len - 1:-1].float()   # predicts completion
+        cast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with cast:
+            logits = model(input_ids=seqs).logits
+        logits = logits[:, p_len - 1:-1].float()   # predicts the completion
         logp_tok = torch.log_softmax(logits, -1).gather(-1, completion[..., None])[..., 0]
         seq_logp = logp_tok.sum(-1).view(s.B, s.C)
         sc = (torch.logsumexp(logits, -1) - logits.mean(-1)).view(s.B, s.C, s.L)
@@ -259,36 +289,55 @@ def _peer(config, s: Sizes, res: dict, steps: int) -> dict:
 
 
 def run(config) -> list[dict]:
-    """A row per variant (LoRA r8, full); the full row carries the torch peer and FLOPs."""
+    """A row per variant (LoRA r8, full; optionally two-pass and bf16-matmul ones); the full
+    rows carry the torch peer at the same precision, and FLOPs."""
     opts = _options(config)
     s = QUICK if opts["quick"] else FULL
-    peak = matmul_peak()
+    peaks = {"float32": matmul_peak()}
     name = "tiny" if opts["quick"] else "smollm2"
     rows = []
-    variants = [(8, False), (0, False)] + ([(8, True), (0, True)] if opts["two_pass"] else [])
-    for rank, two_pass in variants:
-        res = _ours(config, s, rank, opts["steps"], opts["quick"], two_pass)
+    variants = [(8, False, "float32"), (0, False, "float32")]
+    if opts["two_pass"]:
+        variants += [(8, True, "float32"), (0, True, "float32")]
+    if opts["bf16"]:
+        peaks["bfloat16"] = matmul_peak(precision="bfloat16")
+        variants += [(8, False, "bfloat16"), (0, False, "bfloat16")]
+    for rank, two_pass, precision in variants:
+        res = _ours(config, s, rank, opts["steps"], opts["quick"], two_pass, precision)
         tokens = s.B * (s.P + s.C * s.L)
-        label = ("lora r8" if rank else "full") + (" two-pass (before)" if two_pass else "")
+        label = (("lora r8" if rank else "full") + (" two-pass (before)" if two_pass else "")
+                 + (" bf16-matmul" if precision == "bfloat16" else ""))
+        model_settings = ({k: config.model[k] for k in FAST} if precision == "float32"
+                          else dict(FAST))
+        peak = peaks[precision]
+        to_first = res["load_s"] + max(res["first_s"] - res["step_s"], 0.0)
         row = {
             "benchmark": f"train_step {name} {label}",
             "metric": "groups/s", "ours": s.B / res["step_s"], "peer": None,
-            "peer_name": None, "ratio": None,
+            "peer_name": None, "ratio": None, "matmul_precision": precision,
+            "model_settings": model_settings,
             "step_s": res["step_s"], "tokens_per_s": tokens / res["step_s"],
             "first_step_s": res["first_s"], "load_s": res["load_s"],
+            # model load + compile (or compile-cache load): the wait before the first step runs
+            "to_first_step_s": to_first,
             "step_flops": res["flops"], "useful_flops": res["useful"], "matmul_peak": peak,
+            "matmul_peak_f32": peaks["float32"],
             "flop_fraction": res["useful"] / res["step_s"] / peak,
             "flop_fraction_all_passes": res["flops"] / res["step_s"] / peak,
+            "flop_fraction_of_f32_peak": res["useful"] / res["step_s"] / peaks["float32"],
             "loss": res["loss"], "sizes": dataclasses.asdict(s),
             "notes": (f"{res['step_s']:.3g} s/step, {tokens / res['step_s']:.0f} packed tok/s, "
-                      f"first call incl. compile {res['first_s']:.3g} s, useful "
-                      f"{res['useful'] / res['step_s'] / peak:.0%} of {peak / 1e9:.0f} GFLOP/s; "
+                      f"first call incl. compile {res['first_s']:.3g} s, load + compile "
+                      f"{to_first:.3g} s, useful {res['useful'] / res['step_s'] / peak:.0%} of "
+                      f"{peak / 1e9:.0f} GFLOP/s ({precision} matmul peak); "
                       f"{res['trainable']:,} trainable"),
         }
         if rank == 0 and not two_pass and opts["peer"]:
-            peer = _peer(config, s, res, opts["peer_steps"])
+            bf16 = precision == "bfloat16"
+            peer = _peer(config, s, res, opts["peer_steps"], bf16=bf16)
             row.update(peer=s.B / peer["step_s"],
-                       peer_name="transformers+torch (per-sequence)",
+                       peer_name="transformers+torch (per-sequence" + (
+                           ", autocast bf16)" if bf16 else ")"),
                        ratio=peer["step_s"] / res["step_s"], peer_step_s=peer["step_s"],
                        peer_loss=peer["loss"], loss_abs_diff=abs(peer["loss"] - res["loss"]))
             row["notes"] += (f"; peer {peer['step_s']:.3g} s/step, loss ours {res['loss']:.6g} "

@@ -25,4 +25,5 @@ def get_config():
     c.bench.beam_item_text = "title"  # bench_beam: the catalogue's completions: title | id
     c.bench.beam_width = 10     # bench_beam: K (eval.beam's default)
     c.bench.train_two_pass = True   # bench_train_step: also the step before single-pass (before/after)
+    c.bench.train_bf16_matmul = True  # bench_train_step: also model.matmul_precision=bfloat16 rows
     return c

@@ -74,7 +74,8 @@ def test_quick_train_step_json(tmp_path):
     assert rows.pop("catalogue_beam_search_compile tiny")["ours"] > 0
     assert set(rows) == {"train_step tiny lora r8", "train_step tiny full",
                          "train_step tiny lora r8 two-pass (before)",
-                         "train_step tiny full two-pass (before)"}
+                         "train_step tiny full two-pass (before)",
+                         "train_step tiny lora r8 bf16-matmul", "train_step tiny full bf16-matmul"}
     for r in rows.values():
         assert set(bench.COLUMNS) <= set(r)
         assert r["matmul_peak"] > 0 and 0 < r["flop_fraction"] <= r["flop_fraction_all_passes"]
@@ -86,5 +87,11 @@ def test_quick_train_step_json(tmp_path):
     full = rows["train_step tiny full"]
     assert full["peer_name"].startswith("transformers") and full["ratio"] > 0
     assert full["loss_abs_diff"] <= 1e-4 * max(1.0, abs(full["loss"]))
+    # bf16 matmuls: against their own measured peak, raced by the torch step under autocast
+    mixed = rows["train_step tiny full bf16-matmul"]
+    assert mixed["matmul_precision"] == "bfloat16" and full["matmul_precision"] == "float32"
+    assert mixed["matmul_peak_f32"] == full["matmul_peak"] and mixed["matmul_peak"] > 0
+    assert mixed["peer_name"].endswith("autocast bf16)") and mixed["ratio"] > 0
+    assert mixed["useful_flops"] == full["useful_flops"]
     assert any((tmp_path / "jax_cache").iterdir())   # the run filled its compilation cache
     assert "train_step tiny full" in out.stdout     # and printed the table
