@@ -85,7 +85,9 @@ def main(config: ml_collections.ConfigDict) -> list[dict]:
         "timestamp": stamp,
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                     "jax": jax.__version__, "backend": jax.default_backend(),
-                    "devices": [str(d) for d in jax.devices()]},
+                    "devices": [str(d) for d in jax.devices()],
+                    # huge pages for XLA:CPU's buffers (abpo_jax/host_memory.py) or not
+                    "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")},
         "quick": quick,
         "rows": rows,
         "failures": failures,

@@ -162,6 +162,9 @@ def command_help(command: str, config_file: str | None = None) -> str:
 
 def run(argv: list[str] | None = None) -> None:
     """Console entry point: dispatch `argv[1]` to its command with the parsed config."""
+    if argv is None:    # a process of its own (not a call from Python): huge pages first
+        from abpo_jax import host_memory
+        host_memory.ensure(sys.argv)
     argv = list(sys.argv if argv is None else argv)
     if len(argv) >= 3 and argv[1] == "help" and argv[2] in COMMANDS:   # `abpo-jax help train`
         argv = [argv[0], argv[2], "--help"]
