@@ -80,6 +80,9 @@ def test_quick_train_step_json(tmp_path):
         assert set(bench.COLUMNS) <= set(r)
         assert r["matmul_peak"] > 0 and 0 < r["flop_fraction"] <= r["flop_fraction_all_passes"]
         assert r["step_s"] > 0 and r["ours"] > 0
+        # the wait before the first step: model load + compile (timed apart from the run)
+        assert r["compile_s"] > 0 and r["first_step_s"] > r["compile_s"]
+        assert r["to_first_step_s"] == pytest.approx(r["load_s"] + r["compile_s"])
     # the two-pass step runs one more forward than it needs: counted in all passes only
     before = rows["train_step tiny full two-pass (before)"]
     assert before["step_flops"] > before["useful_flops"] == rows["train_step tiny full"][
