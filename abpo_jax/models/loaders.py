@@ -244,11 +244,6 @@ def unpermute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, out // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def gguf_config(reader: Any, path: str, **overrides: Any) -> ModelConfig:
-    """The ModelConfig a GGUF file's metadata describes, with `overrides` on top."""
-    return ModelConfig(**{**gguf_fields(reader, path), **overrides})
-
-
 def gguf_fields(reader: Any, path: str) -> dict[str, Any]:
     """ModelConfig fields from a GGUF file's metadata (plain values: the weight cache stores
     them beside the tensors)."""
