@@ -4,6 +4,7 @@ import pathlib
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -54,3 +55,22 @@ def causal_logits(model, tokens):
     """No-cache causal logits [B, T, V] of whole token sequences (no padding): the plain
     reference the samplers and scorers are checked against (jitted once per model shape)."""
     return _causal(*nnx.split(model), jnp.asarray(tokens))
+
+
+def matmul_vjp_case(matmul, w_transposed: bool):
+    """Random x [2, 5, 48], w [48, 40] ([40, 48] when `w_transposed`) and cotangent g
+    [2, 5, 40], and `matmul(x, w, w_transposed)`'s (y, dx, dw) there."""
+    kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (2, 5, 48))
+    w = jax.random.normal(kw, (40, 48) if w_transposed else (48, 40))
+    g = jax.random.normal(kg, (2, 5, 40))
+    y, vjp = jax.vjp(lambda a, b: matmul(a, b, w_transposed), x, w)
+    return (x, w, g), (y, *vjp(g))
+
+
+def dense_products(x, w, g, w_transposed: bool):
+    """Float64 NumPy (y, dx, dw) of x [..., K] @ w (w [N, K] when `w_transposed`), cotangent g."""
+    x, w, g = (np.asarray(a, np.float64) for a in (x, w, g))
+    wm = w.T if w_transposed else w                                 # [K, N]
+    dw = x.reshape(-1, x.shape[-1]).T @ g.reshape(-1, g.shape[-1])   # [K, N]
+    return x @ wm, g @ wm.T, dw.T if w_transposed else dw

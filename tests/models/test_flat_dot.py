@@ -9,24 +9,16 @@ import jax
 import jax.numpy as jnp
 
 from abpo_jax.models.decoder import flat_dot
+from helpers import dense_products, matmul_vjp_case
 
 
 @pytest.mark.parametrize("w_transposed", [False, True])
 def test_flat_dot_and_its_gradients_are_the_products(w_transposed):
     """Forward and both gradients against float64 NumPy; float32 accumulation over K = 48
     terms of unit-normal products errs by ~K 2**-24 relative, so 1e-5 of the scale bounds it."""
-    kx, kw, kg = jax.random.split(jax.random.key(0), 3)
-    x = jax.random.normal(kx, (2, 5, 48))
-    w = jax.random.normal(kw, (40, 48) if w_transposed else (48, 40))
-    g = jax.random.normal(kg, (2, 5, 40))
-    y, vjp = jax.vjp(lambda a, b: flat_dot(a, b, w_transposed), x, w)
-    dx, dw = vjp(g)
+    (x, w, g), (y, dx, dw) = matmul_vjp_case(flat_dot, w_transposed)
     assert y.shape == (2, 5, 40) and dx.shape == x.shape and dw.shape == w.shape
-    x64, w64, g64 = (np.asarray(a, np.float64) for a in (x, w, g))
-    wm = w64.T if w_transposed else w64
-    want_dw = np.einsum("btk,btn->kn", x64, g64)
-    for got, want in ((y, x64 @ wm), (dx, g64 @ wm.T),
-                      (dw, want_dw.T if w_transposed else want_dw)):
+    for got, want in zip((y, dx, dw), dense_products(x, w, g, w_transposed)):
         np.testing.assert_allclose(np.asarray(got, np.float64), want,
                                    atol=1e-5 * np.abs(want).max(), rtol=0)
 

@@ -12,6 +12,7 @@ from flax import nnx
 
 from abpo_jax.models.config import ModelConfig
 from abpo_jax.models.decoder import Decoder, bf16_matmul, causal_mask
+from helpers import dense_products, matmul_vjp_case
 
 V = 96
 
@@ -25,25 +26,14 @@ def test_bf16_matmul_and_its_gradients_are_the_rounded_products(w_transposed):
     """Forward and both backward products equal float64 products of the bf16-rounded operands
     (and bf16-rounded cotangent): only the float32 accumulation order differs, ~K 2**-24
     relative, so 1e-5 of the result's scale bounds it."""
-    kx, kw, kg = jax.random.split(jax.random.key(0), 3)
-    x = jax.random.normal(kx, (2, 5, 48))
-    w = jax.random.normal(kw, (40, 48) if w_transposed else (48, 40))
-    g = jax.random.normal(kg, (2, 5, 40))
-    y, vjp = jax.vjp(lambda a, b: bf16_matmul(a, b, w_transposed), x, w)
-    dx, dw = vjp(g)
+    (x, w, g), (y, dx, dw) = matmul_vjp_case(bf16_matmul, w_transposed)
     assert y.dtype == dx.dtype == dw.dtype == jnp.float32
-    xr, wr, gr = _round(x), _round(w), _round(g)
-    wm = wr.T if w_transposed else wr                              # [K, N]
-    want_y = xr @ wm
-    want_dx = gr @ wm.T
-    want_dw = np.einsum("btk,btn->kn", xr, gr)
-    want_dw = want_dw.T if w_transposed else want_dw
+    want_y, want_dx, want_dw = dense_products(_round(x), _round(w), _round(g), w_transposed)
     for got, want in ((y, want_y), (dx, want_dx), (dw, want_dw)):
         np.testing.assert_allclose(np.asarray(got, np.float64), want,
                                    atol=1e-5 * np.abs(want).max(), rtol=0)
     # and they are not the float32 products (the rounding is really there)
-    exact = np.asarray(x, np.float64) @ (np.asarray(w, np.float64).T if w_transposed
-                                         else np.asarray(w, np.float64))
+    exact = dense_products(x, w, g, w_transposed)[0]
     assert np.abs(np.asarray(y) - exact).max() > 1e-4 * np.abs(exact).max()
 
 
