@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -178,20 +179,6 @@ def _bf16_matmul_bwd(w_transposed: bool, res, g: Array):
 bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd)
 
 
-def _check_linear_dims(lhs: Array, dimension_numbers: Any) -> None:
-    (lhs_c, rhs_c), (lhs_b, rhs_b) = dimension_numbers
-    if tuple(lhs_c) != (lhs.ndim - 1,) or tuple(rhs_c) != (0,) or lhs_b or rhs_b:
-        raise NotImplementedError(f"linear of dimension numbers {dimension_numbers}")
-
-
-def _bf16_dot_general(lhs: Array, rhs: Array, dimension_numbers: Any, precision: Any = None,
-                      preferred_element_type: Any = None, out_sharding: Any = None) -> Array:
-    """`nnx.Linear`'s dot_general (x [..., in] . kernel [in, out]) as `bf16_matmul`."""
-    _check_linear_dims(lhs, dimension_numbers)
-    out = bf16_matmul(lhs, rhs)
-    return out if out_sharding is None else jax.sharding.reshard(out, out_sharding)
-
-
 def flat_dot(x: Array, w: Array, w_transposed: bool = False,
              preferred_element_type: Any = None) -> Array:
     """x [..., K] @ w [K, N] (or w [N, K] transposed) as one 2-D product over the flattened
@@ -204,12 +191,23 @@ def flat_dot(x: Array, w: Array, w_transposed: bool = False,
     return out.reshape(*lead, out.shape[-1])
 
 
-def _flat_dot_general(lhs: Array, rhs: Array, dimension_numbers: Any, precision: Any = None,
-                      preferred_element_type: Any = None, out_sharding: Any = None) -> Array:
-    """`nnx.Linear`'s dot_general (x [..., in] . kernel [in, out]) as `flat_dot`."""
-    _check_linear_dims(lhs, dimension_numbers)
-    out = flat_dot(lhs, rhs, preferred_element_type=preferred_element_type)
-    return out if out_sharding is None else jax.sharding.reshard(out, out_sharding)
+def _linear_dot_general(matmul: Callable[[Array, Array, Any], Array]) -> Callable[..., Array]:
+    """`nnx.Linear`'s dot_general (x [..., in] . kernel [in, out]) as
+    `matmul(x, kernel, preferred_element_type)`."""
+    def dot_general(lhs: Array, rhs: Array, dimension_numbers: Any, precision: Any = None,
+                    preferred_element_type: Any = None, out_sharding: Any = None) -> Array:
+        (lhs_c, rhs_c), (lhs_b, rhs_b) = dimension_numbers
+        if tuple(lhs_c) != (lhs.ndim - 1,) or tuple(rhs_c) != (0,) or lhs_b or rhs_b:
+            raise NotImplementedError(f"linear of dimension numbers {dimension_numbers}")
+        out = matmul(lhs, rhs, preferred_element_type)
+        return out if out_sharding is None else jax.sharding.reshard(out, out_sharding)
+    return dot_general
+
+
+# bf16_matmul always accumulates and returns float32
+_bf16_dot_general = _linear_dot_general(lambda x, w, _: bf16_matmul(x, w))
+_flat_dot_general = _linear_dot_general(
+    lambda x, w, out_type: flat_dot(x, w, preferred_element_type=out_type))
 
 
 def linear(din: int, dout: int, axes: tuple[str, str], config: ModelConfig, rngs: nnx.Rngs,
