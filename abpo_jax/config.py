@@ -119,6 +119,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.sim.rejection_score = 11.0      # GEE outside-option score RS (on the 1..10 score scale)
     c.sim.external_ignore = 0.2       # P(no response for an external reason)
     c.sim.cache_dir = ""              # fitted-preference cache (default <run_dir>/sim)
+    c.sim.feedback = "mnl"            # mnl (the fitted MNL simulator above) | replay (real behaviour: y = 1 iff the user consumed the exposed item)
+    c.sim.replay_horizon = 0          # replay: also count the user's next N consumed items as a click
 
     # --- loss (ABPO; GRPO when anchor=off) -------------------------------------------------
     c.loss = ml_collections.ConfigDict()
@@ -168,6 +170,10 @@ def base_config() -> ml_collections.ConfigDict:
     # --- continual rounds ----------------------------------------------------------------
     c.rounds = ml_collections.ConfigDict()
     c.rounds.num_rounds = 3
+    c.rounds.split = "users"          # users (one request per fresh user, data.users_per_round) | events (every interaction event is a request)
+    c.rounds.warm_fraction = 0.5      # events: share of the timeline (by event count) in the warm period
+    c.rounds.requests_per_round = 0   # events: requests sampled from each window (0 = all its events)
+    c.rounds.eval_requests = 2000     # events: requests sampled from the test / next window for held-out metrics (0 = all)
     c.rounds.methods = ("abpo", "abpo_no_snips", "abpo_no_tempering", "abpo_baseline_only",
                         "grpo", "sft_positive", "no_update")
     c.methods = ml_collections.ConfigDict(
@@ -179,6 +185,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.study.seeds = 5                 # seeds seed, seed + 1, ...
     c.study.conditions = ("base:",)   # "name:field=value,field=value" (overrides per condition)
     c.study.report_only = False       # summarize the finished cells only (e.g. of a running study)
+    c.study.workers = 1               # cells run as this many local processes
+    c.study.cell = -1                 # >= 0: run exactly cell K of the grid (SLURM array / k8s indexed Job), no report
     c.rounds.reference = "previous"   # previous (pi_ref = pi_{k-1}) | initial
 
     # --- evaluation ----------------------------------------------------------------------
@@ -248,6 +256,8 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "policy.candidates": ("list", "catalogue"),
     "policy.item_text": ("id", "title"),
     "sim.preference": ("mf", "cooc"),
+    "sim.feedback": ("mnl", "replay"),
+    "rounds.split": ("users", "events"),
     "loss.anchor": ("off", "baseline_only", "full"),
     "loss.snips": ("on", "off"),
     "loss.tempering": ("one", "one_minus_c", "c", "threshold"),
@@ -299,6 +309,12 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eval.beam": _positive,
     "train.ppo_epochs": _positive,
     "study.seeds": _positive,
+    "study.workers": _positive,
+    "study.cell": (lambda v: v >= -1, ">= -1 (-1 = every cell)"),
+    "sim.replay_horizon": _non_negative,
+    "rounds.warm_fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "rounds.requests_per_round": _non_negative,
+    "rounds.eval_requests": _non_negative,
     "train.learning_rate": _non_negative,
     "train.batch_size": _positive,
     "train.grad_accum": _positive,
