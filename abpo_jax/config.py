@@ -45,6 +45,12 @@ METHOD_TABLE: dict[str, tuple[str, dict[str, Any]]] = {
     "abpo_no_tempering": ("policy_gradient", {"tempering": "one"}),
     "abpo_baseline_only": ("policy_gradient", {"anchor": "baseline_only"}),
     "grpo": ("policy_gradient", {"anchor": "off", "tempering": "one"}),  # untempered outcome
+    # BanditNet (Joachims, Swaminathan & de Rijke 2018): the logged action only, weight w~,
+    # advantage y - lambda_b (loss.baseline_value); no rollouts, so no KL either.
+    "banditnet": ("policy_gradient", {"num_generations": 0, "anchor": "full",
+                                      "advantage_baseline": "constant", "rewards": ("outcome",),
+                                      "negative_scale": 0.0, "tempering": "one", "beta": 0.0,
+                                      "snips": "on"}),
     "sft_positive": ("sft_positive", {}),                      # SFT on clicked exposures
     "no_update": ("none", {}),
 }
@@ -130,6 +136,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.snips_clip = 10.0          # w_max
     c.loss.tempering = "one_minus_c"  # one | one_minus_c | c | threshold
     c.loss.tempering_threshold = 0.5  # tau for threshold
+    c.loss.tempering_on = "reward"    # advantage (A <- g(c) A for a no-response's A < 0) | reward (u = -lambda g(c) before the baseline; 2026-12-01 reading)
     c.loss.positive_reward = 1.0      # r+
     c.loss.negative_scale = 1.0       # lambda
     c.loss.certainty_tokens = "item"  # item (item-id span) | completion (all tokens)
@@ -146,6 +153,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.kl_ratio_correction = False  # multiply the per-token KL by the PPO ratio (TRL use_bias_correction_kl)
     c.loss.unobserved_reward = "snips_value"  # outcome of a rollout naming another item: zero | snips_value
     c.loss.anchor_rewards = "all"     # all (same sources as the rollouts) | outcome (anchor: outcome only; ablation)
+    c.loss.importance_ratio = "floored"  # SNIPS w: log (exp(log pi_old - log p), mean by logsumexp) | floored (pi_old / max(p, 1e-6))
+    c.loss.advantage_baseline = "group"  # group (centre on the group's mean) | constant (A = R - baseline_value: BanditNet)
+    c.loss.baseline_value = 0.1       # lambda_b of advantage_baseline=constant
     c.loss.kl_tokens = "rollouts"     # KL normalised over rollout tokens | all (rollouts + anchor; ablation)
     c.loss.format_rewards = ("tag_presence", "tag_count", "only_expected_tags")  # text mode with free text: the format source
     # --- optimisation ---------------------------------------------------------------------
@@ -261,6 +271,9 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "loss.anchor": ("off", "baseline_only", "full"),
     "loss.snips": ("on", "off"),
     "loss.tempering": ("one", "one_minus_c", "c", "threshold"),
+    "loss.tempering_on": ("advantage", "reward"),
+    "loss.importance_ratio": ("log", "floored"),
+    "loss.advantage_baseline": ("group", "constant"),
     "loss.certainty_tokens": ("item", "completion"),
     "loss.certainty_norm": ("batch", "round", "running"),
     "loss.unobserved_reward": ("zero", "snips_value"),
@@ -290,7 +303,8 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.history_len": _positive,
     "data.num_candidates": (lambda v: v >= 2, ">= 2"),
     "data.k_core": _non_negative,
-    "loss.num_generations": _positive,
+    "loss.num_generations": (lambda v: v >= 0, ">= 0 (0 only with loss.anchor='full': the "
+                             "anchor alone, e.g. banditnet)"),
     "loss.snips_clip": _positive,
     "loss.eps": _non_negative,
     "loss.epsilon_low": (lambda v: 0 <= v < 1, "in [0, 1) (the ratio is clipped at 1 - epsilon_low)"),
@@ -496,6 +510,23 @@ def _check_methods(config: ml_collections.ConfigDict) -> None:
             if allowed is not None and value not in allowed:
                 raise ConfigError(f"config.methods.{name}.{field}={value!r} is not allowed; "
                                   "choose one of: " + ", ".join(map(str, allowed)))
+        if name in methods:
+            _check_method_loss(config, name, entry)
+
+
+def _check_method_loss(config: ml_collections.ConfigDict, name: str, entry: Any) -> None:
+    """The loss a policy-gradient method runs (config.loss + its overrides) must be defined."""
+    if entry.get("kind") != "policy_gradient" or "loss" not in config:
+        return
+    loss = {**config.loss.to_dict(), **{k: v for k, v in entry.items() if k != "kind"}}
+    if loss.get("num_generations", 1) == 0:
+        if loss.get("anchor") != "full":
+            raise ConfigError(f"config.methods.{name}: num_generations=0 needs anchor='full' "
+                              "(with no rollouts the anchor is all there is to learn from)")
+        found, mode = _lookup(config, "policy.mode")
+        if found and mode == "text":
+            raise ConfigError(f"config.methods.{name}: num_generations=0 is item mode only "
+                              "(config.policy.mode='text' samples G >= 1 rollouts per prompt)")
 
 
 def method_losses(config: ml_collections.ConfigDict) -> dict[str, tuple[str, dict[str, Any]]]:

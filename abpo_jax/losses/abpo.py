@@ -1,4 +1,5 @@
-"""The ABPO objective (DESIGN.md "ABPO objective", revised 2026-12-01) as small pure functions.
+"""The ABPO objective (DESIGN.md "ABPO objective", revised 2026-12-01 and 2026-12-04) as small
+pure functions.
 
 Per prompt x: G rollouts o_1..o_G ~ pi_old and the anchor o_0 = the logged completion of the
 exposed item a, with outcome y (1 positive, 0 no response) and logged propensity p. Every symbol
@@ -8,14 +9,16 @@ Rewards: one function for every group member, the anchor included (`rewards`):
 
     R(o) = sum_{s in rewards} R_s(o),  s in {format, outcome, ground_truth, simulator}
     format       1 for a well-formed completion (constant in item mode, so it cancels)
-    outcome      u(y, c) for o naming the logged item a (the anchor; rollouts that draw a):
+    outcome      u(y) for o naming the logged item a (the anchor; rollouts that draw a):
                    u = r+                if y = 1          (positive_reward)
-                   u = -lambda g(c)      if y = 0          (negative_scale, tempering)
-                   g in {one, one_minus_c, c, threshold: 1[c < tau]}
+                   u = -lambda           if y = 0          (negative_scale; untempered)
+                 (`tempering_on=reward`, the 2026-12-01 reading kept as an ablation:
+                  u = -lambda g(c) if y = 0, tempered before the baseline)
                  for o naming another item (no outcome observed), `unobserved_reward`:
                    zero         0
                    snips_value  V = sum_j w_j u_j / sum_j w_j over the global batch, the SNIPS
-                                estimate of pi_old's outcome (an unobserved item counts as average)
+                                estimate of pi_old's outcome (an unobserved item counts as average;
+                                u untempered under tempering_on=advantage)
     ground_truth 1[o names the held-out next item] (offline oracle)
     simulator    simulated click probability of o's item (oracle studies)
   `anchor_rewards=outcome` gives the anchor the outcome source only (the pre-revision
@@ -32,9 +35,19 @@ averaged over the item-id tokens or the whole completion (`certainty_tokens`); t
 Advantages over the members M (anchor off: {1..G}; baseline_only and full: {0..G}):
     A_i = R_i - mean_M R                   (std = none, as Dr.GRPO and the authors' sibling code)
     A_i = (R_i - mean_M R) / (std_M + eps) (std = population | bessel)
+    A_i = R_i - lambda_b                   (advantage_baseline = constant: BanditNet's baseline)
+  A group whose rewards are all equal gets A = 0 exactly (not a float mean's rounding error).
 
-SNIPS: w = pi_old(a|x) / max(p, 1e-6);  w~ = clip(w / mean_B w, 0, w_max) (ones when snips off);
-detached, the mean over the global batch.
+Tempering (`tempering_on=advantage`, after centring): for every member whose observed outcome is
+a no-response (the anchor when y = 0, and rollouts naming the logged item)
+    A_i <- g(c) A_i   if A_i < 0,   g in {one, one_minus_c, c, threshold: 1[c < tau]}
+so a penalty shrinks toward 0 as the no-response becomes less reliable and is never turned into
+a reward.
+
+SNIPS (`importance_ratio=log`): log w = log pi_old(a|x) - log p (log p as logged, never a
+floored probability); w~ = clip(exp(log w - log mean_B w), 0, w_max), the batch mean taken with
+logsumexp over the global batch (ones when snips off); detached. `importance_ratio=floored` is
+the pre-2026-12-04 w = pi_old / max(p, 1e-6) (text-mode p fell below the floor).
 
 Loss, rho_it = pi_theta(o_it) / pi_old(o_it):
 
@@ -49,8 +62,13 @@ Loss, rho_it = pi_theta(o_it) / pi_old(o_it):
     sequence's token sum divided by its length), or sequences * max_completion_length
     (constant); N_roll the same over the rollouts.
 
-Invariants (tests/test_losses_*): anchor off with g = one is GRPO and equals TRL's
-`GRPOTrainer` loss; anchor full, snips off, g = one is MiniOneRec's unweighted `add_gt` anchor.
+Invariants (tests/losses/): anchor off with g = one is GRPO and equals TRL's `GRPOTrainer`
+loss; anchor full, snips off, g = one is MiniOneRec's unweighted `add_gt` anchor.
+
+Counterfactual baselines (methods of `config.methods`): `banditnet` is the anchor alone
+(num_generations 0) with the outcome source only, advantage_baseline constant, snips on:
+L = -sum_b w~_b (y_b - lambda_b) log pi_theta(a_b|x_b) / N (Joachims, Swaminathan & de Rijke
+2018); `ips_sft` is SFT on clicked exposures weighted by w~ (:func:`sft_weights`).
 
 Item mode: a member's "tokens" are one action with log pi~(c | x) (T = 1). Everything here is
 jax.numpy, imports nothing of the package, and returns exactly accumulable pieces: pass the
@@ -86,10 +104,14 @@ class LossSettings:
     snips_clip: float
     tempering: str
     tempering_threshold: float
+    tempering_on: str
     positive_reward: float
     negative_scale: float
     unobserved_reward: str
     anchor_rewards: str
+    importance_ratio: str
+    advantage_baseline: str
+    baseline_value: float
     certainty_tokens: str
     certainty_norm: str
     std: str
@@ -214,23 +236,99 @@ TEMPERINGS: dict[str, Callable[[jax.Array, float], jax.Array]] = {
 }
 
 
-def outcome_value(settings: LossSettings, outcome: jax.Array, certainty: jax.Array
-                  ) -> jax.Array:
-    """u(y, c) = r+ if y = 1 else -lambda g(c); outcome [B] in {0, 1}, c [B] in [0, 1]."""
+def no_response_tempering(settings: LossSettings, outcome: jax.Array, certainty: jax.Array
+                          ) -> jax.Array:
+    """g(c) for a no-response (y = 0), 1 for a positive: [B] in [0, 1]. Detached."""
     c = jnp.asarray(certainty, jnp.float32)
     g = TEMPERINGS[settings.tempering](c, settings.tempering_threshold)
-    u = jnp.where(jnp.asarray(outcome) > 0, settings.positive_reward,
-                  -settings.negative_scale * g)
+    return jax.lax.stop_gradient(jnp.where(jnp.asarray(outcome) > 0, 1.0, g).astype(jnp.float32))
+
+
+def outcome_value(settings: LossSettings, outcome: jax.Array, certainty: jax.Array
+                  ) -> jax.Array:
+    """u(y) = r+ if y = 1 else -lambda (tempering_on=advantage: the penalty is tempered after
+    centring), or -lambda g(c) (tempering_on=reward); outcome [B] in {0, 1}, c [B] in [0, 1]."""
+    positive = jnp.asarray(outcome) > 0
+    scale = (no_response_tempering(settings, outcome, certainty)
+             if settings.tempering_on == "reward" else 1.0)
+    u = jnp.where(positive, settings.positive_reward, -settings.negative_scale * scale)
     return jax.lax.stop_gradient(u.astype(jnp.float32))
+
+
+def temper_advantages(advantages: jax.Array, observed: jax.Array, temper: jax.Array
+                      ) -> jax.Array:
+    """A <- t A where an observed member's A < 0 (`tempering_on=advantage`), else A.
+
+    advantages [..., M]; observed [..., M] bool: the member names the logged item (so carries
+    its outcome); temper [...] per row, :func:`no_response_tempering` (g(c) when y = 0, 1 when
+    y = 1). With t in [0, 1] a penalty only shrinks toward 0: its sign never flips.
+    """
+    adv = jnp.asarray(advantages, jnp.float32)
+    scaled = jnp.asarray(temper, jnp.float32)[..., None] * adv
+    return jax.lax.stop_gradient(jnp.where(jnp.asarray(observed, bool) & (adv < 0),
+                                           scaled, adv))
 
 
 def importance_weights(target_prob: jax.Array, propensity: jax.Array,
                        mask: Optional[jax.Array] = None) -> jax.Array:
-    """w = pi_old(a|x) / max(p, 1e-6); 0 on masked rows. Detached."""
+    """w = pi_old(a|x) / max(p, 1e-6); 0 on masked rows. Detached (`importance_ratio=floored`,
+    the pre-2026-12-04 reading; :func:`log_importance_weights` is the default)."""
     target_prob = jnp.asarray(target_prob, jnp.float32)
     m = _mask(mask, target_prob)
     p = jnp.maximum(jnp.asarray(propensity, jnp.float32), PROPENSITY_FLOOR)
     return jax.lax.stop_gradient(jnp.where(m > 0, target_prob / jnp.where(m > 0, p, 1.0), 0.0))
+
+
+def log_importance_weights(target_logp: jax.Array, log_propensity: jax.Array,
+                           mask: Optional[jax.Array] = None) -> jax.Array:
+    """log w = log pi_old(a|x) - log p: a ratio of log-probabilities, finite however small p is
+    (a whole text completion's p is routinely < 1e-10). -inf on masked rows. Detached.
+
+    log p comes from the log in float64; the difference is taken in float32 (the loss's dtype):
+    an absolute error of ~1e-5 nats at |log p| ~ 200, a relative error of 1e-5 in w.
+    """
+    lq = jnp.asarray(target_logp, jnp.float32)
+    m = _mask(mask, lq)
+    lp = jnp.asarray(log_propensity, jnp.float32)
+    return jax.lax.stop_gradient(jnp.where(m > 0, lq - jnp.where(m > 0, lp, 0.0), -jnp.inf))
+
+
+def log_mean_weight(log_w: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
+    """log mean_B w = logsumexp_B(log w) - log |B| over the unmasked global batch (-inf when
+    no row is unmasked). Never forms w itself, so nothing under- or overflows."""
+    m = _mask(mask, log_w)
+    lw = jnp.where(m > 0, log_w, -jnp.inf)
+    n = jnp.sum(m)
+    top = jnp.max(lw)
+    safe_top = jnp.where(jnp.isfinite(top), top, 0.0)
+    total = jnp.sum(jnp.where(m > 0, jnp.exp(lw - safe_top), 0.0))
+    return jnp.where((n > 0) & (total > 0),
+                     safe_top + jnp.log(jnp.where(total > 0, total, 1.0))
+                     - jnp.log(jnp.maximum(n, 1.0)), -jnp.inf)
+
+
+def log_snips_weights(log_w: jax.Array, mask: Optional[jax.Array] = None, *, clip: float
+                      ) -> jax.Array:
+    """w~ = clip(exp(log w - log mean_B w), 0, w_max) * m: :func:`snips_weights` in log space
+    (all-equal log w gives ones). Detached."""
+    m = _mask(mask, log_w)
+    mean = log_mean_weight(log_w, m)
+    ok = jnp.isfinite(mean) & (m > 0)
+    rel = jnp.where(ok, log_w - jnp.where(jnp.isfinite(mean), mean, 0.0), -jnp.inf)
+    # exp of a log-ratio above log(w_max) is clipped anyway: clamp first so nothing overflows
+    w_tilde = jnp.exp(jnp.minimum(rel, float(np.log(clip))))
+    return jax.lax.stop_gradient(jnp.where(ok, jnp.clip(w_tilde, 0.0, clip), 0.0) * m)
+
+
+def log_snips_value(log_w: jax.Array, u: jax.Array, mask: Optional[jax.Array] = None
+                    ) -> jax.Array:
+    """V = sum_j w_j u_j / sum_j w_j with the weights self-normalised in log space (0 without
+    weight)."""
+    m = _mask(mask, log_w)
+    mean = log_mean_weight(log_w, m)
+    share = jnp.where((m > 0) & jnp.isfinite(mean),
+                      jnp.exp(log_w - jnp.where(jnp.isfinite(mean), mean, 0.0)), 0.0)
+    return snips_value(share, u, m)
 
 
 def snips_weights(w: jax.Array, mask: Optional[jax.Array] = None, *, clip: float) -> jax.Array:
@@ -248,6 +346,26 @@ def snips_value(w: jax.Array, u: jax.Array, mask: Optional[jax.Array] = None) ->
     den = jnp.sum(w * m)
     return jax.lax.stop_gradient(jnp.where(den > 0, jnp.sum(w * u * m) / jnp.where(
         den > 0, den, 1.0), 0.0))
+
+
+def sft_weights(settings: LossSettings, *, outcome: jax.Array, target_logp: jax.Array,
+                log_propensity: jax.Array, mask: jax.Array) -> jax.Array:
+    """Per-row SFT weights for SFT on clicked exposures: y w~ with snips on (`ips_sft`), y with
+    snips off (`sft_positive`); w~ over the whole global batch (every exposure, clicked or not)
+    as in :func:`anchor_terms`. [B], detached.
+
+    The SFT step takes s as its row weights: -sum_b s_b log pi_theta(a_b|x_b) / sum_b s_b |a_b|,
+    a w~-weighted mean over the clicked exposures; with snips off, `sft_positive`'s loss.
+    """
+    m = jnp.asarray(mask, jnp.float32)
+    y = (jnp.asarray(outcome) > 0).astype(jnp.float32) * m
+    if settings.snips != "on":
+        return y
+    if settings.importance_ratio == "floored":
+        w = importance_weights(jnp.exp(target_logp), jnp.exp(log_propensity), m)
+        return jax.lax.stop_gradient(y * snips_weights(w, m, clip=settings.snips_clip))
+    log_w = log_importance_weights(target_logp, log_propensity, m)
+    return jax.lax.stop_gradient(y * log_snips_weights(log_w, m, clip=settings.snips_clip))
 
 
 def member_rewards(settings: LossSettings, *, names_logged: jax.Array, u: jax.Array,
@@ -288,15 +406,20 @@ def group_advantages(rewards: jax.Array, mask: Optional[jax.Array] = None, *, st
     """A_i = m_i (R_i - mu) [/ (sigma + eps)] over the last axis (the group's members).
 
     mu, sigma over the unmasked members; sigma with ddof 0 (population) or 1 (bessel); std none
-    leaves A centred only. Masked members get 0; a single member or zero spread gives 0 / A =
-    R - mu (never NaN). Detached.
+    leaves A centred only. Masked members get 0; a group whose unmasked rewards are all equal
+    gets exactly 0 (a float mean of equal values can round away from them, and z-scoring would
+    blow the rounding error up to ~1e-3); never NaN. Detached.
     """
     rewards = jnp.asarray(rewards, jnp.float32)
     m = _mask(mask, rewards)
     rewards = jnp.where(m > 0, rewards, 0.0)  # padded members may hold NaN
     n = jnp.sum(m, axis=-1, keepdims=True)
     mean = jnp.sum(rewards * m, axis=-1, keepdims=True) / jnp.maximum(n, 1.0)
-    centred = rewards - mean
+    lo, hi = (jnp.min(jnp.where(m > 0, rewards, jnp.inf), axis=-1, keepdims=True),
+              jnp.max(jnp.where(m > 0, rewards, -jnp.inf), axis=-1, keepdims=True))
+    # Tied groups are zeroed by a test, not by centring on a member: the other groups' values
+    # stay bit-identical to the plain mean-centred ones.
+    centred = jnp.where(hi > lo, rewards - mean, 0.0)
     if std != "none":
         ddof = 1 if std == "bessel" else 0
         sq = jnp.sum(jnp.square(centred) * m, axis=-1, keepdims=True)
@@ -311,8 +434,15 @@ def anchored_advantages(settings: LossSettings, rewards: jax.Array, mask: jax.Ar
     """(rollout advantages [B, G], anchor advantage [B]) from member rewards/mask [B, G+1].
 
     anchor off: statistics over the G rollouts; baseline_only: over G+1, no anchor term;
-    full: over G+1 and A_0 for the anchor term.
+    full: over G+1 and A_0 for the anchor term. advantage_baseline=constant: A_i = R_i -
+    lambda_b for every member (no group statistics; BanditNet).
     """
+    if settings.advantage_baseline == "constant":
+        m = jnp.asarray(mask, jnp.float32)
+        adv = jax.lax.stop_gradient(jnp.where(
+            m > 0, jnp.asarray(rewards, jnp.float32) - settings.baseline_value, 0.0))
+        keep = settings.anchor == "full"
+        return adv[..., 1:], adv[..., 0] if keep else jnp.zeros_like(adv[..., 0])
     if settings.anchor == "off":
         adv = group_advantages(rewards[..., 1:], mask[..., 1:], std=settings.std,
                                eps=settings.eps)
@@ -320,6 +450,25 @@ def anchored_advantages(settings: LossSettings, rewards: jax.Array, mask: jax.Ar
     adv = group_advantages(rewards, mask, std=settings.std, eps=settings.eps)
     anchor_adv = adv[..., 0] if settings.anchor == "full" else jnp.zeros_like(adv[..., 0])
     return adv[..., 1:], anchor_adv
+
+
+def member_advantages(settings: LossSettings, rewards: jax.Array, mask: jax.Array,
+                      names_logged: jax.Array, temper: Optional[jax.Array]
+                      ) -> tuple[jax.Array, jax.Array]:
+    """(rollout advantages [B, G], anchor advantage [B]): :func:`anchored_advantages`, then,
+    with tempering_on=advantage, :func:`temper_advantages` on the members naming the logged
+    item (names_logged [B, G+1]; temper [B] from :func:`anchor_terms`)."""
+    roll_adv, anchor_adv = anchored_advantages(settings, rewards, mask)
+    if settings.tempering_on != "advantage":
+        return roll_adv, anchor_adv
+    if temper is None:
+        raise ValueError("loss.tempering_on='advantage' needs AnchorTerms.temper (build the "
+                         "terms with anchor_terms and take rows with AnchorTerms.rows)")
+    # Members naming the logged item carry its observed outcome; temper is g(c) on
+    # no-response rows and 1 on positive rows, so only no-responses are tempered.
+    adv = temper_advantages(jnp.concatenate([anchor_adv[..., None], roll_adv], axis=-1),
+                            names_logged, temper)
+    return adv[..., 1:], adv[..., 0]
 
 
 # --- the policy loss ---------------------------------------------------------------------
@@ -440,7 +589,8 @@ def policy_loss(settings: LossSettings, *, logp: jax.Array, old_logp: jax.Array,
 
 
 class AnchorTerms(NamedTuple):
-    """Per-row anchor quantities, all detached: c in [0, 1], u(y, c), w (raw), w~, and V."""
+    """Per-row anchor quantities, all detached: c in [0, 1], u(y, c), w (raw), w~, V, and the
+    advantage tempering g(c) of a no-response (1 for a positive; tempering_on=advantage)."""
 
     certainty: jax.Array
     outcome_value: jax.Array
@@ -448,15 +598,42 @@ class AnchorTerms(NamedTuple):
     snips_weight: jax.Array
     unobserved: jax.Array
     stats: Optional[CertaintyStats]
+    temper: Optional[jax.Array] = None
+
+    def rows(self, take: Callable[[jax.Array], jax.Array]) -> "AnchorTerms":
+        """The per-row fields through `take` (e.g. one micro-batch's rows); V is global and
+        the running stats stay with the whole batch."""
+        return self._replace(certainty=take(self.certainty),
+                             outcome_value=take(self.outcome_value), weight=take(self.weight),
+                             snips_weight=take(self.snips_weight), stats=None,
+                             temper=None if self.temper is None else take(self.temper))
+
+
+# exp(log w) beyond this is reported clamped (w is a diagnostic; w~ and V never form it)
+MAX_LOG_WEIGHT = 80.0
+
+
+def _log_or(log_value: Optional[jax.Array], value: Optional[jax.Array], name: str
+            ) -> jax.Array:
+    if log_value is not None:
+        return jnp.asarray(log_value, jnp.float32)
+    if value is None:
+        raise ValueError(f"anchor_terms needs log_{name} (or {name})")
+    return jnp.log(jnp.asarray(value, jnp.float32))
 
 
 def anchor_terms(settings: LossSettings, *, outcome: jax.Array, self_certainty: jax.Array,
-                 target_prob: jax.Array, propensity: jax.Array, mask: jax.Array,
+                 mask: jax.Array, target_prob: Optional[jax.Array] = None,
+                 propensity: Optional[jax.Array] = None,
+                 target_logp: Optional[jax.Array] = None,
+                 log_propensity: Optional[jax.Array] = None,
                  round_certainty: Optional[jax.Array] = None,
                  stats: Optional[CertaintyStats] = None) -> AnchorTerms:
     """The whole-batch anchor quantities (exact under gradient accumulation: compute them once
     over the global batch). self_certainty: raw SC of the anchor under pi_old [B];
-    round_certainty: c from the round's log (certainty_norm=round); stats: running state."""
+    target_logp: log pi_old(a|x) (or target_prob), log_propensity: the logged log p (or
+    propensity) [B]; round_certainty: c from the round's log (certainty_norm=round); stats:
+    running state."""
     m = jnp.asarray(mask, jnp.float32)
     if settings.certainty_norm == "round":
         if round_certainty is None:
@@ -468,10 +645,26 @@ def anchor_terms(settings: LossSettings, *, outcome: jax.Array, self_certainty: 
     else:
         c = normalize_certainty_batch(self_certainty, m)
     u = outcome_value(settings, outcome, c) * m
-    w = importance_weights(target_prob, propensity, m)
-    w_tilde = snips_weights(w, m, clip=settings.snips_clip) if settings.snips == "on" else m
-    v = snips_value(w, u, m) if settings.unobserved_reward == "snips_value" else jnp.float32(0.0)
-    return AnchorTerms(c, u, w, w_tilde, v, stats)
+    temper = (no_response_tempering(settings, outcome, c) if settings.tempering_on == "advantage"
+              else jnp.ones_like(m))
+    if settings.importance_ratio == "floored":
+        w = importance_weights(jnp.exp(_log_or(target_logp, target_prob, "target_prob"))
+                               if target_prob is None else target_prob,
+                               jnp.exp(_log_or(log_propensity, propensity, "propensity"))
+                               if propensity is None else propensity, m)
+        w_tilde = snips_weights(w, m, clip=settings.snips_clip)
+        v = snips_value(w, u, m)
+    else:
+        log_w = log_importance_weights(_log_or(target_logp, target_prob, "target_prob"),
+                                       _log_or(log_propensity, propensity, "propensity"), m)
+        w = jnp.where(m > 0, jnp.exp(jnp.minimum(log_w, MAX_LOG_WEIGHT)), 0.0)
+        w_tilde = log_snips_weights(log_w, m, clip=settings.snips_clip)
+        v = log_snips_value(log_w, u, m)
+    if settings.snips != "on":
+        w_tilde = m
+    if settings.unobserved_reward != "snips_value":
+        v = jnp.float32(0.0)
+    return AnchorTerms(c, u, w, w_tilde, v, stats, temper)
 
 
 def group_loss(settings: LossSettings, *, logp: jax.Array, old_logp: jax.Array,
@@ -492,12 +685,14 @@ def group_loss(settings: LossSettings, *, logp: jax.Array, old_logp: jax.Array,
     """
     valid = jnp.asarray(valid, jnp.float32)
     member_mask = jnp.broadcast_to(valid[:, None], members.shape)
+    names_logged = members == members[:, :1]
     rewards = member_rewards(
-        settings, names_logged=members == members[:, :1], u=terms.outcome_value,
+        settings, names_logged=names_logged, u=terms.outcome_value,
         unobserved=terms.unobserved,
         is_target=None if target is None else members == target[:, None],
         sim_reward=sim_reward, format_reward=format_reward)
-    roll_adv, anchor_adv = anchored_advantages(settings, rewards, member_mask)
+    roll_adv, anchor_adv = member_advantages(settings, rewards, member_mask, names_logged,
+                                             terms.temper)
     mask = jnp.asarray(mask, jnp.float32) * valid[:, None, None]
     loss, metrics = policy_loss(
         settings, logp=logp[:, 1:], old_logp=old_logp[:, 1:], ref_logp=ref_logp[:, 1:],
