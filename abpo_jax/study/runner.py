@@ -8,6 +8,16 @@ A cell is one continual run (`train/rounds.py`) with all of `rounds.methods`, so
 seed share the split, the simulator, the round-0 policy and the logging random numbers: their
 differences are paired. A finished cell writes `cell.json` (atomically) and is skipped on a
 re-run; an unfinished one resumes from its own checkpoints.
+
+Cells are independent, so a grid leaves the machine (README "Studies across processes and
+machines"):
+
+    abpo-jax study --config.study.workers=2          # cells as 2 local processes
+    abpo-jax study --config.study.cell=$K            # exactly cell K (SLURM array, k8s Job)
+    abpo-jax study --config.study.report_only=True   # merge the finished cells: study.json
+
+Cell K is the K-th of (seed, condition) in seed-major order (`cells`); every process computes
+the same grid from the same config.
 """
 
 from __future__ import annotations
@@ -17,7 +27,9 @@ import contextlib
 import json
 import os
 import pathlib
+import pickle
 import shlex
+import subprocess
 import sys
 import time
 from typing import Any, Mapping
@@ -97,31 +109,98 @@ def run_cell(config: ml_collections.ConfigDict, cell_dir: pathlib.Path) -> dict[
     return {"rows": rows, "seconds": time.time() - t0}
 
 
+def cells_of(config: ml_collections.ConfigDict) -> list[tuple[str, int]]:
+    """The grid: (condition, seed) pairs, seed-major (cell K of `study.cell`)."""
+    seeds = [int(config.seed) + i for i in range(int(config.study.seeds))]
+    return [(name, s) for s in seeds for name in parse_conditions(config.study.conditions)]
+
+
+def cell_dir_of(study_dir: pathlib.Path, name: str, seed: int) -> pathlib.Path:
+    return study_dir / "cells" / name / f"seed_{seed}"
+
+
+def run_one(config: ml_collections.ConfigDict, name: str, seed: int,
+            study_dir: pathlib.Path) -> dict[str, Any]:
+    """Run (or resume) cell (name, seed) unless its cell.json exists; the cell's record."""
+    cell_dir = cell_dir_of(study_dir, name, seed)
+    path = cell_dir / CELL_FILE
+    if path.exists():
+        return json.loads(path.read_text())
+    cell = {"condition": name, "seed": seed, **run_cell(config, cell_dir)}
+    _write_json(path, cell)
+    return cell
+
+
+def run_workers(config: ml_collections.ConfigDict, todo: list[int], study_dir: pathlib.Path,
+                workers: int) -> None:
+    """Cells `todo` (indices into the grid) as at most `workers` concurrent processes, each
+    `python -m abpo_jax.study.runner <study config> K` (the same path as `study.cell=K`);
+    a worker's stderr goes to its cell's `worker.err`. Raises when a worker fails."""
+    study_dir.mkdir(parents=True, exist_ok=True)
+    spec = study_dir / "study_config.pkl"
+    with open(spec.with_suffix(".tmp"), "wb") as f:
+        pickle.dump(config, f)
+    os.replace(spec.with_suffix(".tmp"), spec)
+    grid = cells_of(config)
+    running: list[tuple[int, subprocess.Popen]] = []
+    failed: list[str] = []
+    queue = list(todo)
+    while queue or running:
+        while queue and len(running) < workers:
+            k = queue.pop(0)
+            cell_dir = cell_dir_of(study_dir, *grid[k])
+            cell_dir.mkdir(parents=True, exist_ok=True)
+            with open(cell_dir / "worker.err", "ab") as err:
+                running.append((k, subprocess.Popen(
+                    [sys.executable, "-m", "abpo_jax.study.runner", str(spec), str(k)],
+                    stdout=subprocess.DEVNULL, stderr=err)))
+        time.sleep(0.2)
+        for k, proc in list(running):
+            if proc.poll() is not None:
+                running.remove((k, proc))
+                if proc.returncode:
+                    name, seed = grid[k]
+                    failed.append(f"cell {k} ({name}, seed {seed}): exit {proc.returncode}, see "
+                                  f"{cell_dir_of(study_dir, name, seed) / 'worker.err'}")
+    if failed:
+        raise RuntimeError("study workers failed: " + "; ".join(failed))
+
+
 def main(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """Run every cell not yet done, then write study.json, plots/ and results.md."""
+    """Run every cell not yet done (or only `study.cell`), then write study.json, plots/ and
+    results.md."""
     from abpo_jax.train.outputs import print_table, progress
     study_dir = pathlib.Path(config.study.dir or os.path.join(config.run_dir, "study"))
     config.study.dir = str(study_dir)
     conditions = parse_conditions(config.study.conditions)
     seeds = [int(config.seed) + i for i in range(int(config.study.seeds))]
-    cells = [(name, s) for s in seeds for name in conditions]
+    cells = cells_of(config)
     # every cell's config is built (and validated) before any work
-    configs = {(n, s): cell_config(config, n, conditions[n], s,
-                                   study_dir / "cells" / n / f"seed_{s}") for n, s in cells}
-    done = []
+    configs = {(n, s): cell_config(config, n, conditions[n], s, cell_dir_of(study_dir, n, s))
+               for n, s in cells}
+    only = int(config.study.get("cell", -1))
+    if only >= 0:   # one task of an array job: this cell only, no report
+        if only >= len(cells):
+            raise ConfigError(f"config.study.cell={only} but the grid has {len(cells)} cells "
+                              f"(0..{len(cells) - 1}: {len(seeds)} seeds x {len(conditions)} "
+                              "conditions)")
+        name, s = cells[only]
+        cell = run_one(configs[(name, s)], name, s, study_dir)
+        print(f"study cell {only} ({name}, seed {s}) done: "
+              f"{cell_dir_of(study_dir, name, s) / CELL_FILE}")
+        return cell
     t_start = time.time()
+    workers = int(config.study.get("workers", 1))
+    if workers > 1 and not config.study.report_only:
+        todo = [k for k, (n, s) in enumerate(cells)
+                if not (cell_dir_of(study_dir, n, s) / CELL_FILE).exists()]
+        run_workers(config, todo, study_dir, workers)
+    done = []
     bar = progress(cells, "study cells", total=len(cells), enabled=config.outputs.progress)
     for name, s in bar:
-        cell_dir = study_dir / "cells" / name / f"seed_{s}"
-        path = cell_dir / CELL_FILE
-        if path.exists():
-            cell = json.loads(path.read_text())
-        elif config.study.report_only:
+        if config.study.report_only and not (cell_dir_of(study_dir, name, s) / CELL_FILE).exists():
             continue
-        else:
-            cell = {"condition": name, "seed": s, **run_cell(configs[(name, s)], cell_dir)}
-            _write_json(path, cell)
-        done.append(cell)
+        done.append(run_one(configs[(name, s)], name, s, study_dir))
     if not done:
         raise ConfigError(f"config.study.report_only=True but no cell of {study_dir} is finished")
     setup = {
@@ -149,8 +228,33 @@ def main(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def describe(config: ml_collections.ConfigDict, num_seeds: int) -> str:
     """One sentence of the study's sizes, for the results page."""
-    d = config.data
-    return (f"{d.dataset}, model `{config.model.source}`, {config.rounds.num_rounds} rounds of "
-            f"{d.users_per_round} logged requests, {d.num_test_users} test users, "
+    d, r = config.data, config.rounds
+    if r.get("split", "users") == "events":
+        per_round = r.requests_per_round or "all the"
+        sizes = (f"{r.num_rounds} event rounds of {per_round} logged requests (interaction "
+                 f"events of each window; warm period {r.warm_fraction:.0%} of the events), "
+                 f"{r.eval_requests or 'all'} test-window requests")
+    else:
+        sizes = (f"{r.num_rounds} rounds of {d.users_per_round} logged requests, "
+                 f"{d.num_test_users} test users")
+    feedback = config.sim.get("feedback", "mnl")
+    source = (f", feedback `replay` (real behaviour, horizon {config.sim.replay_horizon})"
+              if feedback == "replay" else "")
+    return (f"{d.dataset}, model `{config.model.source}`, {sizes}, "
             f"H={d.history_len}, C={d.num_candidates}, G={config.loss.num_generations}, "
-            f"{num_seeds} seeds; methods: {', '.join(config.rounds.methods)}.")
+            f"{num_seeds} seeds{source}; methods: {', '.join(r.methods)}.")
+
+
+def _worker_main(argv: list[str]) -> None:
+    """`python -m abpo_jax.study.runner <study_config.pkl> K`: one worker of `study.workers`."""
+    from abpo_jax import compile_cache
+    with open(argv[0], "rb") as f:
+        config = pickle.load(f)
+    config.study.cell = int(argv[1])
+    config.study.workers = 1
+    compile_cache.enable(config)   # as the CLI does: the workers share the study's programs
+    main(config)
+
+
+if __name__ == "__main__":
+    _worker_main(sys.argv[1:])
