@@ -37,8 +37,10 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
 
 # Method name -> (update kind, loss overrides): the one place that decides what a method
 # switches (DESIGN.md "Methods are data"). `base_config` turns it into `config.methods`; a config
-# file may add its own entries there.
+# file may add its own entries there. An entry may also carry `learning_rate` (its own
+# train.learning_rate: how `abpo-jax study` applies a tuned choice, study/tuning.py).
 UPDATE_KINDS = ("policy_gradient", "sft_positive", "none")
+METHOD_TRAIN_FIELDS = ("learning_rate",)
 METHOD_TABLE: dict[str, tuple[str, dict[str, Any]]] = {
     "abpo": ("policy_gradient", {}),                           # the configured loss
     "abpo_no_snips": ("policy_gradient", {"snips": "off"}),    # unit anchor weights
@@ -195,6 +197,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.study.seeds = 5                 # seeds seed, seed + 1, ...
     c.study.conditions = ("base:",)   # "name:field=value,field=value" (overrides per condition)
     c.study.report_only = False       # summarize the finished cells only (e.g. of a running study)
+    c.study.tuning = ml_collections.ConfigDict()   # equal tuning budgets (study/tuning.py); () = field not tuned
+    c.study.tuning.learning_rate = ()  # train.learning_rate grid (every method that updates)
+    c.study.tuning.beta = ()          # loss.beta grid (policy-gradient methods with rollouts)
+    c.study.tuning.negative_scale = ()  # loss.negative_scale (lambda) grid
+    c.study.tuning.baseline_value = ()  # loss.baseline_value (lambda_b) grid (banditnet)
+    c.study.tuning.metric = "ndcg@5"  # chosen on this metric of the validation slice of users (rounds.split=users)
+    c.study.tuning.select_on = ""     # rounds.split=events: the row column of the next-window (validation) metric
+    c.study.tuning.seeds = 1          # tuning runs: seeds seed + 1000 + i (never a reported seed)
+    c.study.tuning.condition = "base"  # the condition tuned on; its choices hold for every condition
     c.study.workers = 1               # cells run as this many local processes
     c.study.cell = -1                 # >= 0: run exactly cell K of the grid (SLURM array / k8s indexed Job), no report
     c.rounds.reference = "previous"   # previous (pi_ref = pi_{k-1}) | initial
@@ -323,6 +334,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eval.beam": _positive,
     "train.ppo_epochs": _positive,
     "study.seeds": _positive,
+    "study.tuning.seeds": _positive,
     "study.workers": _positive,
     "study.cell": (lambda v: v >= -1, ">= -1 (-1 = every cell)"),
     "sim.replay_horizon": _non_negative,
@@ -502,7 +514,7 @@ def _check_methods(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config.methods.{name}.kind={entry.get('kind')!r} is not "
                               "allowed; choose one of: " + ", ".join(UPDATE_KINDS))
         for field, value in entry.items():
-            if field == "kind":
+            if field == "kind" or field in METHOD_TRAIN_FIELDS:
                 continue
             if field not in config.loss:
                 raise ConfigError(f"config.methods.{name}.{field}: not a config.loss field")
@@ -518,7 +530,7 @@ def _check_method_loss(config: ml_collections.ConfigDict, name: str, entry: Any)
     """The loss a policy-gradient method runs (config.loss + its overrides) must be defined."""
     if entry.get("kind") != "policy_gradient" or "loss" not in config:
         return
-    loss = {**config.loss.to_dict(), **{k: v for k, v in entry.items() if k != "kind"}}
+    loss = {**config.loss.to_dict(), **method_loss_overrides(entry)}
     if loss.get("num_generations", 1) == 0:
         if loss.get("anchor") != "full":
             raise ConfigError(f"config.methods.{name}: num_generations=0 needs anchor='full' "
@@ -529,11 +541,20 @@ def _check_method_loss(config: ml_collections.ConfigDict, name: str, entry: Any)
                               "(config.policy.mode='text' samples G >= 1 rollouts per prompt)")
 
 
+def method_loss_overrides(entry: Any) -> dict[str, Any]:
+    """A `config.methods` entry's config.loss overrides (all but kind and its train fields)."""
+    return {k: v for k, v in entry.items() if k != "kind" and k not in METHOD_TRAIN_FIELDS}
+
+
 def method_losses(config: ml_collections.ConfigDict) -> dict[str, tuple[str, dict[str, Any]]]:
     """rounds.methods -> (update kind, loss overrides) from `config.methods`."""
-    return {m: (config.methods[m].kind,
-                {k: v for k, v in config.methods[m].items() if k != "kind"})
+    return {m: (config.methods[m].kind, method_loss_overrides(config.methods[m]))
             for m in config.rounds.methods}
+
+
+def method_learning_rate(config: ml_collections.ConfigDict, method: str) -> float:
+    """The method's update learning rate: its entry's own, else train.learning_rate."""
+    return float(config.methods[method].get("learning_rate", config.train.learning_rate))
 
 
 def validate(config: ml_collections.ConfigDict, files: bool = False) -> ml_collections.ConfigDict:

@@ -37,7 +37,7 @@ from typing import Any, Mapping
 import ml_collections
 
 from abpo_jax.config import ConfigError, validate
-from abpo_jax.study import report
+from abpo_jax.study import report, tuning
 
 CELL_FILE = "cell.json"
 
@@ -173,6 +173,9 @@ def main(config: ml_collections.ConfigDict) -> dict[str, Any]:
     study_dir = pathlib.Path(config.study.dir or os.path.join(config.run_dir, "study"))
     config.study.dir = str(study_dir)
     conditions = parse_conditions(config.study.conditions)
+    tuned = None
+    if tuning.enabled(config):   # choose per method on validation data first (study/tuning.py)
+        config, tuned = tuning.tune(config, study_dir, conditions, cell_config, run_cell)
     seeds = [int(config.seed) + i for i in range(int(config.study.seeds))]
     cells = cells_of(config)
     # every cell's config is built (and validated) before any work
@@ -208,6 +211,7 @@ def main(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "description": describe(config, len(seeds))
         + (f" Finished cells: {len(done)} of {len(cells)}." if len(done) < len(cells) else ""),
         "wall_seconds_this_invocation": time.time() - t_start,
+        **({"tuning": tuned} if tuned else {}),
     }
     study = report.summarize(done, list(config.rounds.methods), conditions, setup)
     _write_json(study_dir / "study.json", study)
