@@ -12,7 +12,7 @@ import math
 import pathlib
 from typing import Any, Mapping, Sequence
 
-from abpo_jax.study import stats
+from abpo_jax.study import differences, stats, tuning
 
 # Per-round metrics reported (when a run produced them), in table order.
 METRICS = ("ndcg@5", "ndcg@10", "hr@1", "hr@5", "hr@10", "sim_ctr", "exposed_share",
@@ -69,7 +69,8 @@ def summarize(cells: Sequence[Mapping[str, Any]], methods: Sequence[str],
                     by_method[m]["p_holm"] = p
         out["conditions"][name] = {"overrides": dict(overrides), "seeds": [c["seed"] for c in mine],
                                    "rounds": rounds, "values": values, "summary": summary,
-                                   "tests": tests}
+                                   "tests": tests,
+                                   "paired": differences.paired_series(values)}
     return out
 
 
@@ -164,6 +165,12 @@ def render_results(study: Mapping[str, Any]) -> str:
              "update -> evaluate); all methods of a seed share data, simulator, round-0 policy "
              "and logging random numbers, so method differences are paired over seeds. "
              "Values: mean ± half-width of the 95% t interval over seeds.", ""]
+    if any("paired" in c for c in study["conditions"].values()):
+        lines += ["Plots (`plots/`): each metric per round, and "
+                  "`<condition>_<metric>_vs_no_update.png` with the absolute curves beside "
+                  "method − no_update per round. " + differences.CAPTION, ""]
+    if "tuning" in s:
+        lines += tuning.render_section(s["tuning"])
     for name, cond in study["conditions"].items():
         final = cond["rounds"][-1]
         over = ", ".join(f"`{k}={v}`" for k, v in cond["overrides"].items()) or "defaults"
@@ -261,4 +268,5 @@ def write_plots(study: Mapping[str, Any], out_dir: str | pathlib.Path,
             ax.set_title(f"{name}: {metric} (mean, 95% CI over {len(cond['seeds'])} seeds)",
                          fontsize=9)
             paths.append(save_round_plot(fig, ax, metric, out / f"{name}_{plot_name(metric)}.png"))
-    return paths
+    return paths + differences.write_difference_plots(
+        study, out, lambda name: headline_metrics(study, name))
