@@ -20,7 +20,16 @@ import traceback
 
 import ml_collections
 
-BENCH_DIR = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _benchmarks_dir() -> pathlib.Path:
+    """`benchmarks/` of a source checkout, else `abpo_jax/benchmarks` of an installed wheel."""
+    here = pathlib.Path(__file__).resolve().parent
+    checkout = here.parent / "benchmarks"
+    return checkout if checkout.is_dir() else here / "benchmarks"
+
+
+BENCH_DIR = _benchmarks_dir()
 COLUMNS = ("benchmark", "metric", "ours", "peer_name", "peer", "ratio", "notes")
 
 

@@ -1,12 +1,20 @@
-"""`abpo-jax recommend`: the policy's recommendations for a few real held-out users.
+"""`abpo-jax recommend`: a run's policy recommending for a few real held-out users.
 
-    abpo-jax recommend                                    # SmolLM2 on MovieLens-1M test users
-    abpo-jax recommend --config.recommend.num_users=5 --config.policy.logging_temperature=0.5
+    abpo-jax recommend --config=tiny --config.run_dir=runs/tiny          # its abpo policy
+    abpo-jax recommend --config=tiny --config.run_dir=runs/tiny --config.recommend.method=grpo
+    abpo-jax recommend                                 # the demo's SmolLM2 run, or the base model
 
-For each user it prints the chat prompt, one text-mode recommendation sampled through the
-candidate trie (always a valid candidate; its propensity is the product of the renormalised
-per-step probabilities) and the item-mode distribution pi~(item | x) over the candidate list
-(softmax of the candidates' sequence log-probs at the logging temperature), top 5.
+It builds the run's experiment (same data, test users, model and encoder as `train`), restores
+the newest verified checkpoint of `config.run_dir` and takes `config.recommend.method`'s params
+(the first of `rounds.methods` by default), saying which weights those are; without a
+checkpoint it uses the untrained initial model (tiny) or the pretrained base model, and says so.
+For each of the first `recommend.num_users` test users it prints the history, the held-out next
+item and the top 5 of pi~(item | x) over the candidate list (the policy `train` evaluates);
+a pretrained model also shows the chat prompt and one completion sampled through the candidate
+trie at `policy.logging_temperature` (always a valid candidate; its propensity is the product of
+the renormalised per-step probabilities).
+
+`held_out_requests` renders test users' prompts for the sampling / scoring benchmarks.
 """
 
 from __future__ import annotations
@@ -20,11 +28,8 @@ import numpy as np
 from abpo_jax.data.prompts import parse_completion, render_completion, render_messages
 from abpo_jax.data.splits import Example, build_examples, prepare_data
 from abpo_jax.sampling.generate import SamplingParams, generate, left_pad
-from abpo_jax.sampling.group_scoring import bucket, candidate_log_policy
+from abpo_jax.sampling.group_scoring import bucket
 from abpo_jax.sampling.trie import build_batch_trie, candidate_token_sequences
-from abpo_jax.train.policy import load_pretrained
-
-DEFAULT_NUM_USERS = 3
 
 
 @dataclasses.dataclass
@@ -59,50 +64,100 @@ def held_out_requests(config: Any, tokenizer: Any, num_users: int) -> Requests:
                     raw_user_ids=prep.interactions.raw_user_ids)
 
 
-def main(config: Any) -> list[dict]:
-    """Print prompt, trie-constrained sample and item-mode top-5 for the first test users."""
-    num_users = DEFAULT_NUM_USERS
-    if "recommend" in config and "num_users" in config.recommend:
-        num_users = int(config.recommend.num_users)
-    model, tok = load_pretrained(config)
-    req = held_out_requests(config, tok, num_users)
-    examples, prompts, completions = req.examples, req.prompts, req.completions
-    cand_ids, titles, short_ids = req.candidate_ids, req.titles, req.short_ids
-    temperature = float(config.policy.logging_temperature)
+def _method(config: Any) -> str:
+    """`recommend.method`, or the first of `rounds.methods`; ConfigError naming the choices."""
+    from abpo_jax.config import ConfigError
+    methods = tuple(config.rounds.methods)
+    method = str(config.recommend.get("method", "") or methods[0])
+    if method not in methods:
+        raise ConfigError(f"config.recommend.method={method!r} is not one of the run's "
+                          f"config.rounds.methods: {', '.join(methods)}")
+    return method
 
-    # Text mode: one sample per user through the candidate trie.
-    seqs = [candidate_token_sequences(tok, cs) for cs in completions]
-    prompt_ids = [tok.encode(p) for p in prompts]
+
+def restore_weights(exp: Any, method: str) -> tuple[Any, str]:
+    """(trainable params of `method`, a line naming them) from the newest verified checkpoint
+    of the experiment's run dir; the initial params (untrained / pretrained) when none."""
+    from abpo_jax.train.checkpoint import weights_line
+    restored = exp.ckpt.restore_latest(exp.layout.abstract)
+    exp.ckpt.close()
+    source = exp.config.model.source
+    untrained = ("the untrained initial model (model.source='tiny')" if source == "tiny" else
+                 f"the pretrained base model (model.source={source!r}, not fine-tuned)")
+    line = weights_line(restored, exp.ckpt.directory, method, exp.methods, untrained)
+    if restored is None:
+        return exp.init_params, line
+    if "methods" not in restored.state:
+        return restored.state["sft"]["params"], line
+    return restored.state["methods"][method]["params"], line
+
+
+def _sample_text(exp: Any, params: Any, examples: Sequence[Example], temperature: float,
+                 seed: int) -> list[tuple[str, float]]:
+    """One trie-constrained completion per example at `temperature`: (text, propensity)."""
+    policy, enc = exp.evaluator.policy, exp.encoder
+    tok = enc.tokenizer
+    model = policy.split.merge(params, policy.frozen)
+    seqs = [candidate_token_sequences(tok, [render_completion(enc.short_ids[int(c)])
+                                            for c in e.candidates]) for e in examples]
+    prompt_ids = [enc.prompt_ids(e) for e in examples]
     tokens, mask = left_pad(prompt_ids, bucket(max(map(len, prompt_ids)), 64), tok.pad_id or 0)
-    params = SamplingParams(max_new_tokens=max(len(s) for ss in seqs for s in ss),
-                            temperature=temperature)
-    samples = generate(model, tokens, mask, jax.random.key(config.seed), params, tok.eos_id,
+    params_s = SamplingParams(max_new_tokens=max(len(s) for ss in seqs for s in ss),
+                              temperature=temperature)
+    with jax.set_mesh(policy.mesh):
+        out = generate(model, tokens, mask, jax.random.key(seed), params_s, tok.eos_id,
                        build_batch_trie(seqs, vocab_size=model.config.vocab_size))
-    # Item mode: exact distribution over the closed candidate list.
-    log_pi = np.asarray(candidate_log_policy(model, tok, prompts, completions, temperature))
+    rows = []
+    for b in range(len(examples)):
+        m = np.asarray(out.mask[b, 0])
+        text = tok.decode(np.asarray(out.tokens[b, 0])[m].tolist(), skip_special_tokens=True)
+        rows.append((text, float(np.exp(np.asarray(out.logprobs[b, 0]).sum()))))
+    return rows
 
+
+def main(config: Any) -> list[dict]:
+    """Print which weights are used, then history, held-out item and top 5 per test user."""
+    from abpo_jax.config import validate
+    from abpo_jax.train.checkpoint import adopt_run_config
+    from abpo_jax.train.experiment import build
+
+    # the run's own config (model, data, methods), whatever --config says
+    config = validate(adopt_run_config(config, ignore=("recommend.", "eval.")))
+    method = _method(config)
+    exp = build(config, record_config=False)
+    params, line = restore_weights(exp, method)
+    print(line, flush=True)
+    n = min(int(config.recommend.num_users), len(exp.evaluator.test_examples))
+    examples = list(exp.evaluator.test_examples[:n])
+    log_pi = exp.evaluator.policy.log_probs(params, examples, "recommend")
+    titles, short_ids = exp.encoder.titles, exp.encoder.short_ids
+    pretrained = config.model.source != "tiny"
+    temperature = float(config.policy.logging_temperature)
+    samples = _sample_text(exp, params, examples, temperature, int(config.seed)) \
+        if pretrained else [None] * n
     rows = []
     for b, e in enumerate(examples):
-        m = np.asarray(samples.mask[b, 0])
-        text = tok.decode(np.asarray(samples.tokens[b, 0])[m].tolist(), skip_special_tokens=True)
-        parsed = parse_completion(text, cand_ids[b])
-        propensity = float(np.exp(np.asarray(samples.logprobs[b, 0]).sum()))
+        name = lambda i: f"{short_ids[int(i)]} {titles[int(i)]}"
+        print(f"\n=== test user {int(e.user)}: held-out next item {name(e.target)}")
+        print("history (oldest first): " + "; ".join(name(i) for i in e.history))
+        if pretrained:
+            print("--- prompt ---")
+            print(exp.encoder.tokenizer.decode(exp.encoder.prompt_ids(e)))
+            text, propensity = samples[b]
+            cand_ids = [short_ids[int(c)] for c in e.candidates]
+            parsed = parse_completion(text, cand_ids)
+            print(f"--- sampled (candidate trie, T={temperature:g}): {text!r} -> "
+                  f"{parsed.short_id if parsed.ok else '?'} (propensity {propensity:.4f}, "
+                  f"{'hit' if parsed.ok and parsed.short_id == short_ids[e.target] else 'miss'})")
         order = np.argsort(-log_pi[b], kind="stable")[:5]
-        top5 = [(cand_ids[b][i], titles[int(e.candidates[i])], float(np.exp(log_pi[b, i])))
-                for i in order]
-        target = short_ids[e.target]
-        print(f"\n=== user {req.raw_user_ids[e.user]} "
-              f"(held-out next item {target}: {titles[e.target]})")
-        print("--- prompt ---")
-        print(prompts[b])
-        print(f"--- text mode (trie-constrained, T={temperature:g}) ---")
-        chosen = titles[int(e.candidates[parsed.candidate_index])] if parsed.ok else "?"
-        print(f"{text!r} -> {parsed.short_id} {chosen}  (propensity {propensity:.4f}, "
-              f"{'hit' if parsed.ok and parsed.short_id == target else 'miss'})")
-        print("--- item mode: top 5 of pi(item | x) ---")
-        for rank, (sid, title, p) in enumerate(top5, 1):
-            mark = "  <- held-out" if sid == target else ""
-            print(f"{rank}. {sid:>6}  {p:.4f}  {title}{mark}")
-        rows.append({"user": int(e.user), "target": target, "sampled": parsed.short_id,
-                     "propensity": propensity, "top5": top5})
+        print(f"--- top 5 of pi({method} | x) over {len(e.candidates)} candidates ---")
+        top5 = []
+        for rank, i in enumerate(order, 1):
+            item = int(e.candidates[i])
+            p = float(np.exp(log_pi[b, i]))
+            mark = "  <- held-out" if item == e.target else ""
+            print(f"{rank}. {p:.4f}  {name(item)}{mark}")
+            top5.append((short_ids[item], titles[item], p))
+        rows.append({"user": int(e.user), "target": short_ids[e.target], "top5": top5,
+                     "weights": line})
     return rows

@@ -117,7 +117,7 @@ def run(config: Any) -> list[dict]:
 
     from abpo_jax.sampling.generate import SamplingParams, generate, left_pad
     from abpo_jax.sampling.group_scoring import bucket
-    from abpo_jax.sampling.recommend import held_out_requests
+    from abpo_jax.recommend import held_out_requests
     from abpo_jax.train.policy import load_pretrained
     from abpo_jax.sampling.trie import build_batch_trie, candidate_token_sequences
 

@@ -59,7 +59,7 @@ def _timed(fn, repeats: int) -> tuple[float, float, Any]:
 def run(config: Any) -> list[dict]:
     from abpo_jax.sampling.group_scoring import (bucket, pack_group, score_packed,
                                                  sequence_logprobs)
-    from abpo_jax.sampling.recommend import held_out_requests
+    from abpo_jax.recommend import held_out_requests
     from abpo_jax.train.policy import load_pretrained
     from abpo_jax.sampling.trie import candidate_token_sequences
 

@@ -27,8 +27,7 @@ pip_install=("$py" -m pip install --quiet --no-warn-conflicts)
 "${pip_install[@]}" --upgrade pip
 "${pip_install[@]}" -r requirements.txt
 if [ "$tpu" = 1 ]; then
-  jax_version=$(sed -n 's/^jax==\([0-9.]*\).*/\1/p' requirements.txt)
-  "${pip_install[@]}" "jax[tpu]==${jax_version}"
+  "${pip_install[@]}" -r requirements-tpu.txt
 fi
 if [ "$test_extra" = 1 ]; then
   "${pip_install[@]}" -r requirements-test.txt

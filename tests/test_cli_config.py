@@ -144,29 +144,94 @@ def test_python_m_abpo_jax_data_runs_on_movielens_1m():
 
 @pytest.mark.parametrize("command", sorted(cli.COMMANDS))
 def test_help_after_every_command(command):
-    _, default_cfg, about = cli.COMMANDS[command]
+    """Per command: what it does, 2-4 examples of *that* command, the fields that matter to it
+    with their allowed values (CHOICES); never the demo's study section for another command."""
+    cmd = cli.COMMANDS[command]
     for flag in ("--help", "-h"):
         out = run_cli(command, flag, timeout=60)
         assert out.returncode == 0, out.stderr
         assert "Unknown command line flag" not in out.stderr and "Traceback" not in out.stderr
         text = out.stdout
-        assert text.startswith(f"abpo-jax {command}: {about}")
-        assert f"config: configs/{default_cfg} (default)" in text
-        assert f"usage: abpo-jax {command} [--config=FILE]" in text
-        assert "fields (defaults of this config" in text
+        assert text.startswith(f"abpo-jax {command}: {cmd.about}")
+        assert f"config: configs/{cmd.config} (default" in text
+        assert f"usage: abpo-jax {command} [--config=NAME|FILE]" in text
+        assert f"fields for {command} (this config's values" in text
+        assert "cannot read the config's fields" not in text
+    assert 2 <= len(cmd.examples) <= 4
+    examples = text.split("examples:\n", 1)[1].split("\n\n", 1)[0]
+    assert examples.count(f"abpo-jax {command}") >= 2
+    if command != "demo":
+        assert "demo.study" not in text and "abpo-jax demo" not in text
+    # a field with a CHOICES entry shows its allowed values (or its comment already lists them)
+    fields = text.split("fields for", 1)[1]
+    for key, allowed in CHOICES.items():
+        line = next((ln for ln in fields.splitlines() if ln.strip().startswith(f"{key}=")), None)
+        if line is not None:
+            assert all(str(a) in line for a in allowed), line
 
 
-def test_help_shows_run_command_and_field_defaults():
+@pytest.mark.parametrize("command", sorted(cli.COMMANDS))
+def test_help_examples_are_valid_command_lines(command):
+    """Every example of --help parses and validates (`--validate-only`: nothing runs)."""
+    import shlex
+    for example, _ in cli.COMMANDS[command].examples:
+        argv = shlex.split(example)
+        if argv[0] != "abpo-jax":
+            continue
+        out = run_cli(*argv[1:], "--validate-only", timeout=60)
+        assert out.returncode == 0, (example, out.stderr)
+        assert "config OK" in out.stdout and "nothing run" in out.stdout
+
+
+def test_helpfull_lists_every_field_and_help_the_relevant_ones():
     text = cli.command_help("train")
-    assert "run (from the config's docstring):\n  abpo-jax train --config=configs/ml1m.py" in text
-    for field in ("data: dataset='ml-1m'", "k_core=5", "loss:", "epsilon_low=0.2",
-                  "model:", "source='smollm2'", "rounds:", "train:", "batch_size="):
+    for field in ("data.dataset='ml-1m'", "loss.epsilon_low=0.2", "model.source='smollm2'",
+                  "rounds.num_rounds=", "train.batch_size=", "checkpoint.max_to_keep="):
         assert field in text, field
-    # --config=FILE picks the config whose fields are shown; a broken one is said, not raised
-    assert "source='tiny'" in cli.command_help("train", "configs/tiny.py")
+    assert "loss.tempering='one_minus_c'" in text and "one | one_minus_c | c | threshold" in text
+    assert "gee." not in text and "logs.action" not in text
+    full = cli.command_help("train", full=True)
+    assert "all fields" in full and "logs.action='summary'" in full and "gee." not in full
+    assert len(full.splitlines()) > len(text.splitlines())
+    # --config=NAME|FILE picks the config whose fields are shown; a broken one is said, not raised
+    assert "model.source='tiny'" in cli.command_help("train", "configs/tiny.py")
+    assert "model.source='tiny'" in cli.command_help("train", "tiny")
     assert "cannot read the config's fields" in cli.command_help("train", "configs/nope.py")
     out = run_cli("help", "demo")
     assert out.returncode == 0 and out.stdout.startswith("abpo-jax demo:")
+    out = run_cli("recommend", "--helpfull")
+    assert out.returncode == 0 and "all fields" in out.stdout and "logs.action=" in out.stdout
+
+
+def test_typo_foreign_flag_and_tuple_hints_are_one_clean_line():
+    out = run_cli("train", "--config=tiny", "--config.train.learing_rate=1e-3")
+    _one_line_failure(out, "unknown config field --config.train.learing_rate; did you mean "
+                      "--config.train.learning_rate?")
+    assert "\\n" not in out.stderr and "\\'" not in out.stderr   # no leaked repr
+    _one_line_failure(run_cli("train", "--config=tiny", "--learning_rate=1e-3"),
+                      "unknown flag --learning_rate", "--config.train.learning_rate=1e-3")
+    _one_line_failure(run_cli("train", "--config=tiny", "--num_generations", "4"),
+                      "--config.loss.num_generations")
+    _one_line_failure(run_cli("train", "--config=tiny", "--config.rounds.methods=abpo,grpo"),
+                      "contains 'abpo,grpo'",
+                      "a tuple is written --config.rounds.methods=\"('abpo','grpo')\"")
+    _one_line_failure(run_cli("trian"), "unknown command 'trian'; did you mean 'train'?")
+
+
+def test_shipped_configs_resolve_by_name_and_validate_only_runs_nothing(tmp_path):
+    assert cli.resolve_config("tiny") == str(cli.CONFIG_DIR / "tiny.py")
+    assert cli.resolve_config("tiny.py") == str(cli.CONFIG_DIR / "tiny.py")
+    assert cli.resolve_config("configs/tiny.py:x") in ("configs/tiny.py:x",
+                                                       f"{cli.CONFIG_DIR / 'tiny.py'}:x")
+    own = tmp_path / "tiny.py"       # an existing file wins over the shipped one of that name
+    own.write_text("from abpo_jax.config import base_config\nget_config = base_config\n")
+    assert cli.resolve_config(str(own)) == str(own)
+    out = run_cli("train", "--config=tiny", f"--config.run_dir={tmp_path / 'r'}",
+                  "--validate-only")
+    assert out.returncode == 0 and "config OK" in out.stdout and "tiny.py" in out.stdout
+    assert not (tmp_path / "r").exists()          # nothing ran, nothing was written
+    _one_line_failure(run_cli("train", "--config=nope", "--validate-only"),
+                      "config file not found: nope", "shipped configs:", "tiny")
 
 
 def _gguf_like(path: pathlib.Path, head: bytes) -> str:

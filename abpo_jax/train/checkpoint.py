@@ -17,7 +17,9 @@ save, so no good checkpoint is rotated out.
 The run directory itself (`prepare_run_dir`, before any work): writable (a probe file is
 created, written, synced and deleted), and `<run_dir>/config.json` records the run's config; a
 run dir holding a run of another config is refused naming the differing fields unless
-`config.checkpoint.resume_mismatch=allow`.
+`config.checkpoint.resume_mismatch=allow`. Every checkpoint's meta carries the config too
+(`config`, `config_sha256`), so a run dir whose config.json was deleted is still checked against
+the config its checkpoints were written under.
 
 The layout (`Layout`): mid-SFT the state is {"sft": train state}; from the end of round 0 on it
 is {"methods": {method: train state + "ref" (pi_ref's params)}}.
@@ -52,6 +54,11 @@ def checkpoint_dir(config) -> str:
 
 PHASES = ("start", "sft", "update", "done")
 CHECKSUMS = "abpo_sha256.json"   # per-step manifest: relative file path -> sha256
+
+
+class RunWarning(UserWarning):
+    """Something about the run dir the user should know (a checkpoint skipped, a changed
+    config); the CLI prints it as one `abpo-jax <command>: warning: ...` line."""
 
 
 class RunDirError(ValueError):
@@ -129,8 +136,10 @@ class Restored:
 class Checkpointer:
     """Save / restore-latest-good over an Orbax `CheckpointManager`."""
 
-    def __init__(self, directory: str, max_to_keep: int = 3):
+    def __init__(self, directory: str, max_to_keep: int = 3, config: Any = None):
         self.directory = directory
+        # the run's config rides in every checkpoint's meta (checked by check_run_config)
+        self.config_meta = config_meta(config) if config is not None else {}
         self.local = "://" not in directory   # checksum manifests on local/mounted disks only
         self.manager = ocp.CheckpointManager(
             directory,
@@ -139,6 +148,7 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, meta: dict, data_iter: Any = None) -> None:
         """Write checkpoint `step` and wait for it (async write, so a kill can land mid-save)."""
+        meta = {**meta, **self.config_meta}
         items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         if data_iter is not None:
             import grain
@@ -230,9 +240,10 @@ class Checkpointer:
                 except ResumeInputError as e:
                     if e.gone:
                         gone.add(key)
-                        warnings.warn(f"checkpoint {self.directory}/{step} (mid-update of round "
-                                      f"{key[0]}, {key[1]}) needs {e.path}, which is gone; "
-                                      "falling back to an older checkpoint to re-log the round")
+                        warnings.warn(RunWarning(
+                            f"checkpoint {self.directory}/{step} (mid-update of round "
+                            f"{key[0]}, {key[1]}) needs {e.path}, which is gone; falling back "
+                            "to an older checkpoint to re-log the round"))
                         continue
                     raise RunDirError(self._input_message(step, run_state, e)) from e
             try:
@@ -244,8 +255,9 @@ class Checkpointer:
         return None
 
     def _warn_unreadable(self, step: int, e: BaseException) -> None:
-        warnings.warn(f"checkpoint {self.directory}/{step} is unreadable "
-                      f"({type(e).__name__}: {e}); falling back to an older one")
+        why = " ".join(str(e).split())[:300]   # one line, whatever the library's message
+        warnings.warn(RunWarning(f"checkpoint {self.directory}/{step} is unreadable "
+                                 f"({type(e).__name__}: {why}); falling back to an older one"))
 
     def _input_message(self, step: int, rs: RunState, e: ResumeInputError) -> str:
         older = []
@@ -321,12 +333,46 @@ def config_json(config: Any) -> dict:
     return json.loads(json.dumps(data, sort_keys=True, default=str))
 
 
+def _computed_fields(config: dict) -> dict:
+    """The config without its output-only fields (what a run's results depend on)."""
+    return {k: v for k, v in _flat(config).items() if not _output_only(k)}
+
+
+def config_meta(config: Any) -> dict:
+    """What a checkpoint's meta records of the run's config: the config and a sha256 of the
+    fields that are not output-only (equal fingerprints = the same computation)."""
+    data = config_json(config)
+    digest = hashlib.sha256(json.dumps(_computed_fields(data), sort_keys=True).encode())
+    return {"config": data, "config_sha256": digest.hexdigest()}
+
+
+def checkpoint_config(ckpt_dir: str) -> tuple[dict, str] | None:
+    """(config, where) from the newest local checkpoint whose meta records one; None if none.
+    Reads the meta JSON directly (no Orbax manager): this runs before any work."""
+    root = pathlib.Path(ckpt_dir)
+    if "://" in ckpt_dir or not root.is_dir():
+        return None
+    for step in sorted((p for p in root.iterdir() if p.name.isdigit()),
+                       key=lambda p: int(p.name), reverse=True):
+        try:
+            meta = json.loads((step / "meta" / "metadata").read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            continue   # an unreadable checkpoint: the next-older one speaks for the run
+        if isinstance(meta, dict) and isinstance(meta.get("config"), dict):
+            return meta["config"], f"checkpoint {step}"
+    return None
+
+
+def _output_only(key: str) -> bool:
+    return any(key == f or (f.endswith(".") and key.startswith(f)) for f in OUTPUT_ONLY_FIELDS)
+
+
 def config_differences(stored: dict, current: dict) -> list[str]:
     """`field: stored -> current` for every differing field that is not output-only."""
     a, b = _flat(stored), _flat(current)
     out = []
     for key in sorted(set(a) | set(b)):
-        if any(key == f or (f.endswith(".") and key.startswith(f)) for f in OUTPUT_ONLY_FIELDS):
+        if _output_only(key):
             continue
         if a.get(key, "<absent>") != b.get(key, "<absent>"):
             out.append(f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")
@@ -353,9 +399,16 @@ def check_run_config(config: Any) -> None:
     path = run_dir / CONFIG_FILE
     current = config_json(config)
     allow = config.checkpoint.get("resume_mismatch", "refuse") == "allow"
-    if path.is_file() and _holds_a_run(run_dir, checkpoint_dir(config)):
+    ckpt_dir = checkpoint_dir(config)
+    # config.json deleted or damaged: the checkpoints' own record of the config decides
+    from_ckpt = (checkpoint_config(ckpt_dir) if _holds_a_run(run_dir, ckpt_dir)
+                 and not _readable_config(path) else None)
+    if (path.is_file() or from_ckpt) and _holds_a_run(run_dir, ckpt_dir):
         try:
-            stored = json.loads(path.read_text())
+            if from_ckpt is not None:
+                stored, where = from_ckpt
+            else:
+                stored, where = json.loads(path.read_text()), str(path)
             if not isinstance(stored, dict):
                 raise ValueError("not a JSON object")
         except (ValueError, UnicodeDecodeError) as e:
@@ -364,20 +417,107 @@ def check_run_config(config: Any) -> None:
                                   "config is unknown; pass "
                                   "--config.checkpoint.resume_mismatch=allow to resume it "
                                   "under the given config, or use another run_dir") from None
-            stored = None
+            stored, where = None, str(path)
         diff = [] if stored is None else config_differences(stored, current)
         if diff and not allow:
             shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
             raise RunDirError(
-                f"config.run_dir={str(run_dir)!r} holds a run with another config ({shown}); "
+                f"config.run_dir={str(run_dir)!r} holds a run with another config ({shown}; "
+                f"recorded in {where}); "
                 "use another run_dir, or pass --config.checkpoint.resume_mismatch=allow to "
                 "resume it under this config")
         if diff:
-            warnings.warn(f"{run_dir}: resuming under a changed config ({'; '.join(diff)})")
-        if not diff and stored is not None:
-            return
+            warnings.warn(RunWarning(f"{run_dir}: resuming under a changed config "
+                                     f"({'; '.join(diff)})"))
+        if not diff and stored is not None and from_ckpt is None:
+            return   # config.json already says it (else: rewritten from the checkpoints' record)
     if is_main_process():
         atomic_write_text(path, json.dumps(current, indent=1, sort_keys=True))
+
+
+def _readable_config(path: pathlib.Path) -> bool:
+    try:
+        return isinstance(json.loads(path.read_text()), dict)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+
+
+def _as_config_value(stored: Any, like: Any) -> Any:
+    """A config.json value in the type of the field it goes to (JSON has lists, not tuples)."""
+    if isinstance(like, tuple) and isinstance(stored, list):
+        inner = like[0] if like else None
+        return tuple(_as_config_value(v, inner) for v in stored)
+    if isinstance(like, float) and isinstance(stored, int) and not isinstance(stored, bool):
+        return float(stored)
+    return stored
+
+
+def adopt_run_config(config: Any, ignore: Sequence[str] = ()) -> Any:
+    """For commands that read a run (eval, recommend): `config` with every computed field set
+    to what `config.run_dir` was trained with (its config.json, else its checkpoints' meta), so
+    `--config.run_dir=<run>` alone restores into the right model and data. Output-only fields
+    and those under `ignore` (e.g. "recommend.") stay as given. Prints one line naming the
+    fields taken from the run; returns `config` unchanged when the run records no config."""
+    run_dir = pathlib.Path(config.run_dir)
+    path = run_dir / CONFIG_FILE
+    stored = (json.loads(path.read_text()), str(path)) if _readable_config(path) else \
+        checkpoint_config(checkpoint_dir(config))
+    if stored is None:
+        return config
+    current = _flat(config_json(config))
+    taken = []
+    config = config.copy_and_resolve_references() if hasattr(config, "unlock") else config
+    with config.unlocked() if hasattr(config, "unlocked") else _nullcontext():
+        for key, value in _flat(stored[0]).items():
+            if _output_only(key) or any(key.startswith(i) for i in ignore) \
+                    or key not in current or current[key] == value:
+                continue
+            *parents, leaf = key.split(".")
+            node = config
+            for part in parents:
+                node = node[part]
+            node[leaf] = _as_config_value(value, node[leaf])
+            taken.append(key)
+    if taken and is_main_process():
+        shown = ", ".join(taken[:5]) + (f" and {len(taken) - 5} more" if len(taken) > 5 else "")
+        print(f"using the config {run_dir} was trained with ({stored[1]}): {shown} "
+              "differ from the given config", flush=True)
+    return config
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def method_progress(run_state: RunState, methods: Sequence[str], method: str) -> str:
+    """How far `method`'s params in a checkpoint at `run_state` got: methods update one after
+    another in `methods` order within each round."""
+    k = run_state.round
+    if run_state.phase in ("start", "sft") or k == 0 or method not in methods \
+            or run_state.method not in methods:
+        return f"after round {k}" + (" (the SFT warm start)" if k == 0 else "")
+    i, j = methods.index(method), methods.index(run_state.method)
+    if i == j and run_state.phase == "update":
+        return f"mid-update of round {k} (step {run_state.step})"
+    done = k if i < j or (i == j and run_state.phase == "done") else k - 1
+    return f"after round {done}" + (" (the SFT warm start)" if done == 0 else "")
+
+
+def weights_line(restored: "Restored | None", directory: str, method: str,
+                 methods: Sequence[str], untrained: str) -> str:
+    """One line naming the weights a command uses: the checkpoint (step, round, phase) it
+    restored for `method`, or `untrained` when there is none."""
+    if restored is None:
+        return f"weights: {untrained} (no verified checkpoint in {directory})"
+    rs = restored.run_state
+    where = f"checkpoint {restored.step} in {directory}"
+    if "methods" not in restored.state:
+        return f"weights: {where}, mid-SFT (step {rs.step}), the same for every method"
+    return f"weights: {method} {method_progress(rs, methods, method)}, from {where}"
 
 
 def prepare_run_dir(config: Any, record_config: bool = True) -> None:
