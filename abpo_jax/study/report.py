@@ -21,7 +21,7 @@ METRICS = ("ndcg@5", "ndcg@10", "hr@1", "hr@5", "hr@10", "sim_ctr", "exposed_sha
 HEADLINE = ("ndcg@5", "ndcg@10", "hr@1", "hr@5", "hr@10", "sim_ctr", "exposed_share",
             "snips_bias", "text_ndcg@5", "text_hr@1", "catalogue_ndcg@10", "catalogue_hr@10")
 TESTED = ("ndcg@5", "sim_ctr")          # metrics with paired tests at the final round
-BASELINES = ("no_update", "grpo")       # every method is tested against each present
+BASELINES = ("no_update", "grpo", "sft_positive")   # every method is tested against each present
 ALPHA = 0.05
 
 
@@ -111,6 +111,36 @@ def significance_sentences(study: Mapping[str, Any], metric: str = "ndcg@5") -> 
             lines.append(f"[{name}] {metric} at round {cond['rounds'][-1]} vs {base} "
                          f"({len(cond['seeds'])} seeds, paired t, Holm): " + "; ".join(parts)
                          + ".")
+    return lines
+
+
+def beats_sentences(study: Mapping[str, Any], metric: str = "ndcg@5",
+                    bases: Sequence[str] = ("no_update", "sft_positive")) -> list[str]:
+    """Per condition, one sentence: which methods are significantly better than every one of
+    `bases` at the final round (paired t over seeds, Holm within each baseline's family), which
+    beat only some, and which none (the demo's answer)."""
+    lines = []
+    for name, cond in study["conditions"].items():
+        tests = cond["tests"].get(metric, {})
+        present = [b for b in bases if b in tests]
+        if not present:
+            continue
+        methods = [m for m in study["methods"] if m not in present
+                   and all(m in tests[b] for b in present)]
+        beaten = {m: [b for b in present if tests[b][m]["p_holm"] < ALPHA
+                      and tests[b][m]["mean"] > 0] for m in methods}
+        every = [m for m in methods if len(beaten[m]) == len(present)]
+        some = [f"{m} (only {', '.join(beaten[m])})" for m in methods
+                if 0 < len(beaten[m]) < len(present)]
+        none = [m for m in methods if not beaten[m]]
+        missing = [b for b in bases if b not in present]
+        lines.append(
+            f"[{name}] {metric} at round {cond['rounds'][-1]} ({len(cond['seeds'])} seeds, "
+            f"paired t, Holm): significantly better than {' and '.join(present)}: "
+            + (", ".join(every) or "no method")
+            + (f"; better than some of them: {', '.join(some)}" if some else "")
+            + (f"; not significantly better than any: {', '.join(none)}" if none else "")
+            + (f" ({', '.join(missing)} not in the study)" if missing else "") + ".")
     return lines
 
 

@@ -34,3 +34,18 @@ def test_paired_differences_by_hand(tmp_path):
     assert paths[0].stat().st_size > 0
     page = report.render_results({**study, "setup": {"description": ""}})
     assert "unadjusted" in page and "Holm" in page
+
+
+def test_beats_sentence_names_who_beats_no_update_and_sft_positive():
+    noise = [0.0, 0.05, -0.03]                      # common to every method of a seed
+    lift = {"no_update": [0.0] * 3, "sft_positive": [0.05, 0.055, 0.06],
+            "a": [0.10, 0.11, 0.12], "b": [0.03, 0.035, 0.04], "c": [0.01, -0.01, 0.0]}
+    cells = [{"condition": "base", "seed": i, "seconds": 1.0,
+              "rows": [{"round": k, "method": m, "ndcg@5": 0.5 + noise[i] + k * d[i],
+                        "hr@5": 0.5} for k in (0, 1) for m, d in lift.items()]}
+             for i in range(3)]
+    study = report.summarize(cells, list(lift), {"base": {}}, {})
+    assert report.beats_sentences(study) == [
+        "[base] ndcg@5 at round 1 (3 seeds, paired t, Holm): significantly better than "
+        "no_update and sft_positive: a; better than some of them: b (only no_update); "
+        "not significantly better than any: c."]
