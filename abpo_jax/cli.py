@@ -6,7 +6,8 @@ Each command has a default config (`Command.config`); `--config` picks another, 
 the name of a shipped config (`--config=tiny` = configs/tiny.py, also from an installed wheel),
 and `--config.x=y` overrides single fields (ml_collections config_flags). The config is validated
 before the command runs, so a bad value fails fast naming the field; `--validate-only` stops
-there (the TPU launcher's check before any VM is paid for). `abpo-jax <command> --help` says what
+there, without checking the files the config names (model.path): it is the TPU launcher's check,
+on this machine, of a config for another one, before any VM is paid for. `abpo-jax <command> --help` says what
 the command does, gives real examples and the fields that matter to it with their allowed
 values; `--helpfull` lists every field. Errors meant for the user (bad config, bad data file,
 bad checkpoint) and warnings are printed as one line each.
@@ -489,13 +490,18 @@ def run(argv: list[str] | None = None) -> None:
     config = flags.FLAGS.config
     if quick:
         config.bench.quick = True
-    try:
-        validate(config, files=True)
+    try:   # --validate-only checks for another machine (the TPU launcher): not its files
+        validate(config, files=not validate_only)
+        if validate_only:   # a whole config nested in this one (the demo's study) too
+            for key, node in config.items():
+                if hasattr(node, "items") and "study" in node and hasattr(node.study, "items"):
+                    validate(node.study)
     except ConfigError as e:
         sys.exit(f"abpo-jax {command}: {e}{tuple_hint(overrides, config)}")
     if validate_only:
         print(f"abpo-jax {command}: config OK ({_config_arg(rest)} with {len(overrides)} "
-              f"override(s); run_dir={config.get('run_dir')!r}); nothing run (--validate-only)")
+              f"override(s); run_dir={config.get('run_dir')!r}); nothing run (--validate-only; "
+              "the files it names, e.g. model.path, are checked where it runs)")
         return
     _one_line_warnings(command)
     from abpo_jax import compile_cache

@@ -27,6 +27,8 @@ def main(config: Any) -> None:
     demo = config.get("demo")
     study_cfg = demo.study if demo is not None and demo.run_study else None
     if study_cfg is not None:
+        # everything of the demo under config.run_dir (`--config.run_dir=X` moves the study too)
+        study_cfg.run_dir = config.run_dir
         validate(study_cfg)   # both parts' configs are checked before any work
         print("== part 1/2: closed-loop study on the tiny item-token policy "
               f"({study_cfg.study.seeds} seeds; statistics) ==", flush=True)

@@ -5,6 +5,9 @@
 #       [--create] [--config configs/FILE.py] [--ckpt-dir gs://BUCKET/PATH] [--config.a.b=value ...]
 #
 # Steps (each one gcloud command; --dry-run prints them all and runs nothing):
+#   0. here, before any gcloud call (also with --dry-run): the config and its overrides are loaded
+#      and validated with `abpo-jax <command> ... --validate-only` from this checkout (or --local
+#      DIR), so a missing config file or a typo'd field fails before a TPU VM is paid for
 #   1. --create: gcloud compute tpus tpu-vm create NAME --accelerator-type ... --version ...
 #   2. code on every worker: `git clone`/`git fetch` of --repo, or a copy of the local checkout
 #      (tracked + untracked, non-ignored files) with `gcloud compute tpus tpu-vm scp --recurse
@@ -45,7 +48,10 @@ options:
   --skip-sync             do not update the code on the workers
   --skip-install          do not (re)install on the workers
   --setup-only            create / sync / install, but do not start training
-  --dry-run               print every command instead of running it
+  --dry-run               print every command instead of running it (the config is still
+                          validated here first)
+  --skip-check            do not validate the config locally first (step 0)
+  --check-python PY       Python that validates it (default: python3)       (ABPO_CHECK_PYTHON)
   -h, --help              this help
 EOF
 }
@@ -72,6 +78,8 @@ skip_sync=0
 skip_install=0
 setup_only=0
 dry_run=0
+skip_check=0
+check_python=${ABPO_CHECK_PYTHON:-python3}
 overrides=()
 
 # value of option $1 given as its next argument $2 (fails clearly when it is missing)
@@ -83,7 +91,7 @@ while [ "$#" -gt 0 ]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
     --tpu|--zone|--project|--repo|--local|--branch|--config|--command|--run-dir|--ckpt-dir|\
-    --accelerator-type|--version|--python|--log-dir)
+    --accelerator-type|--version|--python|--log-dir|--check-python)
       need_value "$@"
       case "$1" in
         --tpu) tpu=$2 ;;
@@ -100,10 +108,12 @@ while [ "$#" -gt 0 ]; do
         --version) runtime_version=$2 ;;
         --python) python=$2 ;;
         --log-dir) log_dir=$2 ;;
+        --check-python) check_python=$2 ;;
       esac
       shift 2 ;;
     --tpu=*|--zone=*|--project=*|--repo=*|--local=*|--branch=*|--config=*|--command=*|\
-    --run-dir=*|--ckpt-dir=*|--accelerator-type=*|--version=*|--python=*|--log-dir=*)
+    --run-dir=*|--ckpt-dir=*|--accelerator-type=*|--version=*|--python=*|--log-dir=*|\
+    --check-python=*)
       # --flag=value spelling: split once and re-dispatch to the branch above
       set -- "${1%%=*}" "${1#*=}" "${@:2}"
       continue ;;
@@ -114,6 +124,7 @@ while [ "$#" -gt 0 ]; do
     --skip-install) skip_install=1; shift ;;
     --setup-only) setup_only=1; shift ;;
     --dry-run) dry_run=1; shift ;;
+    --skip-check) skip_check=1; shift ;;
     --) shift
         for arg in "$@"; do
           [[ "$arg" == --config.* ]] || die "after --, only --config.a.b=value overrides are allowed (got '$arg')"
@@ -140,6 +151,21 @@ if [ -n "$ckpt_dir" ] && [[ "$ckpt_dir" != gs://* ]]; then
 fi
 [[ "$command_name" =~ ^[a-z]+$ ]] || die "--command '$command_name' is not an abpo-jax command name"
 log_dir=${log_dir:-tpu_logs/$tpu}
+
+# 0. validate the config here, before anything is created or paid for
+if [ "$skip_check" = 0 ]; then
+  check_root=${local_dir:-$(cd "$(dirname "$0")/.." && pwd)}
+  "$check_python" -c 'import ml_collections, absl' >/dev/null 2>&1 \
+    || die "cannot validate the config locally: '$check_python' lacks abpo_jax's dependencies (bash launch/install.sh installs them; --check-python PY picks another Python; --skip-check skips this)"
+  check_args=(--config="$config")
+  [ -z "$run_dir" ] || check_args+=(--config.run_dir="$run_dir")
+  [ -z "$ckpt_dir" ] || check_args+=(--config.checkpoint.dir="$ckpt_dir")
+  check_args+=("${overrides[@]}")
+  if ! check_out=$(cd "$check_root" && "$check_python" -m abpo_jax "$command_name" "${check_args[@]}" --validate-only 2>&1); then
+    die "the config does not validate (checked in $check_root; nothing was created): ${check_out##*$'\n'}"
+  fi
+  echo "tpu_train.sh: ${check_out##*$'\n'}" >&2
+fi
 
 # One word for a shell, single-quoted unless it is plain (easier to read than printf %q).
 shell_word() {

@@ -33,8 +33,10 @@ ODD_VALUES = [
 
 def _run(args: list[str], env: dict | None = None, check: bool = True
          ) -> subprocess.CompletedProcess:
+    env = dict(env or os.environ)
+    env.setdefault("ABPO_CHECK_PYTHON", sys.executable)   # validates the config (step 0)
     result = subprocess.run([BASH, str(SCRIPT), *args], cwd=ROOT, text=True,
-                            capture_output=True, env=env or dict(os.environ), timeout=120)
+                            capture_output=True, env=env, timeout=120)
     if check:
         assert result.returncode == 0, result.stderr
     return result
@@ -91,7 +93,7 @@ def test_dry_run_local_copy_uses_scp_recurse_to_all_workers():
 
 def test_odd_config_values_survive_both_shells_exactly():
     """Printout -> shlex (local shell) -> --command -> bash on the worker -> abpo-jax argv."""
-    out = _run(["--dry-run", *BASE, "--skip-sync", "--skip-install", ODD_VALUES[0],
+    out = _run(["--dry-run", *BASE, "--skip-sync", "--skip-install", "--skip-check", ODD_VALUES[0],
                 "--", *ODD_VALUES[1:]]).stdout
     train = _option(_commands(out)[-1], "--command")
     worker_argv = shlex.split(train.split("abpo-jax ", 1)[1].split(" 2>&1")[0])
@@ -142,7 +144,7 @@ def test_real_run_against_fake_gcloud_local_copy(tmp_path):
     _stub_venv(home / "abpo_jax", argv_file)
     log_dir = tmp_path / "logs"
     result = _run([*BASE, "--local", str(ROOT), "--skip-install", "--log-dir", str(log_dir),
-                   *ODD_VALUES], env=env)
+                   "--skip-check", *ODD_VALUES], env=env)
     copied = home / "abpo_jax"
     # tracked files arrive, ignored ones (the real .venv, caches) do not
     assert (copied / "launch" / "tpu_train.sh").read_bytes() == SCRIPT.read_bytes()
@@ -230,3 +232,30 @@ def test_shellcheck_clean():
     result = subprocess.run(["shellcheck", "--severity=style", str(SCRIPT)],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config", "configs/nope.py"], "config file not found: configs/nope.py"),
+    (["--config.train.learing_rate=1e-3"], "did you mean --config.train.learning_rate?"),
+    (["--config", "configs/tiny.py", "--config.loss.snips=maybe"],
+     "config.loss.snips='maybe' is not allowed"),
+])
+def test_bad_config_fails_locally_before_any_gcloud_command(args, message):
+    """Step 0: a missing config or a typo'd / bad field stops the launcher (also --dry-run)
+    before a TPU VM is created: exit 2, the reason, and no gcloud command printed or run."""
+    for mode in (["--dry-run"], []):
+        result = _run([*mode, *BASE, "--repo", "u", "--create", *args],
+                      env=dict(os.environ, PATH=f"{pathlib.Path(sys.executable).parent}:"
+                               f"{os.environ.get('PATH', '')}"), check=False)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert "nothing was created" in result.stderr and not result.stdout
+
+
+def test_good_config_is_validated_then_commands_follow():
+    result = _run(["--dry-run", *BASE, "--repo", "u", "--config", "configs/tiny.py",
+                   "--config.rounds.num_rounds=2"])
+    assert "config OK (configs/tiny.py with 1 override(s)" in result.stderr
+    assert result.stdout.startswith("gcloud compute tpus tpu-vm ssh")
+    missing = _run(["--dry-run", *BASE, "--repo", "u"], check=False,
+                   env=dict(os.environ, ABPO_CHECK_PYTHON="/no/such/python"))
+    assert missing.returncode == 2 and "--skip-check" in missing.stderr

@@ -100,3 +100,48 @@ def test_notebook_runs_top_to_bottom_with_tiny_demo(tmp_path, monkeypatch):
     plots = nb.cells[_tagged(nb, "plots")]
     assert any("image/png" in o.get("data", {}) for o in plots.outputs), _outputs_text(plots)
     assert list((tmp_path / "run").rglob("*.png"))
+
+
+def _default_settings(monkeypatch) -> dict:
+    """The settings cell run as a user runs it (no ABPO_* environment variables)."""
+    for var in ("ABPO_REPO_URL", "ABPO_NOTEBOOK_RUN_DIR", "ABPO_NOTEBOOK_DEMO_ARGS",
+                "ABPO_NOTEBOOK_SKIP_INSTALL"):
+        monkeypatch.delenv(var, raising=False)
+    namespace: dict = {}
+    exec(_load().cells[_tagged(_load(), "parameters")].source, namespace)
+    return namespace
+
+
+def test_notebook_defaults_shrink_both_demo_parts_and_validate(monkeypatch, tmp_path):
+    """Run-all as is: no placeholder URL to trip on, the size overrides reach the study (part 1)
+    as well as the SmolLM2 rounds, and they validate (both parts) without running anything."""
+    import subprocess
+    import sys
+    settings = _default_settings(monkeypatch)
+    assert "<" not in settings["REPO_URL"]
+    args = settings["DEMO_ARGS"]
+    assert any(a.startswith("--config.demo.study.") for a in args)
+    assert any(a.startswith("--config.data.") for a in args)
+    out = subprocess.run([sys.executable, "-m", "abpo_jax", "demo", *args,
+                          f"--config.run_dir={tmp_path / 'r'}", "--validate-only"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "config OK" in out.stdout, out.stderr
+    bad = subprocess.run([sys.executable, "-m", "abpo_jax", "demo",
+                          "--config.demo.study.loss.snips=maybe", "--validate-only"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "config.loss.snips='maybe'" in bad.stderr
+
+
+def test_demo_run_dir_moves_the_study_too(monkeypatch, tmp_path):
+    from abpo_jax import demo
+    from abpo_jax.study import report, runner
+    from abpo_jax.train import rounds
+    from helpers import load_config
+    seen = {}
+    monkeypatch.setattr(runner, "main", lambda c: seen.setdefault("study", c.run_dir))
+    monkeypatch.setattr(report, "beats_sentences", lambda study: [])
+    monkeypatch.setattr(rounds, "main", lambda c: seen.setdefault("llm", c.run_dir))
+    config = load_config("demo.py")
+    config.run_dir = str(tmp_path / "elsewhere")
+    demo.main(config)
+    assert seen == {"study": str(tmp_path / "elsewhere"), "llm": str(tmp_path / "elsewhere")}
