@@ -26,4 +26,5 @@ def get_config():
     c.bench.beam_width = 10     # bench_beam: K (eval.beam's default)
     c.bench.train_two_pass = True   # bench_train_step: also the step before single-pass (before/after)
     c.bench.train_bf16_matmul = True  # bench_train_step: also model.matmul_precision=bfloat16 rows
+    c.bench.round_requests = 20_000   # bench_round: requests of the timed round (tiny policy, C=8, G=4)
     return c

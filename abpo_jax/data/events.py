@@ -205,7 +205,7 @@ class Requests:
         """The requests as `Example`s (history slices are views into the sequences)."""
         s = self.sequences
         return [Example(user=u, history=s.items[a:e], history_ratings=s.ratings[a:e],
-                        target=t, candidates=c, target_index=ti)
+                        target=t, candidates=c, target_index=ti, event=e)
                 for u, a, e, t, c, ti in zip(self.user.tolist(), self.history_start.tolist(),
                                              self.event.tolist(), self.target.tolist(),
                                              self.candidates, self.target_index.tolist())]

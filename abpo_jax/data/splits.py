@@ -245,6 +245,7 @@ class Example:
     target: int
     candidates: np.ndarray       # int32 [C], target at candidates[target_index]
     target_index: int
+    event: int = -1              # row of the target event in the UserSequences (-1: unknown)
 
 
 def _example(split: LeaveOneOut, user: int, history: slice, target: int, *, history_len: int,
@@ -256,7 +257,7 @@ def _example(split: LeaveOneOut, user: int, history: slice, target: int, *, hist
         stream=stream)
     return Example(user=int(user), history=seqs.items[start:history.stop],
                    history_ratings=seqs.ratings[start:history.stop], target=int(target),
-                   candidates=candidates, target_index=target_index)
+                   candidates=candidates, target_index=target_index, event=history.stop)
 
 
 def build_examples(split: LeaveOneOut, users: np.ndarray, which: str, *, history_len: int,
@@ -321,7 +322,7 @@ class PreparedData:
     interactions: Interactions
     split: LeaveOneOut
     ordered_users: np.ndarray    # evaluable users in test-time order (after max_users)
-    slices: UserSlices
+    slices: UserSlices | None    # None with rounds.split=events
     short_ids: list[str]
 
 
@@ -339,8 +340,9 @@ def prepare_data(config: Any, interactions: Interactions | None = None) -> Prepa
     ordered = users_in_time_order(split)
     if data.max_users > 0:
         ordered = ordered[:data.max_users]
-    slices = user_slices(ordered, data.num_test_users, data.users_per_round,
-                         config.rounds.num_rounds)
+    # event rounds (`data.events`) cut the timeline instead of slicing users
+    slices = None if config.rounds.get("split", "users") == "events" else user_slices(
+        ordered, data.num_test_users, data.users_per_round, config.rounds.num_rounds)
     return PreparedData(interactions=inter, split=split, ordered_users=ordered, slices=slices,
                         short_ids=item_short_ids(inter))
 
