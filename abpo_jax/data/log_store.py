@@ -36,14 +36,15 @@ import pathlib
 import re
 import shutil
 from collections import Counter
-from typing import Any, Callable, Collection, Iterable, Iterator
+from typing import Any, Callable, Collection, Iterable, Iterator, Sequence
 
 import numpy as np
 from array_record.python import array_record_module
 
+from abpo_jax.data import records
 from abpo_jax.data.logs import (CORRUPT, DUPLICATE_REQUEST, FIELDS, INVALID_VALUE,
-                                MAX_RECORD_BYTES, RESERVED_KEYS, SCHEMA_VERSION, TOO_LARGE,
-                                WRONG_TYPE, BadRecord, LogRecord, LogValidationError,
+                                MAX_RECORD_BYTES, MISSING_FIELD, RESERVED_KEYS, SCHEMA_VERSION,
+                                TOO_LARGE, WRONG_TYPE, BadRecord, LogRecord, LogValidationError,
                                 decode_raw, parse_json, short_repr, validate_record)
 
 MANIFEST = "manifest.json"
@@ -248,6 +249,7 @@ def ingest(items: Iterable[tuple[str, Any]], logs_dir: PathLike, round_index: in
            max_record_bytes: int = MAX_RECORD_BYTES, source: str = "",
            source_sha256: str | None = None, overwrite: bool = False,
            committed_dir: PathLike | None = None, rejected_path: PathLike | None = None,
+           require_extras: Sequence[str] = (),
            report: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Validate a stream of raw records and commit the good ones as round `round_index`.
 
@@ -264,6 +266,8 @@ def ingest(items: Iterable[tuple[str, Any]], logs_dir: PathLike, round_index: in
       source_sha256: checksum of the imported file, stored in the manifest.
       committed_dir: the rounds a request id must not already appear in (default `logs_dir`;
         the round being overwritten does not count).
+      require_extras: extras keys every record must carry (`data.records.required`: what the
+        run's loss reads); a record without one is quarantined (`missing_field`).
     Returns:
       The manifest (also written to `<round>/manifest.json`).
     """
@@ -282,7 +286,7 @@ def ingest(items: Iterable[tuple[str, Any]], logs_dir: PathLike, round_index: in
         manifest = _write_round_files(
             items, tmp, round_index=round_index, catalogue=catalogue, num_users=num_users,
             records_per_shard=records_per_shard, max_record_bytes=max_record_bytes,
-            committed=committed)
+            committed=committed, require_extras=tuple(require_extras))
         manifest.update(round=round_index, source=source, source_sha256=source_sha256)
         refusal = _refusal(manifest, max_bad_fraction)
         if refusal:
@@ -322,7 +326,8 @@ def _refusal(manifest: dict[str, Any], max_bad_fraction: float) -> str:
 
 def _write_round_files(items: Iterable[tuple[str, Any]], directory: pathlib.Path, *,
                        round_index: int, catalogue, num_users, records_per_shard: int,
-                       max_record_bytes: int, committed: CommittedIds) -> dict[str, Any]:
+                       max_record_bytes: int, committed: CommittedIds,
+                       require_extras: tuple[str, ...] = ()) -> dict[str, Any]:
     shards = _ShardedWriter(directory, records_per_shard)
     seen = SeenIds()
     reasons: Counter[str] = Counter()
@@ -337,6 +342,10 @@ def _write_round_files(items: Iterable[tuple[str, Any]], directory: pathlib.Path
                     raise BadRecord(raw.reason, raw.detail)
                 record = validate_record(raw, catalogue=catalogue, num_users=num_users,
                                          round_index=round_index)
+                gone = records.missing(record, require_extras)
+                if gone:
+                    raise BadRecord(MISSING_FIELD, f"extras key(s) {', '.join(gone)} missing "
+                                                   "(this run's loss reads them)")
                 data = record.to_bytes()
                 if len(data) > max_record_bytes:
                     raise BadRecord(TOO_LARGE, f"record encodes to {len(data)} bytes > "

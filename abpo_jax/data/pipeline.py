@@ -42,7 +42,7 @@ def log_dataset(shards: Sequence[str | os.PathLike], *, batch_size: int, seed: i
       shards: shard paths (e.g. `RoundLog.shard_paths`, possibly of several rounds).
       batch_size: per-process batch size.
       seed: shuffle seed (same on every process; epochs are reshuffled).
-      featurize: record -> dict of numpy arrays (e.g. `train.learner.featurize`).
+      featurize: record -> dict of numpy arrays (e.g. a mode's `featurize`, `train/modes/`).
       process_index / process_count: this process's slot; default `jax.process_index/count()`.
       num_epochs: passes over the data.
       drop_remainder: drop the last short batch (static shapes for jit); the per-process slices

@@ -2,7 +2,8 @@
 
 `policy_metrics` and `log_metrics` are pure numpy over the policy's candidate log-probabilities,
 so the rounds runner, `abpo-jax eval` (`train/rounds.evaluate_run`) and tests share one
-definition of every number in the per-round table.
+definition of every number in the per-round table (which columns are shown where:
+`eval/metric_table.py`).
 """
 
 from __future__ import annotations
@@ -13,13 +14,6 @@ import numpy as np
 
 from abpo_jax.eval.metrics import (average_recommendation_popularity, coverage, exposure_share,
                                    gini, item_counts, kl_divergence, ranking_metrics)
-
-# Columns of the per-round table, in order (rows may hold more).
-TABLE_COLUMNS = ("hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10", "exposed_share", "kl_exposure",
-                 "coverage", "gini", "sim_ctr", "snips_ctr", "snips_bias",
-                 "text_hr@1", "text_ndcg@5",   # text mode: the sibling protocol (sampled)
-                 "catalogue_hr@10", "catalogue_ndcg@10")   # catalogue mode: beam search
-
 
 def policy_metrics(log_probs: np.ndarray, candidates: np.ndarray, target_index: np.ndarray,
                    *, num_items: int, item_popularity: np.ndarray,
@@ -64,15 +58,18 @@ def snips_ctr(target_log_probs: np.ndarray, propensity: np.ndarray, outcome: np.
 
 
 def log_metrics(log_probs: np.ndarray, exposed_index: np.ndarray, propensity: np.ndarray,
-                outcome: np.ndarray, click_probs: np.ndarray) -> dict[str, float]:
+                outcome: np.ndarray, click_probs: np.ndarray | None) -> dict[str, float]:
     """Off-policy estimate vs truth on a round's logged requests: snips_ctr (from the log),
     log_sim_ctr (the policy's true CTR on the same contexts) and snips_bias = their difference.
+    A log without click probabilities (an imported one) has no truth: snips_ctr only.
     """
     lp = np.asarray(log_probs, np.float64)
     target = lp[np.arange(len(lp)), exposed_index]
     est = snips_ctr(target, propensity, outcome)
+    if click_probs is None:
+        return {"snips_ctr": est}
     truth = float(np.mean(np.sum(np.exp(lp) * click_probs, axis=-1)))
     return {"snips_ctr": est, "log_sim_ctr": truth, "snips_bias": est - truth}
 
 
-__all__ = ["TABLE_COLUMNS", "log_metrics", "policy_metrics", "snips_ctr"]
+__all__ = ["log_metrics", "policy_metrics", "snips_ctr"]

@@ -1,9 +1,11 @@
 """Logical-axis sharding: rules, meshes, parameter shardings and sharded model construction.
 
 Parameters and activations carry logical axis names (`vocab`, `embed`, `mlp`, `heads`,
-`kv_heads`, `head_dim`, `batch`, `length`); the rules table in `config.py`
-(`LOGICAL_AXIS_RULES`, shown as `config.mesh.rules`) maps them to the mesh axes
-`("data", "fsdp", "tensor")`. A mesh axis that does not divide a dimension is dropped for that
+`kv_heads`, `head_dim`, `batch`, `length`); the rules table `config.mesh.rules` (default
+`LOGICAL_AXIS_RULES` of `config.py`) maps them to the mesh axes `("data", "fsdp", "tensor")`.
+A run installs its table once (`set_rules`, called by `train.state.build_mesh`): every
+function here that takes `rules=None` then uses it, as do the activation constraints traced
+later inside the jitted steps. A mesh axis that does not divide a dimension is dropped for that
 dimension (replicated), so tiny test models shard on any mesh.
 """
 
@@ -23,6 +25,22 @@ MESH_AXES = ("data", "fsdp", "tensor")
 # logical axis -> mesh axis (or tuple of mesh axes, or None = replicated): config data.
 Rules = Sequence[tuple[str, Any]]
 RULES: Rules = LOGICAL_AXIS_RULES
+_active: dict[str, Any] = {"rules": RULES}
+
+
+def set_rules(rules: Rules | None) -> None:
+    """Install the process's rules table (`config.mesh.rules`; None: the default)."""
+    if rules is None:
+        table: Rules = RULES
+    else:   # a CLI / JSON override may hold lists for tuples
+        table = tuple((str(name), t if t is None or isinstance(t, str) else tuple(t))
+                      for name, t in rules)
+    _active["rules"] = table
+
+
+def active_rules() -> Rules:
+    """The rules table `rules=None` means (`set_rules`)."""
+    return _active["rules"]
 
 
 def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
@@ -62,7 +80,7 @@ def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int] | None,
     Mesh axes missing from the mesh, already used by an earlier dimension, or not dividing the
     dimension are dropped (that dimension is then replicated over them).
     """
-    table = dict(RULES if rules is None else rules)
+    table = dict(active_rules() if rules is None else rules)
     used: set[str] = set()
     out: list[Any] = []
     for i, name in enumerate(axes):
@@ -104,7 +122,7 @@ def _variable_axes(var: nnx.Variable) -> tuple | None:
 def state_shardings(state: Any, mesh: Mesh, rules: Rules | None = None) -> Any:
     """NamedSharding for every leaf of an nnx State from its logical `out_sharding` metadata.
 
-    Leaves without annotations are replicated; `rules` default to the config table.
+    Leaves without annotations are replicated; `rules` default to the installed table.
     """
     mesh = as_auto_mesh(mesh)
     mesh_shape = dict(mesh.shape)

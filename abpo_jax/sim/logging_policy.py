@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +23,9 @@ import numpy as np
 
 from abpo_jax.data import log_store
 from abpo_jax.data.logs import LogRecord
+# The extras keys `log_round` writes (the schema: `data/records.py`).
+from abpo_jax.data.records import (ANCHOR_CERTAINTY, CLICK_PROBS, COMPLETION_KINDS,
+                                   COMPLETION_TOKENS, HISTORY_RATINGS, TARGET)
 from abpo_jax.losses.abpo import certainty_quantiles
 from abpo_jax.sim.users import UserSimulator
 
@@ -35,11 +38,6 @@ class ExampleLike(Protocol):
     candidates: np.ndarray   # [C] item ids
 
 
-# Keys of the record extras written by `log_round`.
-TARGET, HISTORY_RATINGS, CLICK_PROBS = "target_item_id", "history_ratings", "click_probs"
-ANCHOR_CERTAINTY = "anchor_certainty"   # exposure's self-certainty quantile over the round
-# Text mode: the logged completion itself (token ids and `sampling.procedure` token kinds).
-COMPLETION_TOKENS, COMPLETION_KINDS = "completion_tokens", "completion_kinds"
 
 ScoreFn = Callable[[Sequence[ExampleLike]], "jax.Array | np.ndarray"]
 
@@ -78,7 +76,10 @@ def sample_exposures(key: jax.Array, log_pi: jax.Array, temperature: float,
 
 
 @jax.jit
-def _round_key(seed: int, round_index: int) -> jax.Array:
+def round_key(seed: int, round_index: int) -> jax.Array:
+    """The logging stream's key of round k: fold_in(PRNGKey(seed), k); `log_round` draws the
+    exposures with fold_in(., 0) and the outcomes with fold_in(., 1), text-mode deployment
+    samples its completions with fold_in(., 2)."""
     return jax.random.fold_in(jax.random.PRNGKey(seed), round_index)
 
 
@@ -142,7 +143,7 @@ def log_round(examples: Sequence[ExampleLike], score_fn: ScoreFn | None,
     if len(np.unique(users)) != len(users):
         raise ValueError(f"round {round_index}: a user appears twice; request ids are derived "
                          "from (round, user) and must be unique")
-    key = _round_key(seed, round_index)
+    key = round_key(seed, round_index)
     if sampled is None:
         log_pi = _score_all(examples, score_fn, batch_size)
         bias = 0.0 if logit_bias is None else np.asarray(logit_bias, np.float32)
@@ -187,3 +188,62 @@ def log_round(examples: Sequence[ExampleLike], score_fn: ScoreFn | None,
                           num_users=simulator.prefs.num_users, max_bad_fraction=0.0,
                           overwrite=overwrite, report=None)
     return log_store.open_round(log_store.round_path(logs_dir, round_index))
+
+
+LOGGING_POLICIES = ("current", "stale", "uniform")
+
+
+@dataclasses.dataclass
+class LoggingPolicy:
+    """Who deploys in round k and with which logits: the one place a logging condition lives.
+
+    kind: `current` (pi_{k-1} deploys), `stale` (the round-0 policy deploys every round: the
+    methods' state carries it as "initial"), `uniform` (every candidate with probability 1/C;
+    pi_{k-1} still scores the round for the logged self-certainty). The exposure is drawn from
+    softmax(logits / temperature + popularity_bias log(1 + count)); its RNG stream is `seed`
+    (`round_key`).
+    """
+
+    kind: str
+    temperature: float
+    seed: int                       # RngStreams.logging
+    popularity: np.ndarray          # item interaction counts
+    popularity_bias: float = 0.0    # b (policy.logging_popularity)
+
+    def __post_init__(self):
+        if self.kind not in LOGGING_POLICIES:
+            raise ValueError(f"logging policy {self.kind!r}; one of {LOGGING_POLICIES}")
+
+    def frozen(self, params: Any, own: Callable[[Any], Any]) -> dict:
+        """The fixed policies a method's state carries for logging, built by `own(params)`
+        ("initial" for `stale`; none otherwise)."""
+        return {"initial": own(params)} if self.kind == "stale" else {}
+
+    def deployed(self, mstate: dict, resuming: bool) -> Any:
+        """The params that deploy in a round, from a method's state before its update
+        (`resuming`: mid-update, when "params" already moved on and "ref" holds pi_{k-1})."""
+        if "initial" in mstate:
+            return mstate["initial"]
+        return mstate["ref"] if resuming else mstate["params"]
+
+    def logits(self, log_pi: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, Any]:
+        """(log pi, logit bias) to sample the exposures from (item mode), for the deployed
+        policy's log pi [N, C] over `candidates` [N, C] (item ids)."""
+        if self.kind == "uniform":
+            log_pi = np.full(log_pi.shape, -np.log(log_pi.shape[-1]), np.float32)
+        bias = None
+        if self.popularity_bias:   # exposure bias: logits + b log(1 + count)
+            bias = self.popularity_bias * np.log1p(self.popularity[candidates])
+        return log_pi, bias
+
+    def sample_key(self, k: int) -> jax.Array:
+        """Round k's key for a deployed policy that samples its own exposures (text mode)."""
+        return jax.random.fold_in(round_key(self.seed, k), 2)
+
+    def log(self, examples: Sequence[ExampleLike], simulator: UserSimulator, k: int,
+            logs_dir: str, revision: str, **inputs: Any) -> log_store.RoundLog:
+        """Commit round k's log (`log_round` with this policy's temperature and stream; the
+        timestamp is the round, so reruns are byte-identical)."""
+        return log_round(examples, simulator=simulator, round_index=k, seed=self.seed,
+                         logs_dir=logs_dir, policy_revision=revision,
+                         temperature=self.temperature, timestamp=float(k), **inputs)

@@ -1,7 +1,8 @@
 """Everything one continual experiment needs, built once from the config (no work done yet).
 
     mesh -> data (slices, examples) -> simulator -> tokenizer/encoder -> model + LoRA (born
-    sharded) -> roles: Policy (scoring), Rollout (deploy + log), Learner (steps + loops),
+    sharded) -> the action space (`train/modes/`: item | text, chosen here once) and the
+    logging policy -> roles: Policy (scoring), Rollout (deploy + log), Learner (steps + loops),
     Evaluator (table rows); checkpoint layout, checkpointer and metrics writer.
 """
 
@@ -16,20 +17,25 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from abpo_jax.data import records
 from abpo_jax.data.splits import Example, build_examples, build_train_examples, prepare_data
+from abpo_jax.losses.abpo import LossSettings
+from abpo_jax.sim.logging_policy import LoggingPolicy
 from abpo_jax.sim.users import simulator_from_config
 from abpo_jax.train import state as st
-from abpo_jax.config import ConfigError
+from abpo_jax.config import ConfigError, method_losses
 from abpo_jax.train.checkpoint import Checkpointer, Layout, checkpoint_dir, prepare_run_dir
 from abpo_jax.train.distributed import barrier, on_main_process
 from abpo_jax.data.catalogue import catalogue_completion_ids, catalogue_titles
-from abpo_jax.train.evaluation import Evaluator, TextEval
+from abpo_jax.train.evaluation import Evaluator
 from abpo_jax.train.learner import Learner
+from abpo_jax.train.modes.base import Mode
+from abpo_jax.train.modes.item import ItemMode
+from abpo_jax.train.modes.text import TextMode
 from abpo_jax.train.outputs import MetricsWriter
 from abpo_jax.train.policy import Encoder, Policy, prompt_style
 from abpo_jax.train.rollout import Exposures, Rollout
 from abpo_jax.train.seeds import RngStreams
-from abpo_jax.train.text_learner import TextUpdate
 from abpo_jax.train.text_policy import TextEncoder, TextPolicy, procedure_from_config
 
 
@@ -47,7 +53,12 @@ class Experiment:
     layout: Layout
     ckpt: Checkpointer
     writer: MetricsWriter
-    text: TextEncoder | None = None   # text mode: prompts, tries, logged completions
+    mode: Mode                 # the action space (item | text)
+    logging: LoggingPolicy     # who deploys, with which logits
+
+    def frozen(self, params: Any, copy: bool = True) -> dict:
+        """`frozen_policies` of this run's logging policy."""
+        return frozen_policies(self.logging, params, copy)
 
 
 def check_sizes(config: Any, batch_ways: int) -> None:
@@ -100,15 +111,23 @@ def build_model(config: Any, vocab_size: int, mesh: Any, streams: RngStreams) ->
     return model
 
 
-def frozen_policies(config: Any, params: Any, copy: bool = True) -> dict:
+def frozen_policies(logging: LoggingPolicy, params: Any, copy: bool = True) -> dict:
     """The fixed policies a method's state carries besides its train state: "ref" (pi_ref)
-    and, for `policy.logging_policy=stale`, "initial" (the round-0 policy that keeps logging).
-    Copies by default: every method owns its buffers (the steps donate them)."""
-    own = (lambda: jax.tree.map(jnp.copy, params)) if copy else (lambda: params)
-    out = {"ref": own()}
-    if config.policy.logging_policy == "stale":
-        out["initial"] = own()
-    return out
+    and the logging policy's own (`LoggingPolicy.frozen`). Copies by default: every method
+    owns its buffers (the steps donate them)."""
+    own = (lambda p: jax.tree.map(jnp.copy, p)) if copy else (lambda p: p)
+    return {"ref": own(params), **logging.frozen(params, own)}
+
+
+def required_extras(config: Any) -> tuple[str, ...]:
+    """The record extras this run's policy-gradient methods train on (`records.required`)."""
+    base = LossSettings.from_config(config.loss)
+    out: dict[str, None] = {}
+    for kind, overrides in method_losses(config).values():
+        if kind == "policy_gradient":
+            s = base.replace(**overrides)
+            out.update(dict.fromkeys(records.required(s.rewards, s.certainty_norm)))
+    return tuple(out)
 
 
 def build(config: Any, devices: Sequence[jax.Device] | None = None,
@@ -170,38 +189,39 @@ def build(config: Any, devices: Sequence[jax.Device] | None = None,
     show = bool(config.outputs.progress)
     policy = Policy(split, frozen, encoder, mesh, st.batch_sharding(mesh),
                     int(config.eval.batch_size), config.loss.certainty_tokens, show)
-    learner = Learner(split, frozen, mesh, config, show)
-    text = text_policy = logging_procedure = None
+    required = required_extras(config)
     if config.policy.mode == "text":
-        text, text_policy, logging_procedure = build_text(
-            config, encoder, tokenizer, inter, data.short_ids, catalogue, split, frozen, mesh,
-            show)
-        learner.text = TextUpdate(text_policy, text.procedure)
+        mode: Mode = build_text(config, encoder, tokenizer, inter, data.short_ids, catalogue,
+                                split, frozen, mesh, show, streams, required)
+    else:
+        mode = ItemMode(policy, split, int(config.train.ppo_epochs), required)
+    learner = Learner(split, frozen, mesh, config, mode, show)
     logs_root = run_dir / "logs"
     exposures = Exposures(logs_root)
     popularity = np.bincount(inter.item, minlength=inter.num_items).astype(np.float32)
+    p = config.policy
+    logging = LoggingPolicy(p.logging_policy, float(p.logging_temperature), streams.logging,
+                            popularity, float(p.logging_popularity))
     methods = tuple(config.rounds.methods)
     layout = Layout(methods, lambda: learner.fresh_state(init_params, sft=True),
                     lambda: {**learner.fresh_state(init_params), **frozen_policies(
-                        config, init_params, copy=False)})
+                        logging, init_params, copy=False)})
     return Experiment(
         config=config, methods=methods, streams=streams, init_params=init_params,
         sft_examples=sft_examples, encoder=encoder, learner=learner,
-        rollout=Rollout(policy, sim, round_examples, logs_root, streams.logging,
-                        float(config.policy.logging_temperature), popularity,
-                        float(config.policy.logging_popularity), text_policy,
-                        logging_procedure, config.loss.certainty_tokens),
+        rollout=Rollout(mode, logging, sim, round_examples, logs_root),
         evaluator=Evaluator(policy, test_examples, sim, inter.num_items, popularity, exposures,
-                            tuple(config.eval.ks), text_eval(config, text_policy, streams)),
+                            tuple(config.eval.ks), mode),
         layout=layout, ckpt=Checkpointer(checkpoint_dir(config), config.checkpoint.max_to_keep),
-        writer=MetricsWriter(run_dir, tensorboard=config.outputs.tensorboard), text=text)
+        writer=MetricsWriter(run_dir, tensorboard=config.outputs.tensorboard), mode=mode,
+        logging=logging)
 
 
 def build_text(config: Any, encoder: Encoder, tokenizer: Any, inter: Any,
                short_ids: Sequence[str], catalogue: bool, split: Any, frozen: Any, mesh: Any,
-               show: bool) -> tuple[TextEncoder, TextPolicy, Any]:
-    """Text mode's encoder (rollout procedure at `policy.temperature`), sampler and logging
-    procedure (at `policy.logging_temperature`)."""
+               show: bool, streams: RngStreams, required: tuple[str, ...]) -> TextMode:
+    """Text mode: its encoder (rollout procedure at `policy.temperature`), sampler, logging
+    procedure (at `policy.logging_temperature`) and evaluation settings."""
     sequences = None
     if catalogue:
         sequences = catalogue_completion_ids(tokenizer, inter.item_titles, short_ids,
@@ -216,12 +236,5 @@ def build_text(config: Any, encoder: Encoder, tokenizer: Any, inter: Any,
                         int(config.eval.batch_size), show)
     logging_proc = procedure_from_config(config, tokenizer, max_item,
                                          config.policy.logging_temperature)
-    return text, policy, logging_proc
-
-
-def text_eval(config: Any, policy: TextPolicy | None, streams: RngStreams) -> TextEval | None:
-    """Text-mode evaluation settings (None in item mode)."""
-    if policy is None:
-        return None
-    return TextEval(policy, policy.text.procedure, int(config.eval.text_samples),
-                    int(config.eval.beam), streams.text_eval)
+    return TextMode(policy, logging_proc, int(config.eval.text_samples), int(config.eval.beam),
+                    streams.text_eval, config.loss.certainty_tokens, required)

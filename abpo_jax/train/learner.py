@@ -38,8 +38,7 @@ from abpo_jax.sampling.group_scoring import CandidateBatch, PackedGroup, score_c
 from abpo_jax.train import state as st
 from abpo_jax.train.faults import kill_point
 from abpo_jax.train.outputs import progress
-from abpo_jax.train.policy import (Encoder, example_from_record, record_anchor_certainty,
-                                   record_click_probs)
+from abpo_jax.train.policy import Encoder
 from abpo_jax.train.state import ModelSplit
 
 
@@ -104,6 +103,18 @@ def finite_update(state: dict, grads: Any, loss: jax.Array, tx: optax.GradientTr
         "skipped": state["skipped"] + (~finite).astype(jnp.int32),
         "cert": state["cert"],
     }, finite
+
+
+def end_policy_step(settings: abpo.LossSettings, state: dict, new_state: dict,
+                    terms: abpo.AnchorTerms, metrics: dict, loss: jax.Array, finite: jax.Array,
+                    grads: Any, valid: jax.Array) -> tuple[dict, dict]:
+    """The end every policy-gradient step shares: the running certainty extremes carried
+    (certainty_norm=running) and the step metrics every mode reports."""
+    new_state["cert"] = terms.stats if settings.certainty_norm == "running" else state["cert"]
+    metrics.update(loss=loss, finite=finite.astype(jnp.float32),
+                   grad_norm=optax.global_norm(grads),
+                   snips_weight=abpo.masked_mean(terms.snips_weight, valid))
+    return new_state, metrics
 
 
 @dataclasses.dataclass
@@ -212,13 +223,8 @@ def make_policy_step(split: ModelSplit, tx: optax.GradientTransformation,
             for _ in range(ppo_epochs):   # mu is small and static: unrolled
                 grads, loss, metrics = _accumulate(grad_fn, new_state["params"], A)
                 new_state, finite = finite_update(new_state, grads, loss, tx)
-        new_state["cert"] = (objective.terms.stats if settings.certainty_norm == "running"
-                             else state["cert"])
-        valid = batch.valid.astype(jnp.float32).reshape(-1)
-        metrics.update(loss=loss, finite=finite.astype(jnp.float32),
-                       grad_norm=optax.global_norm(grads),
-                       snips_weight=abpo.masked_mean(objective.terms.snips_weight, valid))
-        return new_state, metrics
+        return end_policy_step(settings, state, new_state, objective.terms, metrics, loss,
+                               finite, grads, batch.valid.astype(jnp.float32).reshape(-1))
 
     return step
 
@@ -285,29 +291,10 @@ def make_sft_step(split: ModelSplit, tx: optax.GradientTransformation) -> Callab
 # --- input: logged records -> RL batches ----------------------------------------------------
 
 
-def featurize(record: LogRecord, encoder: Encoder) -> dict[str, np.ndarray]:
-    """One logged request as fixed-shape arrays: the exact logged prompt, re-tokenized, and the
-    click probabilities the record carries (no simulator call in the input pipeline)."""
-    ex = example_from_record(record)
-    cands = encoder.encode([ex])
-    p = cands.packed
-    return {
-        "tokens": p.tokens[0], "positions": p.positions[0], "segments": p.segments[0],
-        "prompt_lengths": p.prompt_lengths[0], "completion_tokens": p.completion_tokens[0],
-        "completion_mask": p.completion_mask[0], "item_mask": cands.item_mask[0],
-        "valid_cands": cands.valid[0],
-        "exposed": np.int32(record.exposed_index),
-        "propensity": np.float32(record.propensity),
-        "outcome": np.int32(record.outcome),
-        "target": np.int32(ex.target_index), "sim_reward": record_click_probs(record),
-        "round_certainty": np.float32(record_anchor_certainty(record)),
-    }
-
-
 def log_batches(shards: Sequence[str], featurize_record: Callable[[LogRecord], dict], *,
                 steps: int, batch_size: int, seed: int, num_records: int) -> Iterator[dict]:
     """This process's share of `steps` global batches of a round's log, each record through
-    `featurize_record` (:func:`featurize`, or text mode's `featurize_text`); grain iterator,
+    `featurize_record` (the mode's `featurize`); grain iterator,
     checkpointable, reshuffled every epoch."""
     per_epoch = max(num_records // batch_size, 1)
     return iter(log_iterator(
@@ -343,8 +330,8 @@ class Learner:
     frozen: Any
     mesh: Mesh
     config: Any                    # the run config: `train.*` and `loss.*` fields
+    mode: Any                      # the action space (`train/modes/base.Mode`)
     show_progress: bool = False
-    text: Any = None               # text mode: a `text_learner.TextUpdate` (rollouts + step)
 
     def __post_init__(self):
         self.settings = abpo.LossSettings.from_config(self.config.loss)
@@ -373,18 +360,17 @@ class Learner:
                                                          self.mesh))
 
     def _jit(self, name: str, make: Callable[[], Callable], state: dict, num_batch_args: int,
-             with_ref: bool = False, batch_sharding: NamedSharding | None = None,
-             with_key: bool | None = None) -> Callable:
+             with_ref: bool = False, batch_sharding: NamedSharding | None = None) -> Callable:
         """The jitted step `name`: (state, frozen[, ref params], batch args...[, key]) with
         explicit shardings, the state donated; batch args on the micro-batch sharding unless
-        `batch_sharding` is given; a replicated key last when `with_key` (default: with_ref)."""
+        `batch_sharding` is given; a replicated key last with the ref params."""
         if name not in self.compiled:
             sh = jax.tree.map(lambda x: x.sharding, state)
             ins = [sh, jax.tree.map(lambda x: x.sharding, self.frozen)]
             if with_ref:
                 ins.append(jax.tree.map(lambda x: x.sharding, state["params"]))
             ins += [batch_sharding or self.micro_sharding] * num_batch_args
-            if with_ref if with_key is None else with_key:
+            if with_ref:
                 ins.append(self.replicated)
             self.compiled[name] = jax.jit(make(), in_shardings=tuple(ins),
                                           out_shardings=(sh, self.replicated), donate_argnums=0)
@@ -436,36 +422,29 @@ class Learner:
         state = {key: state[key] for key in STATE_KEYS}
         kind, overrides = self.methods[method]
         policy_gradient = kind == "policy_gradient"
-        text_mode = policy_gradient and self.text is not None
-        if text_mode:
+        mode = self.mode
+        if policy_gradient:
             settings = self.settings.replace(**overrides)
-            fn = self._jit(f"text:{method}", lambda: self.text.make_step(tx, settings), state,
-                           1, with_ref=True, batch_sharding=self.batch_rows, with_key=False)
-        elif policy_gradient:
-            settings = self.settings.replace(**overrides)
-            fn = self._jit(f"policy:{method}", lambda: make_policy_step(
-                self.split, tx, settings, int(self.config.train.ppo_epochs)), state, 1,
-                with_ref=True)
+            fn = self._jit(f"policy:{method}", lambda: mode.make_policy_step(tx, settings),
+                           state, 1, with_ref=True,
+                           batch_sharding=self.batch_rows if mode.batch_rows else None)
+            place = self._place if mode.batch_rows else self._micro
         else:  # sft_positive: SFT on the logged item, weighted by its positive outcome
             fn = self._jit("sft_positive", lambda: make_sft_step(self.split, tx), state, 3)
         hist = list(hist)
         for s in progress(range(start, steps), "update", total=steps - start,
                           enabled=self.show_progress):
             host = next(batches)
-            if text_mode:   # rollouts from pi_old = this step's params, then the step
-                tb = self._place(self.text.batch(host, state["params"],
-                                                 jax.random.fold_in(round_key, s),
-                                                 settings.num_generations))
+            if policy_gradient:
+                batch = place(mode.policy_batch(host, state["params"],
+                                                jax.random.fold_in(round_key, s), settings))
                 with jax.set_mesh(self.mesh):
-                    state, m = fn(state, self.frozen, ref, tb)
+                    state, m = fn(state, self.frozen, ref, batch, round_key)
             else:
                 batch = self._micro(rl_batch(host))
                 with jax.set_mesh(self.mesh):
-                    if policy_gradient:
-                        state, m = fn(state, self.frozen, ref, batch, round_key)
-                    else:
-                        state, m = fn(state, self.frozen, batch.cands, batch.exposed,
-                                      batch.outcome.astype(jnp.float32))
+                    state, m = fn(state, self.frozen, batch.cands, batch.exposed,
+                                  batch.outcome.astype(jnp.float32))
             hist.append({key: float(v) for key, v in jax.device_get(m).items()})
             kill_point("update")
             self._maybe_save(save, state, s + 1, steps, hist)

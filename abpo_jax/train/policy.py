@@ -3,10 +3,10 @@
 pi~_theta(c | x) = softmax_c( sum_t log pi_theta(o_c,t | x, o_c,<t) ) over the closed candidate
 list, scored with the shared-prefix packing of `sampling.group_scoring` (`pack_candidates` ->
 `score_candidates`, the one token path). This module adds the request side: `Encoder` renders and
-tokenizes `Example`s with run-wide fixed padded sizes (one compiled program), `example_from_record`
-rebuilds the exact logged request, and `Policy` scores batches of requests with given trainable
-params on the run's mesh. Deploy, the update featurizer, evaluation, `recommend` and GEE all go
-through here.
+tokenizes `Example`s with run-wide fixed padded sizes (one compiled program) and `Policy` scores
+batches of requests with given trainable params on the run's mesh (a logged request is rebuilt by
+`data.records.example_from_record`). Deploy, the update featurizer, evaluation, `recommend` and
+GEE all go through here.
 """
 
 from __future__ import annotations
@@ -18,13 +18,11 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
-from abpo_jax.data.logs import LogRecord
 from abpo_jax.data.prompts import render_completion, render_messages
 from abpo_jax.data.splits import Example
 from abpo_jax.sampling.group_scoring import (CandidateBatch, bucket, pack_candidates,
                                              score_candidates)
 from abpo_jax.sampling.trie import candidate_token_sequences
-from abpo_jax.sim.logging_policy import ANCHOR_CERTAINTY, CLICK_PROBS, HISTORY_RATINGS, TARGET
 from abpo_jax.train.faults import kill_point
 from abpo_jax.train.outputs import progress
 from abpo_jax.train.state import ModelSplit
@@ -92,30 +90,6 @@ class Encoder:
             prompt_len=self.prompt_len, completion_len=self.completion_len,
             num_candidates=self.num_candidates,
             pad_id=int(getattr(self.tokenizer, "pad_id", 0) or 0))
-
-
-def example_from_record(record: LogRecord) -> Example:
-    """The request of a logged exposure, as logged (target -1 and ratings 0 when unknown)."""
-    cands = np.asarray(record.candidate_item_ids, np.int32)
-    target = int(record.extras.get(TARGET, -1))
-    hits = np.flatnonzero(cands == target)
-    history = np.asarray(record.context_item_ids, np.int32)
-    ratings = record.extras.get(HISTORY_RATINGS)
-    ratings = (np.zeros(len(history), np.float32) if ratings is None
-               else np.asarray(ratings, np.float32))
-    return Example(user=record.user_id, history=history, history_ratings=ratings, target=target,
-                   candidates=cands, target_index=int(hits[0]) if hits.size else -1)
-
-
-def record_click_probs(record: LogRecord) -> np.ndarray:
-    """The simulated click probabilities [C] the record was logged with."""
-    return np.asarray(record.extras[CLICK_PROBS], np.float32)
-
-
-def record_anchor_certainty(record: LogRecord) -> float:
-    """The exposure's self-certainty quantile over its round under the deployed policy
-    (`certainty_norm=round`); 0.5 for an imported record that does not carry it."""
-    return float(record.extras.get(ANCHOR_CERTAINTY, 0.5))
 
 
 @dataclasses.dataclass

@@ -30,14 +30,13 @@ import jax
 import jax.numpy as jnp
 
 from abpo_jax.data import log_store
-from abpo_jax.eval.evaluate import TABLE_COLUMNS
+from abpo_jax.eval import metric_table
 from abpo_jax.train.checkpoint import ResumeInputError, Restored, RunState
 from abpo_jax.train.distributed import initialize_distributed
-from abpo_jax.train.experiment import Experiment, build, frozen_policies
-from abpo_jax.train.learner import featurize, log_batches
+from abpo_jax.train.experiment import Experiment, build
+from abpo_jax.train.learner import log_batches
 from abpo_jax.train.outputs import is_main_process, plot_metrics, print_table
 from abpo_jax.train.rollout import round_path
-from abpo_jax.train.text_learner import featurize_text
 
 
 def _copy(tree: Any) -> Any:
@@ -47,9 +46,7 @@ def _copy(tree: Any) -> Any:
 def round_batches(exp: Experiment, k: int, method: str):
     """The grain iterator over `method`'s committed round-k log (fresh or to restore into)."""
     roundlog = log_store.open_round(round_path(exp.rollout.logs_root, method, k))
-    featurize_record = ((lambda r: featurize_text(r, exp.text)) if exp.text is not None
-                        else (lambda r: featurize(r, exp.encoder)))
-    return log_batches([str(p) for p in roundlog.shard_paths], featurize_record,
+    return log_batches([str(p) for p in roundlog.shard_paths], exp.mode.featurize,
                        steps=exp.learner.update_steps(),
                        batch_size=int(exp.config.train.batch_size),
                        seed=exp.streams.log_shuffle(k), num_records=len(roundlog))
@@ -97,7 +94,7 @@ def run(exp: Experiment) -> list[dict]:
             exp.writer.write({**row, "method": m})
         # Every method owns its buffers: the train steps donate them.
         methods_tree = {m: {**learner.fresh_state(_copy(params)),
-                            **frozen_policies(c, params)} for m in methods}
+                            **exp.frozen(params)} for m in methods}
         rs = RunState("done", 0, methods[-1])
         save({"methods": methods_tree}, rs)
     else:
@@ -117,9 +114,7 @@ def run(exp: Experiment) -> list[dict]:
                     mstate = {**mstate, "ref": _copy(mstate["params"])}
                 if c.train.reset_optimizer:
                     mstate = {**mstate, "opt": learner.fresh_state(mstate["params"])["opt"]}
-            # stale logging: the round-0 policy deploys every round
-            deployed = mstate.get("initial", mstate["ref"] if resuming else mstate["params"])
-            roundlog = exp.rollout.deploy(k, method, deployed)
+            roundlog = exp.rollout.deploy(k, method, exp.logging.deployed(mstate, resuming))
             train: dict = {}
             if method != "no_update":
                 batches = restored.data_iter if resuming else round_batches(exp, k, method)
@@ -154,9 +149,10 @@ def finish(exp: Experiment, rows: list[dict], seconds: float) -> None:
     exp.writer.close()
     if not is_main_process():
         return
-    print_table(rows, [col for col in TABLE_COLUMNS if any(col in r for r in rows)])
+    ks = tuple(exp.config.eval.ks)
+    print_table(rows, metric_table.present(metric_table.names(ks, "table"), rows))
     if exp.config.outputs.plots:
-        plot_metrics(rows, exp.writer.run_dir / "plots", TABLE_COLUMNS)
+        plot_metrics(rows, exp.writer.run_dir / "plots", metric_table.names(ks, "plot"))
     print(f"run dir: {exp.writer.run_dir}  ({seconds:.0f} s)")
 
 
@@ -175,5 +171,6 @@ def evaluate_run(config, devices: Sequence[jax.Device] | None = None) -> list[di
     else:
         rows = [exp.evaluator.row(restored.run_state.round, m, mstate["params"])
                 for m, mstate in restored.state["methods"].items()]
-    print_table(rows, [c for c in TABLE_COLUMNS if any(c in r for r in rows)], "evaluation")
+    columns = metric_table.names(tuple(config.eval.ks), "table")
+    print_table(rows, metric_table.present(columns, rows), "evaluation")
     return rows

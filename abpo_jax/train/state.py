@@ -18,12 +18,13 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from abpo_jax.models.sharding import make_mesh, state_shardings
+from abpo_jax.models.sharding import make_mesh, set_rules, state_shardings
 
 
 def build_mesh(config, devices: list | None = None) -> Mesh:
     """The ("data", "fsdp", "tensor") mesh over `devices` (default: all) sized by `config.mesh`
-    (one axis may be -1 = fill)."""
+    (one axis may be -1 = fill); installs `config.mesh.rules` as the logical-axis table."""
+    set_rules(config.mesh.get("rules"))
     return make_mesh(int(config.mesh.data), int(config.mesh.fsdp), int(config.mesh.tensor),
                      devices=devices)
 

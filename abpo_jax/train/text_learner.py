@@ -26,15 +26,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from abpo_jax.data.logs import LogRecord
 from abpo_jax.losses import abpo
 from abpo_jax.sampling import procedure as proc
 from abpo_jax.sampling.group_scoring import packed_attention_mask, token_scores
-from abpo_jax.train.learner import finite_update, featurize
 from abpo_jax.sampling.trie import Trie
-from abpo_jax.train.policy import example_from_record
+from abpo_jax.train.learner import end_policy_step, finite_update
 from abpo_jax.train.state import ModelSplit
-from abpo_jax.train.text_policy import TextEncoder, TextPolicy, certainty_mask
+from abpo_jax.train.text_policy import TextPolicy, certainty_mask
 
 
 @dataclasses.dataclass
@@ -143,44 +141,17 @@ def make_text_policy_step(split: ModelSplit, tx: optax.GradientTransformation,
         (loss, metrics), g_logp = jax.value_and_grad(loss_fn, has_aux=True)(logp)
         grads = pullback(g_logp)[0]
         new_state, finite = finite_update(state, grads, loss, tx)
-        new_state["cert"] = (terms.stats if settings.certainty_norm == "running"
-                             else state["cert"])
-        metrics.update(loss=loss, finite=finite.astype(jnp.float32),
-                       grad_norm=optax.global_norm(grads),
-                       snips_weight=abpo.masked_mean(terms.snips_weight, valid),
-                       completion_tokens=abpo.masked_mean(
-                           jnp.sum(loss_mask[:, 1:], -1), jnp.broadcast_to(
-                               valid[:, None], loss_mask.shape[:2])[:, 1:]))
+        new_state, metrics = end_policy_step(settings, state, new_state, terms, metrics, loss,
+                                             finite, grads, valid)
+        metrics["completion_tokens"] = abpo.masked_mean(
+            jnp.sum(loss_mask[:, 1:], -1),
+            jnp.broadcast_to(valid[:, None], loss_mask.shape[:2])[:, 1:])
         return new_state, metrics
 
     return step
 
 
-# --- input: logged records -> text batches --------------------------------------------------
-
-
-def featurize_text(record: LogRecord, text: TextEncoder) -> dict[str, np.ndarray]:
-    """One logged request as fixed-shape arrays: the item-mode fields (`learner.featurize`,
-    used by `sft_positive`) plus the left-padded prompt and the logged completion."""
-    out = featurize(record, text.encoder)
-    ex = example_from_record(record)
-    tokens, mask = text.prompts([ex])
-    anchor_t, anchor_k = text.anchor(record, ex)
-    catalogue = text.catalogue_mode
-    out.update({
-        "prompt_tokens": tokens[0], "prompt_mask": mask[0],
-        "anchor_tokens": anchor_t, "anchor_kinds": anchor_k,
-        "anchor_item": np.int32(text.logged_item(record)),
-        "anchor_format": np.float32(text.format_rewards(anchor_t[None], anchor_k[None])[0]),
-        "item_target": np.int32(ex.target if catalogue else ex.target_index),
-        "history": np.asarray(record.context_item_ids, np.int32),
-        "user": np.int64(record.user_id),
-    })
-    if not catalogue:
-        trie = text.tries([ex])
-        out.update(trie_tokens=trie.child_tokens[0], trie_nodes=trie.child_nodes[0],
-                   trie_leaves=trie.leaf_candidate[0])
-    return out
+# --- input: featurized records + rollouts -> text batches ---------------------------------
 
 
 def text_batch(host: dict, policy: TextPolicy, params: Any, key: jax.Array,
@@ -208,22 +179,3 @@ def text_batch(host: dict, policy: TextPolicy, params: Any, key: jax.Array,
         sim_reward=sim, propensity=host["propensity"], outcome=host["outcome"],
         target=host["item_target"], round_certainty=host["round_certainty"],
         valid=np.ones(b, np.float32), trie=trie)
-
-
-@dataclasses.dataclass
-class TextUpdate:
-    """What the learner needs for text-mode policy-gradient updates: the step and the
-    per-step rollout batches (`Learner.text`)."""
-
-    policy: TextPolicy
-    procedure: proc.Procedure     # pi_old's rollout procedure
-
-    def make_step(self, tx: optax.GradientTransformation, settings: abpo.LossSettings
-                  ) -> Callable:
-        text = self.policy.text
-        return make_text_policy_step(self.policy.split, tx, settings, self.procedure,
-                                     text.eos_id, text.shared_trie)
-
-    def batch(self, host: dict, params: Any, key: jax.Array, num_generations: int
-              ) -> TextBatch:
-        return text_batch(host, self.policy, params, key, self.procedure, num_generations)

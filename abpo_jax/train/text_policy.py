@@ -32,7 +32,7 @@ from abpo_jax.sampling import procedure as proc
 from abpo_jax.sampling import trie as trie_lib
 from abpo_jax.sampling.beam import BeamParams, beam_search
 from abpo_jax.sampling.generate import left_pad
-from abpo_jax.sim.logging_policy import COMPLETION_KINDS, COMPLETION_TOKENS
+from abpo_jax.data import records
 from abpo_jax.train.outputs import progress
 from abpo_jax.train.policy import Encoder
 from abpo_jax.train.state import ModelSplit
@@ -112,11 +112,9 @@ class TextEncoder:
     def anchor(self, record: LogRecord, example: Example) -> tuple[np.ndarray, np.ndarray]:
         """The logged completion as (tokens [N], kinds [N]), padded: the tokens the log stores,
         else the bare item tag."""
-        tokens = record.extras.get(COMPLETION_TOKENS)
-        if tokens is None:
-            tokens, kinds = self.bare_completion(example, self.logged_item(record))
-        else:
-            kinds = record.extras[COMPLETION_KINDS]
+        logged = records.completion(record)
+        tokens, kinds = (self.bare_completion(example, self.logged_item(record)) if logged is None
+                         else logged)
         if len(tokens) > self.length:
             raise ValueError(f"request {record.request_id}: logged completion has {len(tokens)} "
                              f"tokens, more than this run's completion length {self.length} "

@@ -61,6 +61,27 @@ def test_logical_to_spec_rules():
         P(None, ("fsdp", "tensor"))
 
 
+def test_config_mesh_rules_override_takes_effect():
+    """`config.mesh.rules` is the table the model is born with (installed by build_mesh)."""
+    from abpo_jax.config import base_config
+    from abpo_jax.train.state import build_mesh
+    config = base_config()
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
+    # embed replicated, mlp over both fsdp and tensor; list values as a CLI override gives them
+    config.mesh.rules = tuple((name, None if name == "embed" else
+                               ["fsdp", "tensor"] if name == "mlp" else target)
+                              for name, target in config.mesh.rules)
+    try:
+        mesh = build_mesh(config, jax.devices()[:8])
+        model = create_sharded_model(CONFIG, mesh, rngs_seed=0)
+        assert model.layers[0].mlp.gate_proj.kernel[...].sharding.spec == P(None, ("fsdp",
+                                                                                   "tensor"))
+        assert sh.logical_to_spec(("embed",), (64,), dict(mesh.shape)) == P(None)
+    finally:
+        sh.set_rules(None)
+    assert sh.logical_to_spec(("embed",), (64,), dict(mesh.shape)) == P("fsdp")
+
+
 def test_params_born_sharded(models):
     single, sharded = models
     kernel = sharded.layers[0].mlp.gate_proj.kernel[...]

@@ -21,7 +21,7 @@ from helpers import tiny_run_config
 from abpo_jax.config import validate
 from abpo_jax.data import log_store
 from abpo_jax.sampling import procedure as proc
-from abpo_jax.sim.logging_policy import COMPLETION_KINDS, COMPLETION_TOKENS
+from abpo_jax.data.records import COMPLETION_KINDS, COMPLETION_TOKENS
 
 METHODS = ("abpo", "grpo", "no_update")
 
@@ -66,7 +66,7 @@ def test_text_run_rows_and_logged_completions(text_run):
     updated = [r for r in rows if r["round"] == 1 and r["method"] == "abpo"][0]
     assert updated["train/finite"] == 1.0 and updated["train/completion_tokens"] > 0
     records = _round_log(run)
-    encoder = run.text.encoder
+    encoder = run.mode.text.encoder
     for rec in records:
         tokens = rec.extras[COMPLETION_TOKENS]
         ex_cands = encoder.completion_ids(_example(rec))
@@ -77,7 +77,7 @@ def test_text_run_rows_and_logged_completions(text_run):
 
 
 def _example(rec):
-    from abpo_jax.train.policy import example_from_record
+    from abpo_jax.data.records import example_from_record
     return example_from_record(rec)
 
 
@@ -87,7 +87,7 @@ def test_logged_propensity_is_the_procedure_probability(text_run):
     from abpo_jax.train.text_learner import member_scores
     run, _ = text_run
     records = _round_log(run)
-    text = run.text
+    text = run.mode.text
     examples = [_example(r) for r in records]
     prompt_tokens, prompt_mask = text.prompts(examples)
     anchors = [text.anchor(r, e) for r, e in zip(records, examples)]
@@ -98,12 +98,13 @@ def test_logged_propensity_is_the_procedure_probability(text_run):
     _, _, logits = member_scores(model, jnp.asarray(prompt_tokens), jnp.asarray(prompt_mask),
                                  jnp.asarray(tokens), jnp.asarray(kinds))
     logq = proc.procedure_log_probs(logits, tokens[:, 0], kinds[:, 0], text.tries(examples),
-                                    run.rollout.procedure, text.eos_id)
+                                    run.mode.logging_procedure, text.eos_id)
     want = np.exp(np.asarray(logq).sum(-1))
     got = np.array([r.propensity for r in records])
     # KV-cache decode vs packed teacher forcing: float32 sums agree to ~1e-5 relative
     np.testing.assert_allclose(got, want, rtol=1e-3)
-    assert run.rollout.procedure.top_k == 3 and run.rollout.procedure.temperature == 1.5
+    logging_procedure = run.mode.logging_procedure
+    assert logging_procedure.top_k == 3 and logging_procedure.temperature == 1.5
     assert got.min() < 0.99   # truncation and temperature leave real uncertainty to check
 
 
@@ -114,7 +115,7 @@ def test_catalogue_run_generates_catalogue_items(catalogue_run):
             assert math.isfinite(r[key]), (r["round"], r["method"], key)
         assert 0.0 <= r["catalogue_hr@1"] <= r["catalogue_hr@10"] <= 1.0
     records = _round_log(run)
-    sequences = run.text.catalogue
+    sequences = run.mode.text.catalogue
     num_items = len(sequences)
     for rec in records:
         assert rec.candidate_item_ids == (rec.exposed_item_id,)
@@ -124,4 +125,4 @@ def test_catalogue_run_generates_catalogue_items(catalogue_run):
     # the prompt names no candidates: it is the same for any candidate list
     ex = _example(records[0])
     other = dataclasses.replace(ex, candidates=ex.candidates[::-1].copy())
-    assert run.text.encoder.prompt_ids(ex) == run.text.encoder.prompt_ids(other)
+    assert run.mode.text.encoder.prompt_ids(ex) == run.mode.text.encoder.prompt_ids(other)

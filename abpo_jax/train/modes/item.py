@@ -1,0 +1,90 @@
+"""Item mode: the policy is pi~(c | x) = softmax over the closed candidate list of each
+completion's sequence log-probability (`train/policy.py`); the exposure is drawn from it by
+the logging policy; the step is `learner.make_policy_step` over packed candidates."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+import optax
+
+from abpo_jax.data import records
+from abpo_jax.data.logs import LogRecord
+from abpo_jax.data.splits import Example
+from abpo_jax.losses import abpo
+from abpo_jax.sim.logging_policy import LoggingPolicy
+from abpo_jax.train.learner import RLBatch, make_policy_step, rl_batch
+from abpo_jax.train.modes.base import PolicyStep
+from abpo_jax.train.policy import Encoder, Policy
+from abpo_jax.train.state import ModelSplit
+
+
+def featurize(record: LogRecord, encoder: Encoder, required: Sequence[str] = ()
+              ) -> dict[str, np.ndarray]:
+    """One logged request as fixed-shape arrays: the exact logged prompt, re-tokenized, and the
+    per-record loss inputs the record carries (no simulator call in the input pipeline).
+
+    A loss input absent from the record is an error when `required` names it (the ingest check
+    quarantines such records first) and NaN otherwise: this run's objective never reads it.
+    """
+    ex = records.example_from_record(record)
+    cands = encoder.encode([ex])
+    p = cands.packed
+    gone = records.missing(record, required)
+    if gone:
+        raise ValueError(f"request {record.request_id}: extras {gone} missing; this run's "
+                         "loss needs them (data/records.py)")
+    click = records.click_probs(record)
+    certainty = records.anchor_certainty(record)
+    return {
+        "tokens": p.tokens[0], "positions": p.positions[0], "segments": p.segments[0],
+        "prompt_lengths": p.prompt_lengths[0], "completion_tokens": p.completion_tokens[0],
+        "completion_mask": p.completion_mask[0], "item_mask": cands.item_mask[0],
+        "valid_cands": cands.valid[0],
+        "exposed": np.int32(record.exposed_index),
+        "propensity": np.float32(record.propensity),
+        "outcome": np.int32(record.outcome),
+        "target": np.int32(ex.target_index),
+        "sim_reward": (np.full(len(ex.candidates), np.nan, np.float32) if click is None
+                       else click),
+        "round_certainty": np.float32(np.nan if certainty is None else certainty),
+    }
+
+
+@dataclasses.dataclass
+class ItemMode:
+    """The closed candidate list (`policy.mode=item`)."""
+
+    policy: Policy
+    split: ModelSplit
+    ppo_epochs: int
+    required: tuple[str, ...] = ()   # extras the run's methods train on (`records.required`)
+    name: str = "item"
+    batch_rows: bool = False
+    logs_have_candidates: bool = True
+
+    def featurize(self, record: LogRecord) -> dict[str, np.ndarray]:
+        return featurize(record, self.policy.encoder, self.required)
+
+    def policy_batch(self, host: dict, params: Any, key: jax.Array,
+                     settings: abpo.LossSettings) -> RLBatch:
+        return rl_batch(host)
+
+    def make_policy_step(self, tx: optax.GradientTransformation, settings: abpo.LossSettings
+                         ) -> PolicyStep:
+        return make_policy_step(self.split, tx, settings, self.ppo_epochs)
+
+    def expose(self, params: Any, examples: Sequence[Example], logging: LoggingPolicy, k: int,
+               desc: str) -> dict[str, Any]:
+        log_pi, certainty = self.policy.scores(params, examples, desc, kill="rollout")
+        log_pi, bias = logging.logits(log_pi, np.stack([e.candidates for e in examples]))
+        # batch_size=len(examples): log_round asks for all scores in one call.
+        return dict(score_fn=lambda chunk: log_pi, batch_size=len(examples), logit_bias=bias,
+                    certainty=certainty)
+
+    def eval_metrics(self, k: int, params: Any, examples: Sequence[Example],
+                     ks: Sequence[int], desc: str) -> dict[str, float]:
+        return {}
