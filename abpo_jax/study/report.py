@@ -12,14 +12,10 @@ import math
 import pathlib
 from typing import Any, Mapping, Sequence
 
+from abpo_jax.eval import metric_table
 from abpo_jax.study import differences, stats, tuning
 
-# Per-round metrics reported (when a run produced them), in table order.
-METRICS = ("ndcg@5", "ndcg@10", "hr@1", "hr@5", "hr@10", "sim_ctr", "exposed_share",
-           "kl_exposure", "gini", "coverage", "snips_ctr", "log_sim_ctr", "snips_bias",
-           "text_ndcg@5", "text_hr@1", "catalogue_ndcg@10", "catalogue_hr@10")
-HEADLINE = ("ndcg@5", "ndcg@10", "hr@1", "hr@5", "hr@10", "sim_ctr", "exposed_share",
-            "snips_bias", "text_ndcg@5", "text_hr@1", "catalogue_ndcg@10", "catalogue_hr@10")
+# The metrics reported and the headline ones: `eval/metric_table.py` (report / headline).
 TESTED = ("ndcg@5", "sim_ctr")          # metrics with paired tests at the final round
 BASELINES = ("no_update", "grpo", "sft_positive")   # every method is tested against each present
 ALPHA = 0.05
@@ -37,10 +33,12 @@ def summarize(cells: Sequence[Mapping[str, Any]], methods: Sequence[str],
         if not mine:
             continue
         rounds = sorted({int(r["round"]) for c in mine for r in c["rows"]})
+        reported = metric_table.names(metric_table.ks_of(r for c in mine for r in c["rows"]),
+                                      "report")
         # values[method][metric][round] = one value per seed (None where missing)
         values: dict[str, dict[str, dict[str, list]]] = {}
         for m in methods:
-            for metric in METRICS:
+            for metric in reported:
                 per_round = {}
                 for k in rounds:
                     per_round[str(k)] = [_value(c["rows"], k, m, metric) for c in mine]
@@ -158,9 +156,14 @@ def headline_rows(study: Mapping[str, Any], condition: str) -> list[list[str]]:
 
 
 def headline_metrics(study: Mapping[str, Any], condition: str) -> list[str]:
-    """The HEADLINE metrics the runs produced (@K needs K <= C candidates)."""
+    """The headline metrics the runs produced (@K needs K <= C candidates)."""
     summary = study["conditions"][condition]["summary"]
-    return [x for x in HEADLINE if any(x in by_metric for by_metric in summary.values())]
+    return metric_table.present(_headline(summary.values()), list(summary.values()))
+
+
+def _headline(summaries: Any) -> tuple[str, ...]:
+    """The metric table's headline columns at the K the summaries hold."""
+    return metric_table.names(metric_table.ks_of(summaries), "headline")
 
 
 def condition_rows(study: Mapping[str, Any], metric: str = "ndcg@5",
@@ -265,8 +268,9 @@ def where_abpo_does_not_win(study: Mapping[str, Any], method: str = "abpo") -> l
 
 
 def write_plots(study: Mapping[str, Any], out_dir: str | pathlib.Path,
-                metrics: Sequence[str] = HEADLINE) -> list[pathlib.Path]:
-    """One PNG per (condition, metric): mean per round, one line per method, 95% band."""
+                metrics: Sequence[str] | None = None) -> list[pathlib.Path]:
+    """One PNG per (condition, metric): mean per round, one line per method, 95% band
+    (default: the headline metrics)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -277,7 +281,8 @@ def write_plots(study: Mapping[str, Any], out_dir: str | pathlib.Path,
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, cond in study["conditions"].items():
-        for metric in metrics:
+        for metric in (metrics if metrics is not None else
+                       _headline(cond["summary"].values())):
             fig, ax = plt.subplots(figsize=(5.5, 3.8))
             drew = False
             for m in study["methods"]:
