@@ -1,11 +1,12 @@
 """Constrained beam search over the whole catalogue: ours (`sampling.beam`) vs HF `generate`.
 
     abpo-jax bench --config.bench.only=beam   # SmolLM2-135M, ML-1M titles (3,706 items), K=10
+    abpo-jax bench --config.bench.only=beam --config.model.source=gemma3_270m
     abpo-jax bench --quick                    # tiny random Llama, 300-item random catalogue
 
 Catalogue-mode evaluation (ReRe / MiniOneRec): for each prompt the K best items of the whole
 catalogue by constrained beam search. Both sides get the same weights (our Decoder's copied into
-a `LlamaForCausalLM`), the same left-padded batch of prompts, the same K and the same catalogue
+its transformers twin, `models.hf_twin`), the same left-padded batch of prompts, the same K and the same catalogue
 trie: ours on device (`build_catalogue_trie`, an edge list), HF through
 `prefix_allowed_tokens_fn` over a prefix -> allowed-tokens table, the way MiniOneRec's
 `evaluate.py` builds its `hash_dict`, with its generation settings (`num_beams=K`,
@@ -35,23 +36,6 @@ QUICK = {"num_prompts": 4, "prompt_len": 24, "num_items": 300, "vocab": 256, "be
 def _option(config: Any, name: str, default: Any) -> Any:
     bench = config.get("bench", {}) if hasattr(config, "get") else {}
     return bench.get(name, default) if bench else default
-
-
-def _hf_twin(model: Any) -> Any:
-    """A float32 `LlamaForCausalLM` holding our (llama-family) Decoder's weights."""
-    import torch
-    import transformers
-
-    from abpo_jax.models.loaders import hf_config_dict, hf_state_dict
-
-    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf_config_dict(model.config)))
-    missing, unexpected = hf.load_state_dict(
-        {k: torch.from_numpy(np.array(v, np.float32)) for k, v in hf_state_dict(model).items()},
-        strict=False)
-    if set(missing) - {"lm_head.weight"} or unexpected:
-        raise ValueError(f"weight mapping: missing {missing}, unexpected {unexpected}")
-    hf.tie_weights()
-    return hf.float().eval()
 
 
 def prefix_table(sequences: list[list[int]]) -> dict[tuple[int, ...], list[int]]:
@@ -86,7 +70,8 @@ def _quick_case(config: Any):
 
 
 def _full_case(config: Any):
-    """SmolLM2 on the first B MovieLens-1M test users, whole-catalogue prompts."""
+    """`config.model.source` (SmolLM2 by default) on the first B MovieLens-1M test users,
+    whole-catalogue prompts."""
     from abpo_jax.data.catalogue import catalogue_completion_ids, catalogue_titles
     from abpo_jax.data.prompts import render_messages
     from abpo_jax.data.splits import build_examples, prepare_data
@@ -107,13 +92,14 @@ def _full_case(config: Any):
         item_text=item_text))) for e in examples]
     seqs = catalogue_completion_ids(tok, inter.item_titles, prep.short_ids, item_text)
     k = int(_option(config, "beam_width", config.eval.beam))
-    what = f"SmolLM2, ML-1M {inter.num_items} items as {item_text}s"
+    what = f"{config.model.source}, ML-1M {inter.num_items} items as {item_text}s"
     return model, prompts, seqs, tok.eos_id, tok.pad_id or 0, k, what
 
 
 def run(config: Any) -> list[dict]:
     import torch
 
+    from abpo_jax.models.hf_twin import hf_twin
     from abpo_jax.sampling.beam import BeamParams, beam_search
     from abpo_jax.sampling.generate import left_pad
     from abpo_jax.sampling.group_scoring import bucket
@@ -141,7 +127,7 @@ def run(config: Any) -> list[dict]:
         ours_s = min(ours_s, time.perf_counter() - start)
     our_items, our_scores = np.asarray(out.items), np.asarray(out.scores)
 
-    hf = _hf_twin(model)
+    hf = hf_twin(model)
     table = prefix_table(seqs)
 
     def allowed(batch_id: int, input_ids: Any) -> list[int]:

@@ -3,8 +3,8 @@
     python benchmarks/bench_sampling.py          # SmolLM2-135M, real ML-1M prompts, ~4 min
     abpo-jax bench --config.bench.only=sampling
 
-Same weights (our dequantized SmolLM2 copied into a `LlamaForCausalLM`; their logits are
-checked to agree), same left-padded batch of real recommendation prompts, G samples per prompt,
+Same weights (our dequantized `config.model.source` model, SmolLM2 by default, copied into its
+transformers twin, `models.hf_twin`; their logits are checked to agree), same left-padded batch of real recommendation prompts, G samples per prompt,
 temperature 1, both constrained to the prompt's candidate completions (HF through
 `prefix_allowed_tokens_fn` over the same token sequences). Metric: generated tokens per second
 of wall time, prefill included; our compile time is excluded (warm-up call) and reported.
@@ -60,39 +60,6 @@ def decode_seconds_per_step(model: Any, rows: int, prompt_len: int, steps: int) 
     return (time.perf_counter() - start) / steps
 
 
-def hf_llama_from_decoder(model: Any) -> Any:
-    """A transformers `LlamaForCausalLM` holding our (llama-family) Decoder's weights."""
-    import torch
-    import transformers
-
-    c = model.config
-    if c.family != "llama":
-        raise ValueError(f"hf_llama_from_decoder: family {c.family!r} is not llama")
-    hf_config = transformers.LlamaConfig(
-        vocab_size=c.vocab_size, hidden_size=c.hidden_size,
-        intermediate_size=c.intermediate_size, num_hidden_layers=c.num_layers,
-        num_attention_heads=c.num_heads, num_key_value_heads=c.num_kv_heads,
-        head_dim=c.head_dim, rms_norm_eps=c.rms_norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
-        tie_word_embeddings=c.tie_embeddings,
-        max_position_embeddings=c.max_position_embeddings)
-    # Our parameter names mirror HF's; kernels are stored (in, out), HF weights (out, in).
-    weights = {}
-    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        *module, kind = (str(p) for p in path)
-        value = np.array(var.get_value(), np.float32)  # writable copy for torch
-        prefix = "" if module[0] == "lm_head" else "model."
-        weights[prefix + ".".join(module) + (".bias" if kind == "bias" else ".weight")] = \
-            torch.from_numpy(value.T.copy() if kind == "kernel" else value)
-    hf = transformers.LlamaForCausalLM(hf_config).eval()
-    missing, unexpected = hf.load_state_dict(weights, strict=False)
-    allowed_missing = {"lm_head.weight"} if c.tie_embeddings else set()
-    if set(missing) - allowed_missing or unexpected:
-        raise ValueError(f"weight mapping: missing {missing}, unexpected {unexpected}")
-    hf.tie_weights()
-    return hf
-
-
 def _prefix_allowed(sequences: list[list[list[int]]], prompt_len: int, g: int, eos: int):
     """HF `prefix_allowed_tokens_fn` over each prompt's candidate token sequences."""
     tables = []
@@ -115,6 +82,7 @@ def _prefix_allowed(sequences: list[list[list[int]]], prompt_len: int, g: int, e
 def run(config: Any) -> list[dict]:
     import torch
 
+    from abpo_jax.models.hf_twin import hf_twin
     from abpo_jax.sampling.generate import SamplingParams, generate, left_pad
     from abpo_jax.sampling.group_scoring import bucket
     from abpo_jax.recommend import held_out_requests
@@ -149,7 +117,7 @@ def run(config: Any) -> list[dict]:
         ours_tokens = int(np.asarray(out.mask).sum())
         assert np.all(np.asarray(out.candidate) >= 0), "a sample left the candidate trie"
 
-    hf = hf_llama_from_decoder(model)
+    hf = hf_twin(model)
     ids = torch.tensor(tokens, dtype=torch.long)
     attn = torch.tensor(mask, dtype=torch.long)
     with torch.no_grad():

@@ -2,13 +2,14 @@
 TRL's `GRPOTrainer`.
 
     abpo-jax bench --config.bench.only=text_step            # SmolLM2-135M (a few minutes on CPU)
+    abpo-jax bench --config.bench.only=text_step --config.model.source=gemma3_270m
     abpo-jax bench --quick --config.bench.only=text_step    # tiny random Llama (~30 s, 2 CPU cores)
 
 `supports_quick` is False: the plain `abpo-jax bench --quick` set is pinned to train_step's rows
 by tests/test_bench_runner.py; naming text_step in `only` runs it at the quick size.
 
-Same work on both sides, in one process, on the same weights (our Decoder's, copied into a
-`LlamaForCausalLM` through `hf_state_dict` / `hf_config_dict`), the same B prompts of P token
+Same work on both sides, in one process, on the same weights (our Decoder's, copied into its
+transformers twin, `models.hf_twin`), the same B prompts of P token
 ids, G completions per prompt, at most L new tokens each, temperature 1, and the same reward:
 
     R(o) = fraction of o's tokens with an even token id      (no model, a few microseconds)
@@ -78,10 +79,12 @@ def even_token_reward(completions: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return even.sum(-1) / np.maximum(mask.sum(-1), 1)
 
 
-def _model(quick: bool, mesh) -> tuple:
-    from abpo_jax.models.loaders import load_smollm2
+def _model(config, quick: bool, mesh) -> tuple:
+    """`config.model.source` (SmolLM2 by default), or the --quick tiny random Llama."""
+    from abpo_jax.models.loaders import load_model
     if not quick:
-        return load_smollm2(mesh=mesh)
+        return load_model(config.model.source, config.model.path, mesh=mesh,
+                          weight_cache=config.model.weight_cache_dir)
     from abpo_jax.models.config import ModelConfig
     from abpo_jax.models.decoder import create_sharded_model
     mc = ModelConfig.tiny(512, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -122,13 +125,13 @@ def _ours(config, s: Sizes, steps: int, quick: bool) -> dict:
     settings = _settings(config, s)
     mesh = st.build_mesh(config)
     t_load = time.perf_counter()
-    model, mc = _model(quick, mesh)
+    model, mc = _model(config, quick, mesh)
     weights = hf_state_dict(model)   # the peer's copy, read before the donated step runs
     split, params, frozen = st.place_model(model, config, mesh)
     tx = st.make_optimizer(config, 1e-4, 100)
     state = init_step_state(params, st.init_opt_state(tx, params, mesh))
     procedure = proc.Procedure(temperature=1.0, max_item_tokens=s.L)
-    eos = int(mc.eos_token_id)
+    eos = mc.eos_ids[0]
     step_fn = jax.jit(make_text_policy_step(split, tx, settings, procedure, eos),
                       donate_argnums=0)
     prompts, cands = _tokens(s, mc.vocab_size, eos)
@@ -199,16 +202,14 @@ def _peer(s: Sizes, res: dict, steps: int) -> dict:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from abpo_jax.models.loaders import hf_config_dict
+    from abpo_jax.models.hf_twin import hf_causal_lm
 
     mc = res["mc"]
     torch.manual_seed(0)
-    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf_config_dict(mc))).float()
-    hf.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in res["weights"].items()},
-                       strict=False)
-    if mc.tie_embeddings:
-        hf.tie_weights()
-    tok = _word_tokenizer(mc.vocab_size, int(mc.eos_token_id))
+    # eos: the first of the model's stop tokens (ours and TRL's), as HF generate would stop on
+    # any of a list
+    hf = hf_causal_lm(mc, res["weights"], eos_token_id=mc.eos_ids[0]).train()
+    tok = _word_tokenizer(mc.vocab_size, mc.eos_ids[0])
     texts = [" ".join(f"t{i}" for i in p) for p in res["prompts"]]
     assert [tok(t)["input_ids"] for t in texts] == res["prompts"], "prompt ids differ"
 
@@ -264,7 +265,7 @@ def run(config) -> list[dict]:
     opts = _options(config)
     s = QUICK if opts["quick"] else FULL
     res = _ours(config, s, opts["steps"], opts["quick"])
-    name = "tiny" if opts["quick"] else "smollm2"
+    name = "tiny" if opts["quick"] else config.model.source
     row = {
         "benchmark": f"text_step {name}", "metric": "groups/s", "ours": s.B / res["step_s"],
         "peer": None, "peer_name": None, "ratio": None,

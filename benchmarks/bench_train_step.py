@@ -147,13 +147,14 @@ def step_flops(mc, s: Sizes, beta: float, lora: bool, two_pass: bool = False
 
 
 def _model(config, quick: bool, mesh):
-    """SmolLM2 (or the --quick tiny Llama) with `config.model`'s compute settings (dtype,
-    layer scan, remat, attention), as a run builds it."""
-    from abpo_jax.models.loaders import load_smollm2
+    """`config.model.source` (SmolLM2 by default; or the --quick tiny Llama) with
+    `config.model`'s compute settings (dtype, layer scan, remat, attention), as a run builds it."""
+    from abpo_jax.models.loaders import load_model
     from abpo_jax.train.experiment import model_overrides
     overrides = model_overrides(config.model)
     if not quick:
-        return load_smollm2(mesh=mesh, weight_cache=config.model.weight_cache_dir, **overrides)
+        return load_model(config.model.source, config.model.path, mesh=mesh,
+                          weight_cache=config.model.weight_cache_dir, **overrides)
     from abpo_jax.models.config import ModelConfig
     from abpo_jax.models.decoder import create_sharded_model
     mc = ModelConfig.tiny(512, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -229,19 +230,13 @@ def _peer(config, s: Sizes, res: dict, steps: int, bf16: bool = False) -> dict:
     import contextlib
 
     import torch
-    import transformers
 
     from abpo_jax.losses.abpo import CertaintyStats
-    from abpo_jax.models.loaders import hf_config_dict
+    from abpo_jax.models.hf_twin import hf_causal_lm
     from abpo_jax.train.learner import policy_objective
 
     torch.manual_seed(0)
-    hf_cfg = hf_config_dict(res["mc"])
-    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf_cfg)).float()
-    hf.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in res["weights"].items()},
-                       strict=False)
-    if res["mc"].tie_embeddings:
-        hf.tie_weights()
+    hf = hf_causal_lm(res["mc"], res["weights"]).train()
     ref_model = copy.deepcopy(hf).eval()
     c = config.train
     opt = torch.optim.AdamW(hf.parameters(), lr=1e-4, weight_decay=float(c.weight_decay))
@@ -300,7 +295,7 @@ def run(config) -> list[dict]:
     # the matmul peak is re-measured after every variant and the run's best is used: on a
     # shared CPU one measurement can come out far below what the step itself reaches
     peaks = {"float32": matmul_peak()}
-    name = "tiny" if opts["quick"] else "smollm2"
+    name = "tiny" if opts["quick"] else config.model.source
     rows = []
     variants = [(8, False, "float32"), (0, False, "float32")]
     if opts["two_pass"]:
