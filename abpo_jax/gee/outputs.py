@@ -79,21 +79,22 @@ def write_all(run_dir: pathlib.Path, results: dict[str, list[RoundResult]], *,
                                             for s, r in results.items()})
     paths["summary"].write_text(json.dumps(summary, indent=1))
     plot_ctr(results, paths["plot"])
-    write_scalars(run_dir / "tensorboard", results)
+    write_scalars(run_dir / "tb", results)
     print(text)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return paths
 
 
 def write_scalars(log_dir: pathlib.Path, results: dict[str, list[RoundResult]]) -> None:
-    """TensorBoard scalars gee/<strategy>/{pool_ctr,expected_pool_ctr} with step = round."""
+    """TensorBoard scalars `tb/<strategy>/gee/{pool_ctr,expected_pool_ctr}` with step = round
+    (the run layout of every command: abpo_jax/train/outputs.py)."""
     from tensorboardX import SummaryWriter
 
-    with SummaryWriter(str(log_dir)) as writer:
-        for strategy, rounds in results.items():
+    for strategy, rounds in results.items():
+        with SummaryWriter(str(log_dir / strategy)) as writer:
             for r in rounds:
                 rec = r.record
-                writer.add_scalar(f"gee/{strategy}/pool_ctr", rec["pool_ctr"], rec["round"])
+                writer.add_scalar("gee/pool_ctr", rec["pool_ctr"], rec["round"])
                 if rec["expected_pool_ctr"] is not None:
-                    writer.add_scalar(f"gee/{strategy}/expected_pool_ctr",
-                                      rec["expected_pool_ctr"], rec["round"])
+                    writer.add_scalar("gee/expected_pool_ctr", rec["expected_pool_ctr"],
+                                      rec["round"])

@@ -135,7 +135,8 @@ def test_main_writes_history_table_plot_and_bandit_logs(tmp_path, capsys):
     assert [(l["strategy"], l["round"]) for l in lines] == [
         (s, r) for s in ("full-ctr", "no-drop") for r in range(3)]
     assert (tmp_path / "ctr_per_round.png").stat().st_size > 1000
-    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    for strategy in ("full-ctr", "no-drop"):   # the run layout: tb/<strategy>/
+        assert list((tmp_path / "tb" / strategy).glob("events.out.tfevents.*"))
     table = (tmp_path / "results.txt").read_text()
     assert "full-ctr" in table and "r2" in table
     assert "pool CTR" in capsys.readouterr().out
