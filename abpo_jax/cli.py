@@ -26,6 +26,8 @@ import textwrap
 import warnings
 from typing import Any, Callable
 
+from abpo_jax.fileio import flat_items
+
 
 @dataclasses.dataclass(frozen=True)
 class Command:
@@ -264,16 +266,6 @@ def _config_arg(rest: list[str]) -> str | None:
     return None
 
 
-def _flat_fields(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    out = []
-    for key, value in node.items():
-        if hasattr(value, "items"):
-            out += _flat_fields(value, f"{prefix}{key}.")
-        else:
-            out.append((f"{prefix}{key}", value))
-    return out
-
-
 _FIELD_COMMENT = re.compile(r"^\s*(?:c|g|study_demo)\.([\w.]+)\s*=.*?#\s*(.+?)\s*$")
 
 
@@ -337,7 +329,7 @@ def command_help(command: str, config_file: str | None = None, full: bool = Fals
         return "\n".join(lines)
     from abpo_jax import config as config_module
     notes = field_comments(path, pathlib.Path(config_module.__file__))
-    fields = _flat_fields(config)
+    fields = flat_items(config)
     if not full:   # in the order the command lists them
         fields = [(k, v) for w in cmd.fields for k, v in fields if _selected(k, (w,))]
     lines += ["", ("all fields" if full else f"fields for {command}")
@@ -374,7 +366,7 @@ def _all_field_paths(rest: list[str]) -> list[str]:
     """Every field path of the command's config (for hints); empty when it cannot be read."""
     try:
         from abpo_jax.config import from_file
-        return [k for k, _ in _flat_fields(from_file(resolve_config(
+        return [k for k, _ in flat_items(from_file(resolve_config(
             _config_arg(rest) or "").split(":", 1)[0]))]
     except Exception:  # noqa: BLE001 — a hint is optional
         return []

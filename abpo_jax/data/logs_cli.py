@@ -22,7 +22,7 @@ import sys
 import tempfile
 from typing import Any, NoReturn
 
-from abpo_jax.data import log_store
+from abpo_jax.data import log_files, log_store
 from abpo_jax.data.logs import LogValidationError
 
 ACTIONS = ("summary", "validate", "import", "export", "clean")
@@ -67,7 +67,7 @@ def _check_input(action: str, source: str) -> pathlib.Path:
         _fail(action, f"input {path} is a directory; give a .jsonl or .csv file")
     if not path.is_file():
         _fail(action, f"input file not found: {path}")
-    if path.suffix.lower() not in log_store.READERS:
+    if path.suffix.lower() not in log_files.READERS:
         _fail(action, f"input {path}: unknown log format {path.suffix!r}; use .jsonl or .csv")
     if not os.access(path, os.R_OK):
         _fail(action, f"input {path} is not readable (permissions)")
@@ -95,7 +95,7 @@ def _check_output(action: str, output: str) -> pathlib.Path:
     if not output:
         _fail(action, "needs --config.logs.output=FILE (.jsonl/.csv)")
     path = pathlib.Path(output)
-    if path.suffix.lower() not in log_store.EXPORT_SUFFIXES:
+    if path.suffix.lower() not in log_files.EXPORT_SUFFIXES:
         _fail(action, f"output {path}: unknown export format {path.suffix!r}; use .jsonl or .csv")
     if path.is_dir():
         _fail(action, f"output {path} is a directory; give a file name")
@@ -112,7 +112,7 @@ def _records_round(config: Any, source: pathlib.Path, directory: pathlib.Path) -
     index = int(_field(config, "round", -1))
     if index >= 0:
         return index
-    index = log_store.peek_round(source)
+    index = log_files.peek_round(source)
     if index is not None:
         return index
     rounds = log_store.list_rounds(directory)
@@ -172,7 +172,7 @@ def main(config: Any) -> None:
             index = _records_round(config, source, directory)
             kept = _keep_quarantine(source)
             with tempfile.TemporaryDirectory() as scratch:
-                manifest = log_store.import_log(
+                manifest = log_files.import_log(
                     source, scratch, index, committed_dir=directory, rejected_path=kept,
                     **kwargs)
                 if manifest["num_quarantined"]:
@@ -181,11 +181,11 @@ def main(config: Any) -> None:
             print(f"{source}: valid as round {index} of {directory}")
         elif action == "import":
             index = _records_round(config, source, directory)
-            log_store.import_log(source, directory, index,
+            log_files.import_log(source, directory, index,
                                  overwrite=bool(_field(config, "overwrite", False)), **kwargs)
             print(f"committed {log_store.round_path(directory, index)}")
         elif action == "export":
-            print(f"wrote {log_store.export_log(round_dir, output)} records to {output}")
+            print(f"wrote {log_files.export_log(round_dir, output)} records to {output}")
     except (LogValidationError, FileExistsError, ValueError, OSError) as e:
         # OSError: a disk that fills or a file that vanishes mid-way; one line, no traceback.
         _fail(action, str(e) if not isinstance(e, OSError) or not e.filename else

@@ -24,8 +24,7 @@ import numpy as np
 from abpo_jax.data import log_store
 from abpo_jax.data.logs import LogRecord
 # The extras keys `log_round` writes (the schema: `data/records.py`).
-from abpo_jax.data.records import (ANCHOR_CERTAINTY, CLICK_PROBS, COMPLETION_KINDS,
-                                   COMPLETION_TOKENS, HISTORY_RATINGS, TARGET)
+from abpo_jax.data.records import ANCHOR_CERTAINTY, CLICK_PROBS, HISTORY_RATINGS, TARGET
 from abpo_jax.losses.abpo import certainty_quantiles
 from abpo_jax.sim.users import UserSimulator
 

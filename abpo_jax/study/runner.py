@@ -37,6 +37,7 @@ from typing import Any, Mapping
 import ml_collections
 
 from abpo_jax.config import ConfigError, validate
+from abpo_jax.fileio import atomic_write_text
 from abpo_jax.study import report, tuning
 
 CELL_FILE = "cell.json"
@@ -94,9 +95,8 @@ def cell_config(config: ml_collections.ConfigDict, condition: str, overrides: Ma
 
 
 def _write_json(path: pathlib.Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))   # insertion order: the page follows it
-    os.replace(tmp, path)   # atomic: a kill never leaves a torn file
+    # insertion order: the page follows it; atomic: a kill never leaves a torn file
+    atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 def run_cell(config: ml_collections.ConfigDict, cell_dir: pathlib.Path) -> dict[str, Any]:

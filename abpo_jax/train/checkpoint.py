@@ -40,7 +40,8 @@ import jax
 import orbax.checkpoint as ocp
 
 from abpo_jax.train.faults import kill_point
-from abpo_jax.train.outputs import atomic_write_text, is_main_process
+from abpo_jax.fileio import atomic_write_text, flat_items, sha256_file
+from abpo_jax.train.outputs import is_main_process
 from abpo_jax.train.state import abstract_like
 
 log = logging.getLogger(__name__)
@@ -77,17 +78,9 @@ class ResumeInputError(Exception):
         self.path, self.cause, self.gone = pathlib.Path(path), cause, gone
 
 
-def _sha256(path: pathlib.Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def directory_digests(root: pathlib.Path) -> dict[str, str]:
     """sha256 of every file under `root` (relative posix path -> hex), the manifest excluded."""
-    return {f.relative_to(root).as_posix(): _sha256(f) for f in sorted(root.rglob("*"))
+    return {f.relative_to(root).as_posix(): sha256_file(f) for f in sorted(root.rglob("*"))
             if f.is_file() and f.name != CHECKSUMS}
 
 
@@ -317,14 +310,8 @@ def check_writable(directory: os.PathLike | str, what: str = "config.run_dir") -
                           f"{what.removeprefix('config.')}") from None
 
 
-def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+def _flat(node: Any) -> dict[str, Any]:
+    return dict(flat_items(node))
 
 
 def config_json(config: Any) -> dict:

@@ -25,6 +25,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import jax
 import numpy as np
 
+from abpo_jax.fileio import atomic_write_text
+
 
 def is_main_process() -> bool:
     """True on JAX process 0 — the only process that writes files or prints tables."""
@@ -67,22 +69,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None if math.isnan(value) else (1e308 if value > 0 else -1e308)
     return value
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `path` whole or not at all: temp file in the same directory + fsync + os.replace,
-    so a kill or a full disk never leaves a torn file."""
-    path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _row_key(row: Mapping[str, Any]) -> tuple:

@@ -15,7 +15,7 @@ from typing import Callable
 
 import pytest
 
-from abpo_jax.data import log_store, logs
+from abpo_jax.data import log_files, log_store, logs
 from abpo_jax.data.logs import LogRecord, LogValidationError
 
 from .logs_helpers import CSV_COLUMNS, CSV_HEADER, NUM_ITEMS, csv_line, good_record, jsonl_line
@@ -279,7 +279,7 @@ def _import(tmp_path, case: Case):
     path = tmp_path / f"{case.id}.{case.fmt}"
     path.write_bytes(case.data())
     kwargs = {"catalogue": NUM_ITEMS, "report": None, **case.kwargs}
-    return path, lambda: log_store.import_log(path, tmp_path / "logs", 1, **kwargs)
+    return path, lambda: log_files.import_log(path, tmp_path / "logs", 1, **kwargs)
 
 
 def _data_rows(path, fmt: str) -> int:
@@ -352,8 +352,8 @@ def test_export_import_roundtrip_is_lossless(tmp_path, fmt):
     records = tricky_records()
     log_store.write_round(records, tmp_path / "a", 1, report=None)
     path = tmp_path / f"r1.{fmt}"
-    assert log_store.export_log(log_store.round_path(tmp_path / "a", 1), path) == len(records)
-    manifest = log_store.import_log(path, tmp_path / "b", 1, catalogue=NUM_ITEMS, report=None)
+    assert log_files.export_log(log_store.round_path(tmp_path / "a", 1), path) == len(records)
+    manifest = log_files.import_log(path, tmp_path / "b", 1, catalogue=NUM_ITEMS, report=None)
     assert manifest["num_quarantined"] == 0, manifest["first_quarantined"]
     a = list(log_store.open_round(log_store.round_path(tmp_path / "a", 1)))
     b = list(log_store.open_round(log_store.round_path(tmp_path / "b", 1)))
@@ -362,7 +362,7 @@ def test_export_import_roundtrip_is_lossless(tmp_path, fmt):
     assert type(b[0].schema_version) is int and math.isnan(b[7].extras["ratio"])
     # A second export of the re-imported round is byte-identical to the first.
     again = tmp_path / f"again.{fmt}"
-    log_store.export_log(log_store.round_path(tmp_path / "b", 1), again)
+    log_files.export_log(log_store.round_path(tmp_path / "b", 1), again)
     assert again.read_bytes() == path.read_bytes()
 
 
@@ -371,7 +371,7 @@ def test_csv_reader_restores_the_global_field_limit(tmp_path):
     before = csv.field_size_limit()
     path = tmp_path / "x.csv"
     path.write_bytes(csv_with(c(extras="{broken")))
-    list(log_store.read_csv(path))
+    list(log_files.read_csv(path))
     assert csv.field_size_limit() == before
 
 
@@ -409,11 +409,11 @@ def test_own_csv_export_of_a_10mb_record_reimports(tmp_path):
     records = [good_record(i, note="q" * BIG if i == 2 else "") for i in range(N_GOOD)]
     log_store.write_round(records, tmp_path / "a", 1, max_record_bytes=bound, report=None)
     path = tmp_path / "big.csv"
-    log_store.export_log(log_store.round_path(tmp_path / "a", 1), path)
-    manifest = log_store.import_log(path, tmp_path / "b", 1, max_record_bytes=bound, report=None)
+    log_files.export_log(log_store.round_path(tmp_path / "a", 1), path)
+    manifest = log_files.import_log(path, tmp_path / "b", 1, max_record_bytes=bound, report=None)
     assert manifest["num_records"] == N_GOOD
     back = list(log_store.open_round(log_store.round_path(tmp_path / "b", 1)))
     assert [r.to_bytes() for r in back] == [LogRecord.from_dict(g).to_bytes() for g in records]
-    manifest = log_store.import_log(path, tmp_path / "c", 1, report=None)
+    manifest = log_files.import_log(path, tmp_path / "c", 1, report=None)
     assert manifest["num_records"] == N_GOOD - 1 and manifest["quarantine"] == {logs.TOO_LARGE: 1}
     assert manifest["first_quarantined"]["position"] == f"{path}:4"

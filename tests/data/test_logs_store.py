@@ -12,7 +12,7 @@ import tracemalloc
 
 import pytest
 
-from abpo_jax.data import log_store, logs
+from abpo_jax.data import log_files, log_store, logs
 from abpo_jax.data.logs import LogRecord, LogValidationError
 
 from .logs_helpers import NUM_ITEMS, good_record
@@ -182,8 +182,8 @@ def test_export_import_roundtrip(tmp_path, suffix):
     goods = [good_record(i, **({"campaign": "c1"} if i % 2 else {})) for i in range(30)]
     log_store.write_round(goods, tmp_path / "a", 1, report=None)
     path = tmp_path / f"export{suffix}"
-    assert log_store.export_log(log_store.round_path(tmp_path / "a", 1), path) == 30
-    manifest = log_store.import_log(path, tmp_path / "b", 1, catalogue=NUM_ITEMS, report=None)
+    assert log_files.export_log(log_store.round_path(tmp_path / "a", 1), path) == 30
+    manifest = log_files.import_log(path, tmp_path / "b", 1, catalogue=NUM_ITEMS, report=None)
     assert manifest["num_quarantined"] == 0
     back = [r.to_dict() for r in log_store.open_round(log_store.round_path(tmp_path / "b", 1))]
     assert back == goods
@@ -197,7 +197,7 @@ def test_import_handwritten_csv_reports_line_numbers(tmp_path):
         "a,0,prod-7,1,3 4,5;6;7,6,0.25,1,17.5,eu\n"
         "b,0,prod-7,2,,\"[5,6,7]\",9,0.25,0,18,eu\n"          # exposed not in candidates
         "c,0,prod-7,3,,5 6,5,abc,0,19,us\n")               # propensity not a number
-    manifest = log_store.import_log(path, tmp_path / "logs", 0, max_bad_fraction=1.0,
+    manifest = log_files.import_log(path, tmp_path / "logs", 0, max_bad_fraction=1.0,
                                     report=None)
     assert manifest["num_records"] == 1
     assert manifest["quarantine"] == {logs.EXPOSED_NOT_IN_CANDIDATES: 1, logs.WRONG_TYPE: 1}
