@@ -49,6 +49,19 @@ def policy_metrics(log_probs: np.ndarray, candidates: np.ndarray, target_index: 
     return out
 
 
+def validation_metrics(log_probs: np.ndarray, target_index: np.ndarray,
+                       click_probs: np.ndarray, ks: Sequence[int] = (1, 5, 10),
+                       prefix: str = "valid_") -> dict[str, float]:
+    """Held-out metrics on requests the policy has not been deployed on yet (event rounds: the
+    next window's events): `{prefix}hr@k`, `{prefix}ndcg@k` and `{prefix}ctr`, the policy's
+    true CTR E_{c~pi}[P(y=1 | x, c)] under the run's feedback source (`click_probs` [N, C])."""
+    log_probs = np.asarray(log_probs, np.float32)
+    out = {f"{prefix}{name}": v for name, v in ranking_metrics(log_probs, target_index,
+                                                                  ks).items()}
+    out[f"{prefix}ctr"] = float(np.mean(np.sum(np.exp(log_probs) * click_probs, axis=-1)))
+    return out
+
+
 def snips_ctr(target_log_probs: np.ndarray, propensity: np.ndarray, outcome: np.ndarray
               ) -> float:
     """SNIPS estimate of a new policy's CTR from a logged round:
@@ -72,4 +85,4 @@ def log_metrics(log_probs: np.ndarray, exposed_index: np.ndarray, propensity: np
     return {"snips_ctr": est, "log_sim_ctr": truth, "snips_bias": est - truth}
 
 
-__all__ = ["log_metrics", "policy_metrics", "snips_ctr"]
+__all__ = ["log_metrics", "policy_metrics", "snips_ctr", "validation_metrics"]

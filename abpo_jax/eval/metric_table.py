@@ -52,6 +52,12 @@ METRICS: tuple[Metric, ...] = (
            report=True),
     Metric("snips_bias", "log_metrics: snips_ctr - log_sim_ctr", **_EVERYWHERE,
            headline=True),
+    # event rounds: the next window's events, before they are deployed on (what to tune on)
+    Metric("valid_ndcg@{k}", "validation_metrics: ndcg on the next window's requests",
+           report=True, at="above_1"),
+    Metric("valid_hr@{k}", "validation_metrics: hr on the next window's requests", report=True),
+    Metric("valid_ctr", "validation_metrics: true CTR (feedback source) on the next window",
+           report=True),
     Metric("text_ndcg@{k}", "text mode: ndcg of the sampled ranking", **_EVERYWHERE,
            headline=True, at="first_above_1"),
     Metric("text_hr@{k}", "text mode: hr of n sampled completions in sampling order",

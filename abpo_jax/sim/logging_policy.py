@@ -26,6 +26,7 @@ from abpo_jax.data.logs import LogRecord
 # The extras keys `log_round` writes (the schema: `data/records.py`).
 from abpo_jax.data.records import ANCHOR_CERTAINTY, CLICK_PROBS, HISTORY_RATINGS, TARGET
 from abpo_jax.losses.abpo import certainty_quantiles
+from abpo_jax.sim.replay import Feedback, as_feedback, request_keys
 from abpo_jax.sim.users import UserSimulator
 
 
@@ -82,9 +83,10 @@ def round_key(seed: int, round_index: int) -> jax.Array:
     return jax.random.fold_in(jax.random.PRNGKey(seed), round_index)
 
 
-def request_id(round_index: int, user: int) -> str:
-    """Deterministic request id of (round, user)."""
-    return f"r{round_index:05d}-u{user}"
+def request_id(round_index: int, user: int, event: int | None = None) -> str:
+    """Deterministic request id of (round, user), or of (round, user, event) when a user has
+    many requests in a round (event rounds)."""
+    return f"r{round_index:05d}-u{user}" + ("" if event is None else f"-e{event}")
 
 
 def _score_all(examples: Sequence[ExampleLike], score_fn: ScoreFn, batch_size: int) -> np.ndarray:
@@ -112,12 +114,13 @@ class SampledExposures:
 
 
 def log_round(examples: Sequence[ExampleLike], score_fn: ScoreFn | None,
-              simulator: UserSimulator, *, round_index: int, seed: int, logs_dir: str,
+              simulator: "UserSimulator | Feedback", *, round_index: int, seed: int, logs_dir: str,
               policy_revision: str, temperature: float = 1.0, timestamp: float | None = None,
               batch_size: int = 64, overwrite: bool = False,
               logit_bias: np.ndarray | None = None,
               certainty: np.ndarray | None = None,
-              sampled: "SampledExposures | None" = None) -> log_store.RoundLog:
+              sampled: "SampledExposures | None" = None,
+              per_event: bool = False) -> log_store.RoundLog:
     """Deploy `score_fn` on the round's requests and commit the round's log.
 
     Args:
@@ -126,7 +129,9 @@ def log_round(examples: Sequence[ExampleLike], score_fn: ScoreFn | None,
         (item mode); None with `sampled`.
       sampled: exposures the deployed policy already drew itself (text mode), with their
         exact propensities, raw self-certainty and per-record extras.
-      simulator: gives the outcome of each exposure.
+      simulator: gives the outcome of each exposure: a `sim.replay.Feedback` (mnl | replay,
+        keyed by (user, event)) or a bare `UserSimulator` (mnl).
+      per_event: event rounds: a user may have many requests, each named by its event.
       temperature: logging temperature (config `policy.logging_temperature`).
       logit_bias: [N, C] added to log pi / T before sampling (e.g. a popularity bias); the
         logged propensity includes it.
@@ -138,8 +143,11 @@ def log_round(examples: Sequence[ExampleLike], score_fn: ScoreFn | None,
     """
     if not examples:
         raise ValueError("log_round needs at least one example")
-    users = np.array([int(e.user) for e in examples])
-    if len(np.unique(users)) != len(users):
+    feedback = as_feedback(simulator)
+    users, events = request_keys(examples)
+    if per_event and (events.min() < 0 or len(np.unique(events)) != len(events)):
+        raise ValueError(f"round {round_index}: event requests need distinct event ids >= 0")
+    if not per_event and len(np.unique(users)) != len(users):
         raise ValueError(f"round {round_index}: a user appears twice; request ids are derived "
                          "from (round, user) and must be unique")
     key = round_key(seed, round_index)
@@ -155,8 +163,9 @@ def log_round(examples: Sequence[ExampleLike], score_fn: ScoreFn | None,
         index, propensity, candidates = sampled.index, sampled.propensity, sampled.candidates
         sc = sampled.certainty
     exposed = candidates[np.arange(len(examples)), np.asarray(index)]
-    outcome = np.asarray(simulator.sample_outcomes(jax.random.fold_in(key, 1), users, exposed))
-    click = np.asarray(simulator.click_probs(users, candidates), np.float32)
+    outcome = np.asarray(feedback.sample_outcomes(jax.random.fold_in(key, 1), users, events,
+                                                  exposed))
+    click = np.asarray(feedback.click_probs(users, events, candidates), np.float32)
     propensity = np.asarray(propensity, np.float64)
     stamp = time.time() if timestamp is None else float(timestamp)
     quantile = None if sc is None else certainty_quantiles(sc, sc)
@@ -174,7 +183,9 @@ def log_round(examples: Sequence[ExampleLike], score_fn: ScoreFn | None,
                 extras[HISTORY_RATINGS] = [float(r) for r in np.asarray(e.history_ratings,
                                                                          np.float32)]
             yield LogRecord(
-                request_id=request_id(round_index, int(e.user)), round=round_index,
+                request_id=request_id(round_index, int(e.user),
+                                      int(events[i]) if per_event else None),
+                round=round_index,
                 policy_revision=policy_revision, user_id=int(e.user),
                 context_item_ids=tuple(int(x) for x in e.history),
                 candidate_item_ids=tuple(int(x) for x in candidates[i]),
@@ -183,8 +194,8 @@ def log_round(examples: Sequence[ExampleLike], score_fn: ScoreFn | None,
 
     # Generated records must all be valid: any quarantined one is a bug, so the limit is 0.
     log_store.write_round(records(), logs_dir, round_index, source=f"policy:{policy_revision}",
-                          catalogue=simulator.prefs.num_items,
-                          num_users=simulator.prefs.num_users, max_bad_fraction=0.0,
+                          catalogue=feedback.num_items,
+                          num_users=feedback.num_users, max_bad_fraction=0.0,
                           overwrite=overwrite, report=None)
     return log_store.open_round(log_store.round_path(logs_dir, round_index))
 
@@ -239,7 +250,7 @@ class LoggingPolicy:
         """Round k's key for a deployed policy that samples its own exposures (text mode)."""
         return jax.random.fold_in(round_key(self.seed, k), 2)
 
-    def log(self, examples: Sequence[ExampleLike], simulator: UserSimulator, k: int,
+    def log(self, examples: Sequence[ExampleLike], simulator: "UserSimulator | Feedback", k: int,
             logs_dir: str, revision: str, **inputs: Any) -> log_store.RoundLog:
         """Commit round k's log (`log_round` with this policy's temperature and stream; the
         timestamp is the round, so reruns are byte-identical)."""

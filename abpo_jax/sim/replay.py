@@ -118,10 +118,16 @@ def feedback_from_config(config: Any, simulator: Any, sequences: UserSequences,
     return MnlFeedback(simulator)
 
 
+def as_feedback(source: Any) -> Feedback:
+    """`source` as a `Feedback` (a bare `sim.users.UserSimulator` is the mnl source)."""
+    return source if isinstance(source, (ReplayFeedback, MnlFeedback)) else MnlFeedback(source)
+
+
 def request_keys(examples: Any) -> tuple[np.ndarray, np.ndarray]:
     """(users [N], events [N]) of a sequence of `data.splits.Example`s."""
     return (np.fromiter((e.user for e in examples), np.int64, len(examples)),
             np.fromiter((getattr(e, "event", -1) for e in examples), np.int64, len(examples)))
 
 
-__all__ = ["Feedback", "MnlFeedback", "ReplayFeedback", "feedback_from_config", "request_keys"]
+__all__ = ["Feedback", "MnlFeedback", "ReplayFeedback", "as_feedback", "feedback_from_config",
+           "request_keys"]

@@ -16,8 +16,8 @@ import numpy as np
 from abpo_jax.data import records as rec
 from abpo_jax.data.logs import LogRecord
 from abpo_jax.data.splits import Example
-from abpo_jax.eval.evaluate import log_metrics, policy_metrics
-from abpo_jax.sim.users import UserSimulator
+from abpo_jax.eval.evaluate import log_metrics, policy_metrics, validation_metrics
+from abpo_jax.sim.replay import Feedback, request_keys
 from abpo_jax.train.modes.base import Mode
 from abpo_jax.train.policy import Policy
 from abpo_jax.train.rollout import Exposures
@@ -27,19 +27,36 @@ from abpo_jax.train.rollout import Exposures
 class Evaluator:
     policy: Policy
     test_examples: Sequence[Example]
-    simulator: UserSimulator
+    simulator: Feedback          # click probabilities: mnl simulator | replay
     num_items: int
     popularity: np.ndarray       # item interaction counts (for ARP)
     exposures: Exposures
     ks: tuple[int, ...]
     mode: Mode                   # adds its own columns (text: sampled ranking / beam search)
+    # event rounds: after round k (0..R), requests of the next window (validation, `valid_*`)
+    valid_examples: Sequence[Sequence[Example]] | None = None
 
     def __post_init__(self):
-        ex = self.test_examples
-        self.candidates = np.stack([e.candidates for e in ex])
-        self.targets = np.array([e.target_index for e in ex])
-        self.click = np.asarray(self.simulator.click_probs(np.array([e.user for e in ex]),
-                                                           self.candidates))
+        self.candidates, self.targets, self.click = self._fixed(self.test_examples)
+        self._valid: dict[int, tuple] = {}
+
+    def _fixed(self, ex: Sequence[Example]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(candidates, target indices, click probabilities under the feedback source) of a
+        fixed request set, computed once."""
+        candidates = np.stack([e.candidates for e in ex])
+        users, events = request_keys(ex)
+        return (candidates, np.array([e.target_index for e in ex]),
+                np.asarray(self.simulator.click_probs(users, events, candidates)))
+
+    def validation(self, k: int, method: str, params: Any) -> dict:
+        """`valid_*` of the policy after round k on the next window's requests ({} without)."""
+        if self.valid_examples is None or k >= len(self.valid_examples):
+            return {}
+        if k not in self._valid:
+            self._valid[k] = self._fixed(self.valid_examples[k])
+        _, targets, click = self._valid[k]
+        lp = self.policy.log_probs(params, self.valid_examples[k], f"valid r{k} {method}")
+        return validation_metrics(lp, targets, click, self.ks)
 
     def row(self, k: int, method: str, params: Any,
             records: Sequence[LogRecord] | None = None, train: dict | None = None) -> dict:
@@ -54,6 +71,7 @@ class Evaluator:
                                 click_probs=self.click)}
         row.update(self.mode.eval_metrics(k, params, self.test_examples, self.ks,
                                           f"eval-text r{k} {method}"))
+        row.update(self.validation(k, method, params))
         if records is not None and self.mode.logs_have_candidates:
             rlp = self.policy.log_probs(params, [rec.example_from_record(r) for r in records],
                                         f"eval-log r{k} {method}")

@@ -18,9 +18,11 @@ import numpy as np
 from flax import nnx
 
 from abpo_jax.data import records
+from abpo_jax.data.events import event_rounds
 from abpo_jax.data.splits import Example, build_examples, build_train_examples, prepare_data
 from abpo_jax.losses.abpo import LossSettings
 from abpo_jax.sim.logging_policy import LoggingPolicy
+from abpo_jax.sim.replay import feedback_from_config
 from abpo_jax.sim.users import simulator_from_config
 from abpo_jax.train import state as st
 from abpo_jax.config import ConfigError, method_losses
@@ -32,7 +34,7 @@ from abpo_jax.train.learner import Learner
 from abpo_jax.train.modes.base import Mode
 from abpo_jax.train.modes.item import ItemMode
 from abpo_jax.train.modes.text import TextMode
-from abpo_jax.train.outputs import MetricsWriter
+from abpo_jax.train.outputs import MetricsWriter, is_main_process
 from abpo_jax.train.policy import Encoder, Policy, prompt_style
 from abpo_jax.train.rollout import Exposures, Rollout
 from abpo_jax.train.seeds import RngStreams
@@ -74,7 +76,12 @@ def check_sizes(config: Any, batch_ways: int) -> None:
     if config.eval.batch_size % batch_ways:
         raise ConfigError(f"config.eval.batch_size={config.eval.batch_size} must be divisible by "
                          f"data*fsdp={batch_ways}")
-    if config.data.users_per_round < b:
+    if config.rounds.get("split", "users") == "events":
+        n = config.rounds.requests_per_round
+        if 0 < n < b:
+            raise ConfigError(f"config.rounds.requests_per_round={n} < config.train.batch_size="
+                              f"{b}: a round's log would give no step")
+    elif config.data.users_per_round < b:
         raise ConfigError(f"config.data.users_per_round={config.data.users_per_round} < "
                          f"config.train.batch_size={b}: a round's log would give no step")
 
@@ -154,23 +161,20 @@ def build(config: Any, devices: Sequence[jax.Device] | None = None,
             config, inter.user, inter.item, inter.num_users, inter.num_items,
             cache_dir=config.sim.cache_dir or str(run_dir / "sim"))
 
-    # Process 0 fits and caches the simulator; the others then load that cache.
-    sim = on_main_process(fit_sim)
-    barrier("simulator-cache")
-    sim = fit_sim() if sim is None else sim
-    d = config.data
-    common = dict(history_len=d.history_len, num_candidates=d.num_candidates,
-                  num_items=inter.num_items, seed=config.seed)
-    test_examples = build_examples(data.split, data.slices.test, "test", **common)
-    round_examples = [build_examples(data.split, users, "test", **common)
-                      for users in data.slices.rounds]
-    warm = build_train_examples(data.split, data.slices.warm, last_per_user=2, **common)
-    order = np.random.default_rng(streams.sft_order).permutation(len(warm))
-    sft_needed = config.train.sft_steps * config.train.batch_size
-    sft_examples = [warm[i] for i in order[:max(sft_needed, 1)]] if warm else []
-    if config.train.sft_steps > 0 and not sft_examples:
-        raise ValueError("config.train.sft_steps > 0 but no warm-start examples: raise "
-                         "config.data.max_users or lower num_test_users / users_per_round")
+    sim = None
+    if config.sim.get("feedback", "mnl") == "mnl":   # replay needs no fitted model
+        # Process 0 fits and caches the simulator; the others then load that cache.
+        sim = on_main_process(fit_sim)
+        barrier("simulator-cache")
+        sim = fit_sim() if sim is None else sim
+    feedback = feedback_from_config(config, sim, data.split.sequences, inter.num_items)
+    events = config.rounds.get("split", "users") == "events"
+    if events:
+        test_examples, round_examples, valid_examples, sft_examples = event_examples(
+            config, data)
+    else:
+        test_examples, round_examples, sft_examples = user_examples(config, data, streams)
+        valid_examples = None
 
     # --- tokenizer, model, roles -------------------------------------------------------------
     from abpo_jax.models.tokenizer import load_tokenizer
@@ -181,9 +185,10 @@ def build(config: Any, devices: Sequence[jax.Device] | None = None,
     # prompt's history as in the completions
     titles = catalogue_titles(inter.item_titles) if catalogue else inter.item_titles
     encoder = Encoder(tokenizer, titles, data.short_ids, prompt_style(config),
-                      bool(d.show_ratings), candidates_in_prompt=not catalogue,
+                      bool(config.data.show_ratings), candidates_in_prompt=not catalogue,
                       item_text=config.policy.item_text)
-    encoder.fit(test_examples + [e for r in round_examples for e in r] + sft_examples)
+    encoder.fit(test_examples + [e for r in round_examples + (valid_examples or []) for e in r]
+                + sft_examples)
     model = build_model(config, int(tokenizer.vocab_size), mesh, streams)
     split, init_params, frozen = st.place_model(model, config, mesh)
     show = bool(config.outputs.progress)
@@ -195,7 +200,8 @@ def build(config: Any, devices: Sequence[jax.Device] | None = None,
                                 split, frozen, mesh, show, streams, required)
     else:
         mode = ItemMode(policy, split, int(config.train.ppo_epochs), required)
-    learner = Learner(split, frozen, mesh, config, mode, show)
+    learner = Learner(split, frozen, mesh, config, mode, show, round_requests=min(
+        map(len, round_examples)) if events and round_examples else 0)
     logs_root = run_dir / "logs"
     exposures = Exposures(logs_root)
     popularity = np.bincount(inter.item, minlength=inter.num_items).astype(np.float32)
@@ -209,12 +215,42 @@ def build(config: Any, devices: Sequence[jax.Device] | None = None,
     return Experiment(
         config=config, methods=methods, streams=streams, init_params=init_params,
         sft_examples=sft_examples, encoder=encoder, learner=learner,
-        rollout=Rollout(mode, logging, sim, round_examples, logs_root),
-        evaluator=Evaluator(policy, test_examples, sim, inter.num_items, popularity, exposures,
-                            tuple(config.eval.ks), mode),
+        rollout=Rollout(mode, logging, feedback, round_examples, logs_root, per_event=events),
+        evaluator=Evaluator(policy, test_examples, feedback, inter.num_items, popularity,
+                            exposures, tuple(config.eval.ks), mode, valid_examples),
         layout=layout, ckpt=Checkpointer(checkpoint_dir(config), config.checkpoint.max_to_keep),
         writer=MetricsWriter(run_dir, tensorboard=config.outputs.tensorboard), mode=mode,
         logging=logging)
+
+
+def user_examples(config: Any, data: Any, streams: RngStreams
+                  ) -> tuple[list[Example], list[list[Example]], list[Example]]:
+    """`rounds.split=users`: (test, per-round, SFT warm-start) requests of the user slices."""
+    d = config.data
+    common = dict(history_len=d.history_len, num_candidates=d.num_candidates,
+                  num_items=data.interactions.num_items, seed=config.seed)
+    test_examples = build_examples(data.split, data.slices.test, "test", **common)
+    round_examples = [build_examples(data.split, users, "test", **common)
+                      for users in data.slices.rounds]
+    warm = build_train_examples(data.split, data.slices.warm, last_per_user=2, **common)
+    order = np.random.default_rng(streams.sft_order).permutation(len(warm))
+    sft_needed = config.train.sft_steps * config.train.batch_size
+    sft_examples = [warm[i] for i in order[:max(sft_needed, 1)]] if warm else []
+    if config.train.sft_steps > 0 and not sft_examples:
+        raise ValueError("config.train.sft_steps > 0 but no warm-start examples: raise "
+                         "config.data.max_users or lower num_test_users / users_per_round")
+    return test_examples, round_examples, sft_examples
+
+
+def event_examples(config: Any, data: Any) -> tuple[list[Example], list[list[Example]],
+                                                    list[list[Example]], list[Example]]:
+    """`rounds.split=events` (`data/events.py`): (test-window, per-round, validation after
+    each round 0..R, SFT warm-start) requests."""
+    er = event_rounds(config, data.split.sequences, data.interactions.num_items)
+    if is_main_process():
+        print(er.summary())
+    return (er.test.examples(), [r.examples() for r in er.deploy],
+            [r.examples() for r in er.valid], er.sft.examples())
 
 
 def build_text(config: Any, encoder: Encoder, tokenizer: Any, inter: Any,

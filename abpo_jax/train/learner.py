@@ -332,6 +332,7 @@ class Learner:
     config: Any                    # the run config: `train.*` and `loss.*` fields
     mode: Any                      # the action space (`train/modes/base.Mode`)
     show_progress: bool = False
+    round_requests: int = 0        # requests logged per round (0: data.users_per_round)
 
     def __post_init__(self):
         self.settings = abpo.LossSettings.from_config(self.config.loss)
@@ -346,7 +347,8 @@ class Learner:
         t = self.config.train
         if t.steps_per_round > 0:
             return int(t.steps_per_round)
-        return (self.config.data.users_per_round // t.batch_size) * int(t.epochs_per_round)
+        n = self.round_requests or self.config.data.users_per_round
+        return (n // t.batch_size) * int(t.epochs_per_round)
 
     def optimizer(self, sft: bool) -> optax.GradientTransformation:
         t = self.config.train

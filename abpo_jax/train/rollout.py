@@ -1,4 +1,5 @@
-"""The rollout role: deploy pi_{k-1} on round k's fresh users and log the round.
+"""The rollout role: deploy pi_{k-1} on round k's requests (fresh users, or the events of a
+window) and log the round.
 
 How the deployed policy exposes items is the mode's (`Mode.expose`), who deploys and with which
 logits the logging policy's (`sim.logging_policy.LoggingPolicy`). The log is global data: every
@@ -20,7 +21,7 @@ from abpo_jax.data import log_store
 from abpo_jax.data.logs import LogRecord
 from abpo_jax.data.splits import Example
 from abpo_jax.sim.logging_policy import LoggingPolicy
-from abpo_jax.sim.users import UserSimulator
+from abpo_jax.sim.replay import Feedback
 from abpo_jax.train.distributed import barrier
 from abpo_jax.train.modes.base import Mode
 from abpo_jax.train.outputs import is_main_process
@@ -37,9 +38,10 @@ class Rollout:
 
     mode: Mode                                    # how the deployed policy exposes items
     logging: LoggingPolicy                        # temperature, bias, RNG stream
-    simulator: UserSimulator
+    simulator: Feedback                           # outcomes: mnl simulator | replay
     round_examples: Sequence[Sequence[Example]]   # round k's requests at index k - 1
     logs_root: pathlib.Path
+    per_event: bool = False                       # event rounds: request ids name the event
 
     def deploy(self, k: int, method: str, params: Any) -> log_store.RoundLog:
         """Round k's log for `method`: reuse a committed one (resume), else deploy and log."""
@@ -51,7 +53,7 @@ class Rollout:
         inputs = self.mode.expose(params, examples, self.logging, k, f"rollout r{k} {method}")
         if is_main_process():
             self.logging.log(examples, self.simulator, k, str(self.logs_root / method),
-                             f"{method}@{k - 1}", **inputs)
+                             f"{method}@{k - 1}", per_event=self.per_event, **inputs)
         barrier(f"deploy-written-r{k}-{method}")
         return log_store.open_round(path)
 
