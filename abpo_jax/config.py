@@ -115,7 +115,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.policy.top_p = 1.0              # text mode: nucleus truncation (1 = off), rollouts and logging
     c.policy.max_think_tokens = 0     # text mode: free text (<think>...</think>) budget before the item; 0 = none
     c.policy.logging_temperature = 1.0  # temperature of the deployed logging policy
-    c.policy.logging_policy = "current"  # current (pi_{k-1} deploys) | stale (the round-0 policy always)
+    c.policy.logging_policy = "current"  # current (pi_{k-1} deploys) | stale (the round-0 policy always) | uniform (1/C; item mode)
     c.policy.logging_popularity = 0.0  # b: logging logits + b log(1 + item count) (exposure bias)
 
     # --- user simulator -------------------------------------------------------------------
@@ -290,7 +290,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "loss.unobserved_reward": ("zero", "snips_value"),
     "loss.anchor_rewards": ("all", "outcome"),
     "loss.kl_tokens": ("rollouts", "all"),
-    "policy.logging_policy": ("current", "stale"),
+    "policy.logging_policy": ("current", "stale", "uniform"),
     "loss.std": ("none", "population", "bessel"),
     "loss.kl_estimator": ("k1", "k3"),
     "loss.aggregation": ("token_mean", "sequence_mean", "constant"),
@@ -476,6 +476,9 @@ def _check_policy_mode(config: ml_collections.ConfigDict) -> None:
     if policy.get("candidates") == "catalogue" and not text:
         raise ConfigError("config.policy.candidates='catalogue' needs config.policy.mode='text' "
                           "(the item is generated under a trie of the whole catalogue)")
+    if text and policy.get("logging_policy") == "uniform":
+        raise ConfigError("config.policy.logging_policy='uniform' is item mode only (1/C over the "
+                          "candidate list); text mode logs the deployed policy's own samples")
     if text and policy.get("logging_popularity", 0.0):
         raise ConfigError(f"config.policy.logging_popularity={policy.logging_popularity} is "
                           "item mode only (a logit bias over the candidate list); set it to 0 "

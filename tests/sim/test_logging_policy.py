@@ -118,3 +118,47 @@ def test_rejects_duplicate_users_and_bad_scores(tmp_path):
     with pytest.raises(ValueError, match="score_fn returned shape"):
         lp.log_round(ex, lambda e: np.zeros((len(e), 2)), make_sim(), round_index=1, seed=0,
                      logs_dir=tmp_path, policy_revision="p")
+
+
+def test_logging_policy_conditions_pick_params_and_logits():
+    """current / stale / uniform: which params deploy, which logits the exposure is drawn from."""
+    pop = np.arange(NUM_ITEMS, dtype=np.float32)
+    cands = np.stack([e.candidates for e in make_examples(2)])
+    log_pi = np.tile(FIXED_LOG_PI, (2, 1)).astype(np.float32)
+    state = {"params": "pi_k", "ref": "pi_k-1"}
+    current = lp.LoggingPolicy("current", 1.0, 0, pop)
+    assert current.frozen("p0", lambda p: p) == {}
+    assert current.deployed(state, resuming=False) == "pi_k" == state["params"]
+    assert current.deployed(state, resuming=True) == "pi_k-1"
+    got, bias = current.logits(log_pi, cands)
+    assert got is log_pi and bias is None
+    stale = lp.LoggingPolicy("stale", 1.0, 0, pop)
+    assert stale.frozen("p0", lambda p: p) == {"initial": "p0"}
+    assert stale.deployed({**state, "initial": "p0"}, resuming=False) == "p0"
+    uniform = lp.LoggingPolicy("uniform", 1.0, 0, pop, popularity_bias=0.5)
+    got, bias = uniform.logits(log_pi, cands)
+    np.testing.assert_allclose(np.exp(got), 0.25)
+    np.testing.assert_allclose(bias, 0.5 * np.log1p(pop[cands]))
+    with pytest.raises(ValueError, match="logging policy"):
+        lp.LoggingPolicy("greedy", 1.0, 0, pop)
+
+
+def test_uniform_logging_logs_one_over_c(tmp_path):
+    pol = lp.LoggingPolicy("uniform", 1.0, 0, np.ones(NUM_ITEMS, np.float32))
+    ex = make_examples(200)
+    log_pi, bias = pol.logits(np.tile(FIXED_LOG_PI, (len(ex), 1)).astype(np.float32),
+                              np.stack([e.candidates for e in ex]))
+    records = list(pol.log(ex, make_sim(), 1, str(tmp_path), "uniform@0",
+                           score_fn=lambda chunk: log_pi, batch_size=len(ex), logit_bias=bias))
+    np.testing.assert_allclose([r.propensity for r in records], 1 / C, rtol=1e-6)
+    assert {r.timestamp for r in records} == {1.0}
+
+
+def test_uniform_logging_is_an_item_mode_condition():
+    from abpo_jax.config import ConfigError, base_config, validate
+    c = base_config()
+    c.policy.logging_policy = "uniform"
+    validate(c)
+    c.policy.mode = "text"
+    with pytest.raises(ConfigError, match="logging_policy"):
+        validate(c)
