@@ -45,7 +45,7 @@ METRICS: tuple[Metric, ...] = (
            **_EVERYWHERE),
     Metric("gini", "policy_metrics: Gini of the top-1 item counts", **_EVERYWHERE),
     Metric("coverage", "policy_metrics: distinct top-1 items / catalogue", **_EVERYWHERE),
-    Metric("arp", "policy_metrics: mean interaction count of the top-1 items"),
+    Metric("arp", "policy_metrics: mean interaction count of the top-1 items", **_EVERYWHERE),
     Metric("snips_ctr", "log_metrics: SNIPS CTR estimate from the round's log",
            **_EVERYWHERE),
     Metric("log_sim_ctr", "log_metrics: the policy's simulated CTR on the log's contexts",
