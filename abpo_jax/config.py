@@ -250,7 +250,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     # --- `abpo-jax recommend` ---------------------------------------------------------------
     c.recommend = ml_collections.ConfigDict()
-    c.recommend.num_users = 3         # held-out ML-1M users to show
+    c.recommend.num_users = 3         # held-out test users to show
+    c.recommend.method = ""           # whose weights: a rounds.methods entry; "" = the first
 
     # --- multi-host (TPU pods; see README "Running on TPU") ----------------------------------
     c.distributed = ml_collections.ConfigDict()

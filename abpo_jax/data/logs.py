@@ -212,6 +212,18 @@ def _check_text(where: str, s: str) -> None:
                                  "(not encodable text)")
 
 
+# C0 / C1 control characters (NUL, newline, ESC, ...): never part of an identifier; a NUL in a
+# request id or revision name is a truncated or corrupt write, and it breaks C-string tools.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _check_identifier(where: str, s: str) -> None:
+    m = _CONTROL.search(s)
+    if m:
+        raise BadRecord(INVALID_VALUE, f"{where} holds the control character "
+                                       f"U+{ord(m.group()):04X} at {m.start()}")
+
+
 _NUMBERS = frozenset((int, float, bool))
 
 
@@ -274,8 +286,9 @@ def validate_record(raw: bytes | str | Mapping[str, Any] | LogRecord, *,
         raise BadRecord(MISSING_FIELD, f"missing field(s) {', '.join(missing)}")
     for name, kind in FIELDS.items():
         _check_type(name, kind, d[name])
-    if not d["request_id"]:
-        raise BadRecord(INVALID_VALUE, "empty request_id")
+    if not d["request_id"].strip():
+        raise BadRecord(INVALID_VALUE, "empty request_id" if not d["request_id"] else
+                        f"request_id={short_repr(d['request_id'])} is blank (whitespace only)")
     for name in ("round", "user_id"):
         if not 0 <= d[name] <= INT64_MAX:
             raise BadRecord(INVALID_VALUE, f"{name}={short_repr(d[name])} is not in 0..2**63-1")
@@ -311,5 +324,6 @@ def validate_record(raw: bytes | str | Mapping[str, Any] | LogRecord, *,
         raise BadRecord(UNKNOWN_USER, f"user_id={d['user_id']} >= num_users={num_users}")
     for name in ("request_id", "policy_revision"):
         _check_text(name, d[name])
+        _check_identifier(name, d[name])
     check_json_value({k: v for k, v in d.items() if k not in RESERVED_KEYS}, "extras")
     return LogRecord.from_dict(d)

@@ -1,12 +1,14 @@
 """`abpo-jax logs`: inspect, validate, import and export bandit-log rounds.
 
-    abpo-jax logs                                           # list rounds, verify checksums
+    abpo-jax logs --config.run_dir=runs/tiny                # every method's rounds, checksums
     abpo-jax logs --config.logs.action=validate --config.logs.input=prod.jsonl
     abpo-jax logs --config.logs.action=import --config.logs.input=prod.csv --config.logs.round=1
     abpo-jax logs --config.logs.action=export --config.logs.round=1 --config.logs.output=r1.jsonl
     abpo-jax logs --config.logs.action=clean                # remove interrupted writes
 
-Logs live in `config.logs.dir` (default `<run_dir>/logs`). An import goes into the round its
+Logs live in `config.logs.dir` (default `<run_dir>/logs`); a run's are per method,
+`<run_dir>/logs/<method>/round_*`, which the summary lists method by method (export needs one
+method: `--config.logs.dir=<run_dir>/logs/<method>`). An import goes into the round its
 records name (`--config.logs.round=N` to choose), refuses a file already imported and a round
 already committed (`--config.logs.overwrite=True` replaces it). Every bad input is one line on
 stderr and a non-zero exit, checked before any work where it can be.
@@ -38,11 +40,31 @@ def logs_dir(config: Any) -> pathlib.Path:
     return pathlib.Path(_field(config, "dir", "") or pathlib.Path(config.run_dir) / "logs")
 
 
+def method_stores(directory: pathlib.Path) -> dict[str, pathlib.Path]:
+    """Round stores under `directory`: {"": directory} when it holds rounds itself, else
+    {method: directory/method} for each subdirectory that does (a run's `logs/<method>/`)."""
+    if log_store.list_rounds(directory):
+        return {"": directory}
+    if not directory.is_dir():
+        return {}
+    return {sub.name: sub for sub in sorted(directory.iterdir())
+            if sub.is_dir() and log_store.list_rounds(sub)}
+
+
 def _summary(directory: pathlib.Path) -> None:
-    rounds = log_store.list_rounds(directory)
-    if not rounds:
-        print(f"{directory}: no committed rounds")
+    stores = method_stores(directory)
+    if not stores:
+        print(f"{directory}: no committed rounds (neither {directory}/round_* nor "
+              f"{directory}/<method>/round_*)")
         return
+    for method, store in stores.items():
+        if method:
+            print(f"\n{method}  ({store})")
+        _summary_table(store)
+
+
+def _summary_table(directory: pathlib.Path) -> None:
+    rounds = log_store.list_rounds(directory)
     print(f"{'round':<14}{'records':>9}{'positive':>10}{'quarantined':>13}  revision  checksums")
     for path in rounds:
         try:
@@ -121,6 +143,11 @@ def _records_round(config: Any, source: pathlib.Path, directory: pathlib.Path) -
 
 def _export_round(config: Any, action: str, directory: pathlib.Path) -> pathlib.Path:
     rounds = log_store.list_rounds(directory)
+    methods = [m for m in method_stores(directory) if m]
+    if not rounds and methods:
+        _fail(action, f"{directory} holds the logs of {len(methods)} method(s) "
+              f"({', '.join(methods)}); choose one with --config.logs.dir={directory}/"
+              f"{methods[0]}")
     names = ", ".join(p.name.removeprefix(log_store.ROUND_PREFIX).lstrip("0") or "0"
                       for p in rounds)
     if not rounds:
@@ -132,11 +159,21 @@ def _export_round(config: Any, action: str, directory: pathlib.Path) -> pathlib.
     return path
 
 
-def _keep_quarantine(source: pathlib.Path) -> pathlib.Path:
-    """Where `validate` leaves a file's quarantined records: beside it, else in the temp dir."""
+def _keep_quarantine(config: Any, source: pathlib.Path) -> pathlib.Path:
+    """Where `validate` writes a file's quarantined records: `--config.logs.output` (.jsonl)
+    when given, else the temp dir; never beside the input (validation changes nothing there)."""
+    output = str(_field(config, "output", ""))
+    if output:
+        path = pathlib.Path(output)
+        if path.suffix.lower() != ".jsonl":
+            _fail("validate", f"output {path}: the quarantine is written as JSON lines; "
+                  "give a .jsonl file")
+        problem = _unwritable(path.parent)
+        if problem:
+            _fail("validate", f"cannot write {path}: {problem}")
+        return path
     name = source.with_suffix(".quarantine.jsonl").name
-    home = pathlib.Path(tempfile.gettempdir()) if _unwritable(source.parent) else source.parent
-    return home / name
+    return pathlib.Path(tempfile.gettempdir()) / f"abpo_jax-validate-{name}"
 
 
 def main(config: Any) -> None:
@@ -170,7 +207,7 @@ def main(config: Any) -> None:
         elif action == "validate":
             # A dry-run import into a scratch directory, checked against the committed rounds.
             index = _records_round(config, source, directory)
-            kept = _keep_quarantine(source)
+            kept = _keep_quarantine(config, source)
             with tempfile.TemporaryDirectory() as scratch:
                 manifest = log_files.import_log(
                     source, scratch, index, committed_dir=directory, rejected_path=kept,
@@ -178,7 +215,12 @@ def main(config: Any) -> None:
                 if manifest["num_quarantined"]:
                     shutil.copy(log_store.round_path(scratch, index) / log_store.QUARANTINE, kept)
                     print(f"quarantined records: {kept}")
-            print(f"{source}: valid as round {index} of {directory}")
+            committed = log_store.list_rounds(directory)
+            against = (f"no record or file already committed in {directory}" if committed else
+                       f"not checked against committed rounds: {directory} holds none "
+                       "(--config.logs.dir or --config.run_dir names the store to check)")
+            print(f"{source}: {manifest['num_records']} record(s) valid as round {index}, "
+                  f"{manifest['num_quarantined']} quarantined; {against}")
         elif action == "import":
             index = _records_round(config, source, directory)
             log_files.import_log(source, directory, index,

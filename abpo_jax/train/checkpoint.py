@@ -97,6 +97,22 @@ class RunState:
     def to_meta(self, **extra: Any) -> dict:
         return {**dataclasses.asdict(self), **extra}
 
+    def describe(self) -> str:
+        """Where the run stands, in words (for the resume line)."""
+        if self.phase == "sft":
+            return f"mid-SFT warm start, step {self.step}"
+        if self.phase == "update":
+            return f"mid-update of round {self.round}, method {self.method}, step {self.step}"
+        if self.phase == "done":
+            return (f"round {self.round} done up to method {self.method}" if self.round
+                    else "SFT warm start (round 0) done")
+        return "not started"
+
+    def finished(self, num_rounds: int, methods: Sequence[str]) -> bool:
+        """Every method has done every round: nothing left to train."""
+        return (self.phase == "done" and self.round >= num_rounds
+                and (not methods or self.method == methods[-1]))
+
     @classmethod
     def from_meta(cls, meta: dict) -> "RunState":
         return cls(**{f.name: meta[f.name] for f in dataclasses.fields(cls) if f.name in meta})
@@ -480,17 +496,23 @@ class _nullcontext:
         return None
 
 
-def method_progress(run_state: RunState, methods: Sequence[str], method: str) -> str:
-    """How far `method`'s params in a checkpoint at `run_state` got: methods update one after
-    another in `methods` order within each round."""
+def method_round(run_state: RunState, methods: Sequence[str], method: str) -> int:
+    """The last round `method` finished at `run_state` (methods update one after another in
+    `methods` order within each round; a method mid-update has finished the round before)."""
     k = run_state.round
     if run_state.phase in ("start", "sft") or k == 0 or method not in methods \
             or run_state.method not in methods:
-        return f"after round {k}" + (" (the SFT warm start)" if k == 0 else "")
+        return k if run_state.phase == "done" else 0
     i, j = methods.index(method), methods.index(run_state.method)
-    if i == j and run_state.phase == "update":
-        return f"mid-update of round {k} (step {run_state.step})"
-    done = k if i < j or (i == j and run_state.phase == "done") else k - 1
+    return k if i < j or (i == j and run_state.phase == "done") else k - 1
+
+
+def method_progress(run_state: RunState, methods: Sequence[str], method: str) -> str:
+    """How far `method`'s params in a checkpoint at `run_state` got, in words."""
+    if (run_state.phase == "update" and method == run_state.method
+            and method in methods):
+        return f"mid-update of round {run_state.round} (step {run_state.step})"
+    done = method_round(run_state, methods, method)
     return f"after round {done}" + (" (the SFT warm start)" if done == 0 else "")
 
 

@@ -209,6 +209,8 @@ def build(config: Any, devices: Sequence[jax.Device] | None = None,
     logging = LoggingPolicy(p.logging_policy, float(p.logging_temperature), streams.logging,
                             popularity, float(p.logging_popularity))
     methods = tuple(config.rounds.methods)
+    writer = MetricsWriter(run_dir, tensorboard=config.outputs.tensorboard)
+    learner.on_step = writer.step_scalars if writer.tensorboard else None   # training curves
     layout = Layout(methods, lambda: learner.fresh_state(init_params, sft=True),
                     lambda: {**learner.fresh_state(init_params), **frozen_policies(
                         logging, init_params, copy=False)})
@@ -218,8 +220,9 @@ def build(config: Any, devices: Sequence[jax.Device] | None = None,
         rollout=Rollout(mode, logging, feedback, round_examples, logs_root, per_event=events),
         evaluator=Evaluator(policy, test_examples, feedback, inter.num_items, popularity,
                             exposures, tuple(config.eval.ks), mode, valid_examples),
-        layout=layout, ckpt=Checkpointer(checkpoint_dir(config), config.checkpoint.max_to_keep),
-        writer=MetricsWriter(run_dir, tensorboard=config.outputs.tensorboard), mode=mode,
+        layout=layout, ckpt=Checkpointer(checkpoint_dir(config), config.checkpoint.max_to_keep,
+                                         config=config),
+        writer=writer, mode=mode,
         logging=logging)
 
 

@@ -114,7 +114,25 @@ def end_policy_step(settings: abpo.LossSettings, state: dict, new_state: dict,
     metrics.update(loss=loss, finite=finite.astype(jnp.float32),
                    grad_norm=optax.global_norm(grads),
                    snips_weight=abpo.masked_mean(terms.snips_weight, valid))
+    metrics.update(weight_stats(terms.snips_weight, valid))
     return new_state, metrics
+
+
+STEP_ONLY = "step/"   # step metrics for the training curves only, not the round's train/ means
+
+
+def weight_stats(weight: jax.Array, valid: jax.Array) -> dict:
+    """The anchors' SNIPS weights w~ over the valid rows: min, max and the effective sample
+    size as a fraction of the rows, (sum w)^2 / (n sum w^2) (1 = uniform weights). Step-only:
+    TensorBoard curves, not the round's metrics.jsonl row."""
+    ok = valid.reshape(weight.shape) > 0
+    w = jnp.where(ok, weight, 0.0)
+    n = jnp.maximum(ok.sum(), 1)
+    ess = jnp.square(w.sum()) / jnp.maximum(n * jnp.square(w).sum(), 1e-30)
+    some = ok.any()   # no valid row: 0, not +-inf (the step history is stored as JSON)
+    return {f"{STEP_ONLY}w_min": jnp.where(some, jnp.where(ok, weight, jnp.inf).min(), 0.0),
+            f"{STEP_ONLY}w_max": jnp.where(some, jnp.where(ok, weight, -jnp.inf).max(), 0.0),
+            f"{STEP_ONLY}w_ess_fraction": ess}
 
 
 @dataclasses.dataclass
@@ -333,6 +351,8 @@ class Learner:
     mode: Any                      # the action space (`train/modes/base.Mode`)
     show_progress: bool = False
     round_requests: int = 0        # requests logged per round (0: data.users_per_round)
+    # per-step training scalars (name, step, scalars) -> TensorBoard; None = not reported
+    on_step: Callable[[str, int, dict], None] | None = None
 
     def __post_init__(self):
         self.settings = abpo.LossSettings.from_config(self.config.loss)
@@ -409,16 +429,27 @@ class Learner:
             index = self._micro(np.array([e.target_index for e in ex], np.int32))
             weight = self._micro(np.ones(len(ex), np.float32))
             with jax.set_mesh(self.mesh):
-                state, _ = fn(state, self.frozen, cands, index, weight)
+                state, m = fn(state, self.frozen, cands, index, weight)
+            if self.on_step is not None:
+                self.on_step("sft", s + 1, {"sft_loss": m["loss"],
+                                            "lr": self._lr(True, s)})
             kill_point("sft")
             self._maybe_save(save, state, s + 1, steps, [])
         return state
 
+    def _lr(self, sft: bool, step: int) -> float:
+        """The learning rate the schedule gives at `step` (for the training curves)."""
+        t = self.config.train
+        steps = int(t.sft_steps) if sft else self.update_steps()
+        lr = t.sft_learning_rate if sft else t.learning_rate
+        return float(st.make_schedule(self.config, float(lr), max(steps, 1))(step))
+
     def update(self, method: str, state: dict, ref: Any, batches: Iterator[dict],
-               round_key: jax.Array, start: int, hist: list, save: SaveFn
-               ) -> tuple[dict, dict]:
+               round_key: jax.Array, start: int, hist: list, save: SaveFn,
+               round_index: int = 1) -> tuple[dict, dict]:
         """One method's round update from step `start` (with the metric history `hist` of
-        the steps before it). Returns (train state, mean train metrics of the round)."""
+        the steps before it). Returns (train state, mean train metrics of the round).
+        `round_index` places the steps on the method's curve (x = step over all rounds)."""
         steps = self.update_steps()
         tx = self.optimizer(sft=False)
         state = {key: state[key] for key in STATE_KEYS}
@@ -448,6 +479,10 @@ class Learner:
                     state, m = fn(state, self.frozen, batch.cands, batch.exposed,
                                   batch.outcome.astype(jnp.float32))
             hist.append({key: float(v) for key, v in jax.device_get(m).items()})
+            if self.on_step is not None:
+                self.on_step(method, (round_index - 1) * steps + s + 1,
+                             {**{k.removeprefix(STEP_ONLY): v for k, v in hist[-1].items()},
+                              "lr": self._lr(False, s)})
             kill_point("update")
             self._maybe_save(save, state, s + 1, steps, hist)
         return state, train_summary(hist, state)
@@ -462,6 +497,7 @@ def train_summary(hist: list[dict], state: dict) -> dict:
     """Mean of every step metric over the round (`train/<name>`), plus skipped steps."""
     if not hist:
         return {}
-    out = {f"train/{key}": float(np.mean([h[key] for h in hist])) for key in hist[0]}
+    out = {f"train/{key}": float(np.mean([h[key] for h in hist])) for key in hist[0]
+           if not key.startswith(STEP_ONLY)}
     out["train/skipped"] = int(state["skipped"])
     return out

@@ -24,6 +24,7 @@ from abpo_jax.sampling.group_scoring import (CandidateBatch, bucket, pack_candid
                                              score_candidates)
 from abpo_jax.sampling.trie import candidate_token_sequences
 from abpo_jax.train.faults import kill_point
+from abpo_jax.train.packing import ItemCompletions, pack_requests
 from abpo_jax.train.outputs import progress
 from abpo_jax.train.state import ModelSplit
 
@@ -63,6 +64,7 @@ class Encoder:
     prompt_len: int = 0
     completion_len: int = 0
     num_candidates: int = 0
+    item_completions: ItemCompletions | None = None   # every item's completion tokens (lazy)
 
     def prompt_ids(self, example: Example) -> list[int]:
         messages = render_messages(example, self.titles, self.short_ids,
@@ -85,11 +87,21 @@ class Encoder:
         return self
 
     def encode(self, examples: Sequence[Example]) -> CandidateBatch:
+        pad = int(getattr(self.tokenizer, "pad_id", 0) or 0)
+        prompts = [self.prompt_ids(e) for e in examples]
+        if self.candidates_in_prompt and all(len(e.candidates) == self.num_candidates
+                                             for e in examples):
+            # a candidate's completion depends on the item alone: tokenized once per item,
+            # packed with NumPy over the batch (the same arrays as pack_candidates)
+            if self.item_completions is None:
+                self.item_completions = ItemCompletions.build(self.tokenizer, self.short_ids, pad)
+            return pack_requests(prompts, np.stack([e.candidates for e in examples]),
+                                 self.item_completions, prompt_len=self.prompt_len,
+                                 completion_len=self.completion_len, pad_id=pad)
         return pack_candidates(
-            [self.prompt_ids(e) for e in examples], [self.completion_ids(e) for e in examples],
+            prompts, [self.completion_ids(e) for e in examples],
             prompt_len=self.prompt_len, completion_len=self.completion_len,
-            num_candidates=self.num_candidates,
-            pad_id=int(getattr(self.tokenizer, "pad_id", 0) or 0))
+            num_candidates=self.num_candidates, pad_id=pad)
 
 
 @dataclasses.dataclass

@@ -31,7 +31,9 @@ import jax.numpy as jnp
 
 from abpo_jax.data import log_store
 from abpo_jax.eval import metric_table
-from abpo_jax.train.checkpoint import ResumeInputError, Restored, RunState
+from abpo_jax.config import validate
+from abpo_jax.train.checkpoint import (ResumeInputError, Restored, RunState, adopt_run_config,
+                                       method_round, weights_line)
 from abpo_jax.train.distributed import initialize_distributed
 from abpo_jax.train.experiment import Experiment, build
 from abpo_jax.train.learner import log_batches
@@ -77,8 +79,12 @@ def run(exp: Experiment) -> list[dict]:
     rs = RunState() if restored is None else restored.run_state
     if restored is not None:
         exp.writer.merge(restored.meta.get("metrics", []))
-        if is_main_process():
-            print(f"resuming from checkpoint {restored.step}: {rs}")
+        if is_main_process() and rs.finished(int(c.rounds.num_rounds), methods):
+            print(f"{exp.writer.run_dir}: already finished ({c.rounds.num_rounds} round(s) of "
+                  f"{', '.join(methods)}; checkpoint {restored.step}); nothing to do. Its "
+                  "metrics follow; raise --config.rounds.num_rounds to continue it")
+        elif is_main_process():
+            print(f"resuming from checkpoint {restored.step}: {rs.describe()}")
 
     # --- round 0: SFT warm start, evaluated once for every method ---------------------------
     if rs.phase in ("start", "sft"):
@@ -128,7 +134,7 @@ def run(exp: Experiment) -> list[dict]:
                     method, mstate, ref, batches, exp.streams.train_round(k),
                     start=rs.step if resuming else 0,
                     hist=restored.meta.get("train_hist", []) if resuming else [],
-                    save=save_update)
+                    save=save_update, round_index=k)
                 mstate = {**mstate, **state, "ref": ref}
             methods_tree[method] = mstate
             records = list(roundlog)
@@ -152,7 +158,9 @@ def finish(exp: Experiment, rows: list[dict], seconds: float) -> None:
     ks = tuple(exp.config.eval.ks)
     print_table(rows, metric_table.present(metric_table.names(ks, "table"), rows))
     if exp.config.outputs.plots:
-        plot_metrics(rows, exp.writer.run_dir / "plots", metric_table.names(ks, "plot"))
+        plot_metrics(rows, exp.writer.run_dir / "plots", metric_table.names(ks, "plot"),
+                     num_test_users=len(exp.evaluator.test_examples),
+                     title=exp.writer.run_dir.name)
     print(f"run dir: {exp.writer.run_dir}  ({seconds:.0f} s)")
 
 
@@ -163,14 +171,28 @@ def main(config) -> list[dict]:
 
 
 def evaluate_run(config, devices: Sequence[jax.Device] | None = None) -> list[dict]:
-    """`abpo-jax eval`: evaluate the newest checkpoint of each method (or the base model)."""
+    """`abpo-jax eval`: evaluate the newest verified checkpoint of each method of the run in
+    `config.run_dir` (under the config it was trained with), saying which; without one, the
+    untrained initial model (tiny) or the pretrained base model, saying so."""
+    config = validate(adopt_run_config(config, ignore=("eval.", "recommend.")))
     exp = build(config, devices, record_config=False)
     restored = exp.ckpt.restore_latest(exp.layout.abstract)
     if restored is None or "methods" not in restored.state:
-        rows = [exp.evaluator.row(0, "base", exp.init_params)]
+        tiny = config.model.source == "tiny"
+        what = ("the untrained initial model" if tiny
+                else f"the pretrained base model ({config.model.source}, not fine-tuned)")
+        where = ("only a mid-SFT checkpoint" if restored is not None
+                 else "no verified checkpoint")
+        if is_main_process():
+            print(f"{exp.ckpt.directory}: {where}; evaluating {what}", flush=True)
+        rows = [exp.evaluator.row(0, "untrained" if tiny else "base", exp.init_params)]
     else:
-        rows = [exp.evaluator.row(restored.run_state.round, m, mstate["params"])
-                for m, mstate in restored.state["methods"].items()]
+        methods = list(exp.methods)
+        for m in methods:
+            if is_main_process():
+                print(weights_line(restored, exp.ckpt.directory, m, methods, ""), flush=True)
+        rows = [exp.evaluator.row(method_round(restored.run_state, methods, m), m,
+                                  restored.state["methods"][m]["params"]) for m in methods]
     columns = metric_table.names(tuple(config.eval.ks), "table")
     print_table(rows, metric_table.present(columns, rows), "evaluation")
     return rows

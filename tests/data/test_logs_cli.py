@@ -41,10 +41,16 @@ def test_import_summary_export_validate(tmp_path, capsys):
     src2 = write_jsonl(tmp_path / "next.jsonl",
                        [good_record(i, round=2, request_id=f"r2-{i}") for i in range(29)],
                        ["{broken\n"])
-    logs_cli.main(config(tmp_path, action="validate", input=str(src2)))
-    quarantine = (tmp_path / "next.quarantine.jsonl").read_text().splitlines()
+    kept = tmp_path / "checked" / "next.quarantine.jsonl"
+    kept.parent.mkdir()
+    logs_cli.main(config(tmp_path, action="validate", input=str(src2), output=str(kept)))
+    quarantine = kept.read_text().splitlines()
     assert len(quarantine) == 1 and json.loads(quarantine[0])["position"] == f"{src2}:30"
-    assert "valid as round 2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "29 record(s) valid as round 2, 1 quarantined; no record or file already " \
+           f"committed in {tmp_path / 'run' / 'logs'}" in out
+    # validation writes nothing beside the input (its directory is the user's)
+    assert sorted(p.name for p in tmp_path.glob("next*")) == ["next.jsonl"]
 
 
 def test_too_many_bad_records_exit_with_message(tmp_path):

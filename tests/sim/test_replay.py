@@ -73,3 +73,31 @@ def test_feedback_from_config_and_request_keys():
     keys = request_keys(req.examples())
     np.testing.assert_array_equal(keys[0], req.user)
     np.testing.assert_array_equal(keys[1], req.event)
+
+
+def test_an_event_round_logs_many_requests_per_user_with_replay_outcomes(tmp_path):
+    """`log_round` on one event window (per_event): ids name the event, a user has many
+    requests, and each record's outcome and click probabilities are the user's behaviour."""
+    from abpo_jax.data import log_store, records
+    from abpo_jax.sim.logging_policy import log_round, uniform_policy
+
+    inter = synthetic(num_users=8, per_user=(40, 50))
+    seqs = sp.user_sequences(inter)
+    index = ev.EventIndex.build(seqs, inter.num_items)
+    timeline = ev.cut_timeline(index, 1, 0.5)
+    req = ev.build_requests(index, timeline.window(1), history_len=3, num_candidates=5, seed=0)
+    fb = ReplayFeedback(seqs, inter.num_items, horizon=0, external_ignore=0.0)
+    log_round(req.examples(), uniform_policy(), fb, round_index=1, seed=0,
+              logs_dir=str(tmp_path), policy_revision="test", per_event=True)
+    logged = list(log_store.open_round(log_store.round_path(tmp_path, 1)))
+    assert len(logged) == len(req)
+    assert np.bincount([r.user_id for r in logged]).max() >= 5
+    for r, e, target in zip(logged, req.event.tolist(), req.target.tolist()):
+        assert r.request_id.endswith(f"-e{e}")
+        assert r.outcome == int(r.exposed_item_id == target)      # e = 0: exactly consumption
+        np.testing.assert_array_equal(records.click_probs(r),
+                                      np.asarray(r.candidate_item_ids) == target)
+    assert sum(r.outcome for r in logged) > 0
+    with pytest.raises(ValueError, match="a user appears twice"):   # users rounds stay strict
+        log_round(req.examples(), uniform_policy(), fb, round_index=2, seed=0,
+                  logs_dir=str(tmp_path), policy_revision="test")

@@ -1,4 +1,5 @@
 """The vectorised request packer builds exactly what `pack_candidates` builds."""
+import jax
 import numpy as np
 import pytest
 
@@ -60,3 +61,28 @@ def test_pack_requests_matches_pack_candidates():
     np.testing.assert_array_equal(ours.valid, ref.valid)
     with pytest.raises(ValueError, match="limit"):
         pack_requests(prompts, cands, table, prompt_len=p, completion_len=2)
+
+
+def test_encoder_fast_path_equals_the_per_request_path():
+    """`Encoder.encode` (one tokenization per item + the vectorised packer) gives the arrays of
+    the per-request path, for the item-token tokenizer of the tiny decoder."""
+    from abpo_jax.data.splits import Example
+    from abpo_jax.models.tokenizer import load_tokenizer
+    from abpo_jax.train.policy import Encoder
+
+    rng = np.random.default_rng(1)
+    short_ids = [str(i) for i in range(40)]
+    tok = load_tokenizer("tiny", "", short_ids)
+    examples = [Example(user=u, history=rng.choice(40, int(rng.integers(0, 5)), replace=False),
+                        history_ratings=np.zeros(0, np.float32), target=0,
+                        candidates=rng.choice(40, 6, replace=False).astype(np.int32),
+                        target_index=0) for u in range(12)]
+    enc = Encoder(tok, [f"t{i}" for i in range(40)], short_ids, "ids_only", False).fit(examples)
+    fast = enc.encode(examples)
+    assert enc.item_completions is not None
+    ref = pack_candidates([enc.prompt_ids(e) for e in examples],
+                          [enc.completion_ids(e) for e in examples],
+                          prompt_len=enc.prompt_len, completion_len=enc.completion_len,
+                          num_candidates=enc.num_candidates, pad_id=int(tok.pad_id or 0))
+    for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(ref)):
+        np.testing.assert_array_equal(a, b)
