@@ -19,6 +19,7 @@ import numpy as np
 from abpo_jax.data.logs import LogRecord
 
 Featurize = Callable[[LogRecord], dict[str, np.ndarray]]
+FeaturizeBatch = Callable[[list[LogRecord]], dict[str, np.ndarray]]
 
 
 def _process_index_and_count(process_index: int | None,
@@ -35,7 +36,8 @@ def _process_index_and_count(process_index: int | None,
 def log_dataset(shards: Sequence[str | os.PathLike], *, batch_size: int, seed: int,
                 featurize: Featurize, process_index: int | None = None,
                 process_count: int | None = None, num_epochs: int = 1,
-                drop_remainder: bool = True) -> grain.IterDataset:
+                drop_remainder: bool = True,
+                featurize_batch: FeaturizeBatch | None = None) -> grain.IterDataset:
     """Shuffled, process-sharded, featurized, batched dataset over ArrayRecord shards.
 
     Args:
@@ -43,6 +45,8 @@ def log_dataset(shards: Sequence[str | os.PathLike], *, batch_size: int, seed: i
       batch_size: per-process batch size.
       seed: shuffle seed (same on every process; epochs are reshuffled).
       featurize: record -> dict of numpy arrays (e.g. a mode's `featurize`, `train/modes/`).
+      featurize_batch: records -> the stacked dict of their `featurize` outputs, computed over
+        the whole batch at once (vectorised); used instead of `featurize` when given.
       process_index / process_count: this process's slot; default `jax.process_index/count()`.
       num_epochs: passes over the data.
       drop_remainder: drop the last short batch (static shapes for jit); the per-process slices
@@ -56,6 +60,10 @@ def log_dataset(shards: Sequence[str | os.PathLike], *, batch_size: int, seed: i
     if drop_remainder:
         ds = ds[:len(ds) - len(ds) % count]
     ds = ds[index::count]
+    if featurize_batch is not None:   # decode per record, featurize per batch
+        ds = ds.map(LogRecord.from_bytes)
+        return ds.batch(batch_size, drop_remainder=drop_remainder,
+                        batch_fn=lambda recs: featurize_batch(list(recs))).to_iter_dataset()
     ds = ds.map(lambda data: featurize(LogRecord.from_bytes(data)))
     return ds.batch(batch_size, drop_remainder=drop_remainder).to_iter_dataset()
 

@@ -310,14 +310,16 @@ def make_sft_step(split: ModelSplit, tx: optax.GradientTransformation) -> Callab
 
 
 def log_batches(shards: Sequence[str], featurize_record: Callable[[LogRecord], dict], *,
-                steps: int, batch_size: int, seed: int, num_records: int) -> Iterator[dict]:
+                steps: int, batch_size: int, seed: int, num_records: int,
+                featurize_batch: Callable[[list], dict] | None = None) -> Iterator[dict]:
     """This process's share of `steps` global batches of a round's log, each record through
     `featurize_record` (the mode's `featurize`); grain iterator,
     checkpointable, reshuffled every epoch."""
     per_epoch = max(num_records // batch_size, 1)
     return iter(log_iterator(
         list(shards), batch_size=batch_size // jax.process_count(), seed=seed,
-        featurize=featurize_record, num_epochs=max(1, math.ceil(steps / per_epoch))))
+        featurize=featurize_record, num_epochs=max(1, math.ceil(steps / per_epoch)),
+        featurize_batch=featurize_batch))
 
 
 def rl_batch(b: dict) -> RLBatch:

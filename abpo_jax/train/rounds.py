@@ -51,7 +51,8 @@ def round_batches(exp: Experiment, k: int, method: str):
     return log_batches([str(p) for p in roundlog.shard_paths], exp.mode.featurize,
                        steps=exp.learner.update_steps(),
                        batch_size=int(exp.config.train.batch_size),
-                       seed=exp.streams.log_shuffle(k), num_records=len(roundlog))
+                       seed=exp.streams.log_shuffle(k), num_records=len(roundlog),
+                       featurize_batch=getattr(exp.mode, "featurize_batch", None))
 
 
 def run(exp: Experiment) -> list[dict]:

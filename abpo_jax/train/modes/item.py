@@ -15,6 +15,7 @@ from abpo_jax.data import records
 from abpo_jax.data.logs import LogRecord
 from abpo_jax.data.splits import Example
 from abpo_jax.losses import abpo
+from abpo_jax.sampling.group_scoring import CandidateBatch
 from abpo_jax.sim.logging_policy import LoggingPolicy
 from abpo_jax.train.learner import RLBatch, make_policy_step, rl_batch
 from abpo_jax.train.modes.base import PolicyStep
@@ -22,16 +23,17 @@ from abpo_jax.train.policy import Encoder, Policy
 from abpo_jax.train.state import ModelSplit
 
 
-def featurize(record: LogRecord, encoder: Encoder, required: Sequence[str] = ()
-              ) -> dict[str, np.ndarray]:
+def featurize(record: LogRecord, encoder: Encoder, required: Sequence[str] = (),
+              encoded: CandidateBatch | None = None) -> dict[str, np.ndarray]:
     """One logged request as fixed-shape arrays: the exact logged prompt, re-tokenized, and the
     per-record loss inputs the record carries (no simulator call in the input pipeline).
 
     A loss input absent from the record is an error when `required` names it (the ingest check
     quarantines such records first) and NaN otherwise: this run's objective never reads it.
+    `encoded`: the request already packed (one row of a batch `featurize_batch` packed).
     """
     ex = records.example_from_record(record)
-    cands = encoder.encode([ex])
+    cands = encoder.encode([ex]) if encoded is None else encoded
     p = cands.packed
     gone = records.missing(record, required)
     if gone:
@@ -68,6 +70,14 @@ class ItemMode:
 
     def featurize(self, record: LogRecord) -> dict[str, np.ndarray]:
         return featurize(record, self.policy.encoder, self.required)
+
+    def featurize_batch(self, recs: Sequence[LogRecord]) -> dict[str, np.ndarray]:
+        """The stacked `featurize` of a batch, its requests packed in one vectorised call."""
+        packed = self.policy.encoder.encode([records.example_from_record(r) for r in recs])
+        rows = [featurize(r, self.policy.encoder, self.required,
+                          jax.tree.map(lambda x, i=i: x[i:i + 1], packed))
+                for i, r in enumerate(recs)]
+        return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
 
     def policy_batch(self, host: dict, params: Any, key: jax.Array,
                      settings: abpo.LossSettings) -> RLBatch:
