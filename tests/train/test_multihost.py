@@ -263,12 +263,16 @@ def test_v5e32_config_validates_and_fills_the_slice():
 
 
 @pytest.mark.slow
-def test_v5e32_config_user_slices_fit_movielens_1m():
+def test_v5e32_config_event_rounds_fit_movielens_1m():
+    from abpo_jax.data.events import event_rounds
     from abpo_jax.data.splits import prepare_data
 
-    slices = prepare_data(_v5e32_config()).slices      # raises when the users do not suffice
-    assert len(slices.rounds) == 5 and all(len(r) == 960 for r in slices.rounds)
-    assert len(slices.test) == 1000 and len(slices.warm) > 0
+    config = _v5e32_config()
+    data = prepare_data(config)
+    rounds = event_rounds(config, data.split.sequences, data.interactions.num_items)
+    assert len(rounds.deploy) == 5 and all(len(r) == 10_240 for r in rounds.deploy)
+    assert len(rounds.test) == 1_024 and len(rounds.timeline.warm()) > 0
+    assert 10_240 % (config.train.batch_size) == 0
 
 
 def _tiny_round_config(run_dir: pathlib.Path):
