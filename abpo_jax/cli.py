@@ -85,13 +85,14 @@ COMMANDS: dict[str, Command] = {
     "eval": Command(
         "abpo_jax.train.rounds:evaluate_run", "demo.py",
         "evaluate a run's newest verified checkpoint (or the untrained model)",
-        "Restores the newest verified checkpoint of config.run_dir and evaluates every method "
-        "in it on the held-out test users (HR@K, NDCG@K, calibration, coverage). A run dir "
-        "without checkpoints evaluates the untrained initial model and says so. Pass the run's "
-        "own config (the one it was trained with).",
-        (("abpo-jax eval --config=tiny --config.run_dir=runs/tiny",
+        "Evaluates every method of the run in config.run_dir on the held-out test users (HR@K, "
+        "NDCG@K, simulated CTR, exposure, coverage), under the config the run was trained with "
+        "(its config.json; eval.* may differ), from its newest verified checkpoint, naming the "
+        "weights. A run dir without checkpoints evaluates the untrained initial model (tiny) "
+        "or the pretrained base model, and says so.",
+        (("abpo-jax eval --config.run_dir=runs/tiny",
           "the tiny run's newest checkpoint, every method"),
-         ("abpo-jax eval --config=tiny --config.run_dir=runs/tiny --config.eval.ks=\"(1,3)\"",
+         ("abpo-jax eval --config.run_dir=runs/tiny --config.eval.ks=\"(1,3)\"",
           "other cut-offs"),
          ("abpo-jax eval", "the demo's SmolLM2 run (runs/demo)")),
         ("run_dir", "eval.", "rounds.methods", "model.source", "policy.mode",
@@ -99,16 +100,16 @@ COMMANDS: dict[str, Command] = {
     "recommend": Command(
         "abpo_jax.recommend:main", "demo.py",
         "show a trained policy's recommendations for held-out users",
-        "Restores the newest verified checkpoint of config.run_dir, takes config.recommend."
-        "method's weights and prints, for the first config.recommend.num_users held-out test "
-        "users, their history, the held-out next item and the policy's top 5 of pi(item | x) "
-        "over the candidate list (pretrained models also show the prompt and one sampled "
-        "completion). It says which weights it uses; without checkpoints, the untrained "
-        "initial model (tiny) or the pretrained base model.",
-        (("abpo-jax recommend --config=tiny --config.run_dir=runs/tiny",
-          "the tiny run's ABPO policy, 3 users"),
-         ("abpo-jax recommend --config=tiny --config.run_dir=runs/tiny "
-          "--config.recommend.method=grpo --config.recommend.num_users=5", "another method"),
+        "Under the config the run in config.run_dir was trained with (its config.json), "
+        "restores its newest verified checkpoint, takes config.recommend.method's weights and "
+        "prints, for the first config.recommend.num_users held-out test users, their history, "
+        "the held-out next item and the policy's top 5 of pi(item | x) over the candidate list "
+        "(pretrained models also show the prompt and one sampled completion). It says which "
+        "weights it uses; without checkpoints, the untrained initial model (tiny) or the "
+        "pretrained base model.",
+        (("abpo-jax recommend --config.run_dir=runs/tiny", "the tiny run's first method, 3 users"),
+         ("abpo-jax recommend --config.run_dir=runs/tiny --config.recommend.method=grpo "
+          "--config.recommend.num_users=5", "another method, 5 users"),
          ("abpo-jax recommend", "the demo's SmolLM2 run (runs/demo), or the base model")),
         ("run_dir", "recommend.", "policy.logging_temperature", "model.source", "model.path",
          "rounds.methods", "checkpoint.dir")),
