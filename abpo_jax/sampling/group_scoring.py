@@ -31,7 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from abpo_jax.losses.abpo import sequence_self_certainty, token_self_certainty
+from abpo_jax.losses.abpo import sequence_self_certainty
+# token_scores stays importable from here (text_learner, tests)
+from abpo_jax.models.lm_head import token_scores, token_scores_from_hidden  # noqa: F401
 from abpo_jax.sampling.trie import candidate_token_sequences
 
 
@@ -114,14 +116,6 @@ def packed_attention_mask(segments: jax.Array, positions: jax.Array) -> jax.Arra
     return mask | jnp.eye(segments.shape[1], dtype=bool)[None]
 
 
-def token_scores(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """log softmax(z)[target] and self-certainty (`losses.abpo.token_self_certainty`), over
-    the last axis (XLA shares the one logsumexp)."""
-    logits = logits.astype(jnp.float32)
-    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    return picked - jax.nn.logsumexp(logits, axis=-1), token_self_certainty(logits)
-
-
 @functools.partial(jax.jit, static_argnums=0)
 def _score_packed(graphdef, state, packed: PackedGroup) -> GroupScores:
     model = nnx.merge(graphdef, state)
@@ -134,10 +128,12 @@ def _score_packed(graphdef, state, packed: PackedGroup) -> GroupScores:
     block = p + jnp.arange(k)[:, None] * l + jnp.arange(l)[None, :] - 1
     rows = jnp.where(jnp.arange(l)[None, None, :] == 0,
                      packed.prompt_lengths[:, None, None] - 1, block[None])
-    # Only these K*L rows go through the LM head (not the prompt's P rows).
+    # Only these K*L rows go through the LM head (not the prompt's P rows), and a large
+    # vocabulary's head in chunks (models/lm_head.py).
     picked = jnp.take_along_axis(hidden, rows.reshape(b, k * l)[..., None], axis=1)
-    logits = model.logits_from_hidden(picked)
-    logp, certainty = token_scores(logits.reshape(b, k, l, -1), packed.completion_tokens)
+    logp, certainty = token_scores_from_hidden(
+        model, picked, packed.completion_tokens.reshape(b, k * l))
+    logp, certainty = logp.reshape(b, k, l), certainty.reshape(b, k, l)
     m = packed.completion_mask
     logp, certainty = jnp.where(m, logp, 0.0), jnp.where(m, certainty, 0.0)
     return GroupScores(sequence_logprobs=logp.sum(-1), token_logprobs=logp, mask=m,
