@@ -45,6 +45,9 @@ METHOD_TABLE: dict[str, tuple[str, dict[str, Any]]] = {
     "abpo": ("policy_gradient", {}),                           # the configured loss
     "abpo_no_snips": ("policy_gradient", {"snips": "off"}),    # unit anchor weights
     "abpo_no_tempering": ("policy_gradient", {"tempering": "one"}),
+    "abpo_tempering_c": ("policy_gradient", {"tempering": "c"}),    # penalise confident misses
+    "abpo_tempering_threshold": ("policy_gradient", {"tempering": "threshold"}),
+    "abpo_tempering_on_reward": ("policy_gradient", {"tempering_on": "reward"}),  # 12-01 reading
     "abpo_baseline_only": ("policy_gradient", {"anchor": "baseline_only"}),
     "grpo": ("policy_gradient", {"anchor": "off", "tempering": "one"}),  # untempered outcome
     # BanditNet (Joachims, Swaminathan & de Rijke 2018): the logged action only, weight w~,
@@ -53,7 +56,8 @@ METHOD_TABLE: dict[str, tuple[str, dict[str, Any]]] = {
                                       "advantage_baseline": "constant", "rewards": ("outcome",),
                                       "negative_scale": 0.0, "tempering": "one", "beta": 0.0,
                                       "snips": "on"}),
-    "sft_positive": ("sft_positive", {}),                      # SFT on clicked exposures
+    "sft_positive": ("sft_positive", {"snips": "off"}),        # SFT on clicked exposures
+    "ips_sft": ("sft_positive", {"snips": "on"}),              # ... weighted by w~ (SNIPS)
     "no_update": ("none", {}),
 }
 
@@ -138,7 +142,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.snips_clip = 10.0          # w_max
     c.loss.tempering = "one_minus_c"  # one | one_minus_c | c | threshold
     c.loss.tempering_threshold = 0.5  # tau for threshold
-    c.loss.tempering_on = "reward"    # advantage (A <- g(c) A for a no-response's A < 0) | reward (u = -lambda g(c) before the baseline; 2026-12-01 reading)
+    c.loss.tempering_on = "advantage"  # advantage (A <- g(c) A for a no-response's A < 0) | reward (u = -lambda g(c) before the baseline; 2026-12-01 reading)
     c.loss.positive_reward = 1.0      # r+
     c.loss.negative_scale = 1.0       # lambda
     c.loss.certainty_tokens = "item"  # item (item-id span) | completion (all tokens)
@@ -155,9 +159,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.kl_ratio_correction = False  # multiply the per-token KL by the PPO ratio (TRL use_bias_correction_kl)
     c.loss.unobserved_reward = "snips_value"  # outcome of a rollout naming another item: zero | snips_value
     c.loss.anchor_rewards = "all"     # all (same sources as the rollouts) | outcome (anchor: outcome only; ablation)
-    c.loss.importance_ratio = "floored"  # SNIPS w: log (exp(log pi_old - log p), mean by logsumexp) | floored (pi_old / max(p, 1e-6))
+    c.loss.importance_ratio = "log"   # SNIPS w: log (exp(log pi_old - log p), mean by logsumexp) | floored (pi_old / max(p, 1e-6))
     c.loss.advantage_baseline = "group"  # group (centre on the group's mean) | constant (A = R - baseline_value: BanditNet)
     c.loss.baseline_value = 0.1       # lambda_b of advantage_baseline=constant
+    c.loss.text_logprobs = "procedure"  # text mode: ratio, KL and anchor term on the sampling procedure's log-probs | model (temperature 1, unconstrained: TRL's)
     c.loss.kl_tokens = "rollouts"     # KL normalised over rollout tokens | all (rollouts + anchor; ablation)
     c.loss.format_rewards = ("tag_presence", "tag_count", "only_expected_tags")  # text mode with free text: the format source
     # --- optimisation ---------------------------------------------------------------------
@@ -286,6 +291,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "loss.tempering_on": ("advantage", "reward"),
     "loss.importance_ratio": ("log", "floored"),
     "loss.advantage_baseline": ("group", "constant"),
+    "loss.text_logprobs": ("procedure", "model"),
     "loss.certainty_tokens": ("item", "completion"),
     "loss.certainty_norm": ("batch", "round", "running"),
     "loss.unobserved_reward": ("zero", "snips_value"),

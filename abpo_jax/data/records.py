@@ -29,6 +29,7 @@ CLICK_PROBS = "click_probs"          # [C] simulated click probability of every 
 ANCHOR_CERTAINTY = "anchor_certainty"  # exposure's self-certainty quantile over its round
 COMPLETION_TOKENS = "completion_tokens"  # text mode: the logged completion's token ids
 COMPLETION_KINDS = "completion_kinds"    # ... and their `sampling.procedure` token kinds
+LOG_PROPENSITY = "log_propensity"        # log p of the exposure, float64 (SNIPS in log space)
 
 EXTRAS: dict[str, str] = {
     TARGET: "held-out next item id; absent = unknown (target index -1: no ground-truth reward)",
@@ -39,6 +40,8 @@ EXTRAS: dict[str, str] = {
                       "deployed policy; loss.certainty_norm=round",
     COMPLETION_TOKENS: "text mode: the logged completion; absent = the bare item tag",
     COMPLETION_KINDS: "text mode: the token kinds of `completion_tokens`",
+    LOG_PROPENSITY: "log p of the exposure under the logging procedure (float64; a whole text "
+                    "completion's p underflows); absent = log of the record's propensity",
 }
 
 
@@ -73,6 +76,14 @@ def anchor_certainty(record: LogRecord) -> float | None:
     """The exposure's self-certainty quantile over its round (None: not logged)."""
     c = record.extras.get(ANCHOR_CERTAINTY)
     return None if c is None else float(c)
+
+
+def log_propensity(record: LogRecord) -> float:
+    """The exposure's logged log p; a log without the key (an imported one) has it computed
+    from its own propensity, the same number wherever p is a normal float (ingest refuses a
+    propensity outside (0, 1])."""
+    lp = record.extras.get(LOG_PROPENSITY)
+    return float(np.log(np.float64(record.propensity))) if lp is None else float(lp)
 
 
 def completion(record: LogRecord) -> tuple[list[int], list[int]] | None:

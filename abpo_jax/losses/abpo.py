@@ -112,6 +112,7 @@ class LossSettings:
     importance_ratio: str
     advantage_baseline: str
     baseline_value: float
+    text_logprobs: str
     certainty_tokens: str
     certainty_norm: str
     std: str
@@ -418,8 +419,9 @@ def group_advantages(rewards: jax.Array, mask: Optional[jax.Array] = None, *, st
     lo, hi = (jnp.min(jnp.where(m > 0, rewards, jnp.inf), axis=-1, keepdims=True),
               jnp.max(jnp.where(m > 0, rewards, -jnp.inf), axis=-1, keepdims=True))
     # Tied groups are zeroed by a test, not by centring on a member: the other groups' values
-    # stay bit-identical to the plain mean-centred ones.
-    centred = jnp.where(hi > lo, rewards - mean, 0.0)
+    # stay bit-identical to the plain mean-centred ones (and a NaN reward still poisons its
+    # group, so the step is skipped, not silently zeroed).
+    centred = jnp.where(hi == lo, 0.0, rewards - mean)
     if std != "none":
         ddof = 1 if std == "bessel" else 0
         sq = jnp.sum(jnp.square(centred) * m, axis=-1, keepdims=True)

@@ -24,7 +24,8 @@ import numpy as np
 from abpo_jax.data import log_store
 from abpo_jax.data.logs import LogRecord
 # The extras keys `log_round` writes (the schema: `data/records.py`).
-from abpo_jax.data.records import ANCHOR_CERTAINTY, CLICK_PROBS, HISTORY_RATINGS, TARGET
+from abpo_jax.data.records import (ANCHOR_CERTAINTY, CLICK_PROBS, HISTORY_RATINGS,
+                                   LOG_PROPENSITY, TARGET)
 from abpo_jax.losses.abpo import certainty_quantiles
 from abpo_jax.sim.replay import Feedback, as_feedback, request_keys
 from abpo_jax.sim.users import UserSimulator
@@ -175,6 +176,8 @@ def log_round(examples: Sequence[ExampleLike], score_fn: ScoreFn | None,
             extras = {CLICK_PROBS: [float(p) for p in click[i]]}
             if sampled is not None:
                 extras.update(sampled.extras[i])
+            # text mode logs the completion's summed log-probs itself (its p may underflow)
+            extras.setdefault(LOG_PROPENSITY, float(np.log(propensity[i])))
             if quantile is not None:
                 extras[ANCHOR_CERTAINTY] = float(quantile[i])
             if hasattr(e, "target"):

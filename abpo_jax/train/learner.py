@@ -1,7 +1,8 @@
 """The learner role: jitted train steps (item mode) and the loops that feed them.
 
 Steps: policy-gradient (every `config.methods` entry of kind policy_gradient: ABPO, its
-ablations, GRPO), SFT (round-0 warm start and `sft_positive`). The objective
+ablations, GRPO, banditnet), SFT (round-0 warm start, `sft_positive`, and `ips_sft`: its rows
+weighted by w~ when the method's loss.snips is on). The objective
 (`losses/abpo.py`) is called from one function, :func:`policy_objective`.
 
 One step = one global batch of B prompts, split into `grad_accum` micro-batches ([A, B/A, ...]):
@@ -32,7 +33,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from abpo_jax.data.logs import LogRecord
 from abpo_jax.data.pipeline import log_iterator
 from abpo_jax.data.splits import Example
-from abpo_jax.config import method_losses
+from abpo_jax.config import method_learning_rate, method_losses
 from abpo_jax.losses import abpo
 from abpo_jax.sampling.group_scoring import CandidateBatch, PackedGroup, score_candidates
 from abpo_jax.train import state as st
@@ -51,7 +52,8 @@ class RLBatch:
     index of the held-out next item (-1 when unknown); sim_reward [A, b, C] simulated click
     probability of each candidate (logged); round_certainty [A, b] the anchor's self-certainty
     quantile over the round's log under pi_{k-1} (logged; certainty_norm=round); valid [A, b]
-    (0 = padding row).
+    (0 = padding row); log_propensity [A, b] the logged log p (SNIPS in log space; None: log
+    of `propensity`).
     """
     cands: CandidateBatch
     exposed: Any
@@ -61,6 +63,7 @@ class RLBatch:
     sim_reward: Any
     round_certainty: Any
     valid: Any
+    log_propensity: Any = None
 
 
 jax.tree_util.register_dataclass(
@@ -160,8 +163,9 @@ def policy_objective(settings: abpo.LossSettings, batch: RLBatch, old_logp: jax.
     terms = abpo.anchor_terms(
         settings, outcome=flat(batch.outcome),
         self_certainty=flat(_take(certainty, batch.exposed[..., None])[..., 0]),
-        target_prob=flat(jnp.exp(_take(old_logp, batch.exposed[..., None])[..., 0])),
+        target_logp=flat(_take(old_logp, batch.exposed[..., None])[..., 0]),
         propensity=flat(batch.propensity), mask=flat(valid),
+        log_propensity=None if batch.log_propensity is None else flat(batch.log_propensity),
         round_certainty=flat(batch.round_certainty),
         stats=stats if settings.certainty_norm == "running" else None)
     # Drawn over the flat global batch, so the draws do not depend on grad_accum.
@@ -173,9 +177,7 @@ def policy_objective(settings: abpo.LossSettings, batch: RLBatch, old_logp: jax.
     rows = lambda x, i: x.reshape((A, b) + x.shape[1:])[i]  # noqa: E731
 
     def micro_loss(logp: jax.Array, i: int) -> tuple:
-        terms_i = abpo.AnchorTerms(rows(terms.certainty, i), rows(terms.outcome_value, i),
-                                   rows(terms.weight, i), rows(terms.snips_weight, i),
-                                   terms.unobserved, None)
+        terms_i = terms.rows(lambda x: rows(x, i))
         loss, metrics = abpo.item_mode_loss(
             settings, logp=logp, old_logp=old_logp[i], ref_logp=ref_logp[i],
             members=members[i], terms=terms_i, valid=valid[i], target=batch.target[i],
@@ -269,12 +271,18 @@ def _split_aux(out: tuple) -> tuple[jax.Array, tuple]:
     loss, metrics = out
     return loss, (loss, metrics)
 
-def make_sft_step(split: ModelSplit, tx: optax.GradientTransformation) -> Callable:
+def make_sft_step(split: ModelSplit, tx: optax.GradientTransformation,
+                  ips: abpo.LossSettings | None = None) -> Callable:
     """Pure SFT step `(state, frozen, cands [A, b, ...], index [A, b], weight [A, b])`.
 
     loss = - sum_b w_b log pi_theta(o_{b, index_b} | x_b) / sum_b w_b |o_{b, index_b}|: the
     token-mean NLL of one packed completion per row (the next item for round-0 SFT; the logged
     item with w = 1[positive] for `sft_positive`). Accumulated exactly as (sum, denom).
+
+    `ips` (ips_sft: a method of kind sft_positive with loss.snips on): the step takes the
+    logged log p [A, b] as a fourth batch argument and weighs row b by y_b w~_b
+    (`abpo.sft_weights`, w~ over the whole global batch from a no-grad pass of pi_old =
+    the step's own params: the closed-set pi~(a|x) at temperature 1).
     """
 
     def micro(p, frozen, cands, index, weight):
@@ -285,7 +293,16 @@ def make_sft_step(split: ModelSplit, tx: optax.GradientTransformation) -> Callab
 
     grad_fn = jax.grad(micro, has_aux=True)
 
-    def step(state, frozen, cands: CandidateBatch, index, weight):
+    def step(state, frozen, cands: CandidateBatch, index, weight, log_propensity=None):
+        if ips is not None:
+            params = jax.lax.stop_gradient(state["params"])
+            old = jax.lax.stop_gradient(_scan_micro(
+                lambda c: score_candidates(split.merge(params, frozen), c)[0], cands))
+            weight = abpo.sft_weights(
+                ips, outcome=weight.reshape(-1), mask=jnp.ones(weight.size, jnp.float32),
+                target_logp=_take(old, index[..., None])[..., 0].reshape(-1),
+                log_propensity=log_propensity.reshape(-1)).reshape(weight.shape)
+
         def accumulate(carry, xs):
             g_acc, s_acc, d_acc = carry
             g, (s, d) = grad_fn(state["params"], frozen, *xs)
@@ -332,7 +349,8 @@ def rl_batch(b: dict) -> RLBatch:
                    exposed=b["exposed"], propensity=b["propensity"], outcome=b["outcome"],
                    target=b["target"], sim_reward=b["sim_reward"],
                    round_certainty=b["round_certainty"],
-                   valid=np.ones(len(b["exposed"]), np.float32))
+                   valid=np.ones(len(b["exposed"]), np.float32),
+                   log_propensity=b.get("log_propensity"))
 
 
 # --- the learner: jitted steps and their loops ------------------------------------------------
@@ -372,10 +390,13 @@ class Learner:
         n = self.round_requests or self.config.data.users_per_round
         return (n // t.batch_size) * int(t.epochs_per_round)
 
-    def optimizer(self, sft: bool) -> optax.GradientTransformation:
+    def optimizer(self, sft: bool, method: str | None = None) -> optax.GradientTransformation:
+        """SFT's or a method's update optimizer (a method entry may carry its own
+        learning_rate: a tuned choice of `abpo-jax study`)."""
         t = self.config.train
         steps = int(t.sft_steps) if sft else self.update_steps()
-        lr = t.sft_learning_rate if sft else t.learning_rate
+        lr = (t.sft_learning_rate if sft else method_learning_rate(self.config, method)
+              if method is not None else t.learning_rate)
         return st.make_optimizer(self.config, float(lr), max(steps, 1))
 
     def fresh_state(self, params: Any, sft: bool = False) -> dict:
@@ -453,7 +474,7 @@ class Learner:
         the steps before it). Returns (train state, mean train metrics of the round).
         `round_index` places the steps on the method's curve (x = step over all rounds)."""
         steps = self.update_steps()
-        tx = self.optimizer(sft=False)
+        tx = self.optimizer(sft=False, method=method)
         state = {key: state[key] for key in STATE_KEYS}
         kind, overrides = self.methods[method]
         policy_gradient = kind == "policy_gradient"
@@ -465,7 +486,11 @@ class Learner:
                            batch_sharding=self.batch_rows if mode.batch_rows else None)
             place = self._place if mode.batch_rows else self._micro
         else:  # sft_positive: SFT on the logged item, weighted by its positive outcome
-            fn = self._jit("sft_positive", lambda: make_sft_step(self.split, tx), state, 3)
+            # (ips_sft: and by w~, when the method's loss.snips is on)
+            ips = self.settings.replace(**overrides)
+            ips = ips if ips.snips == "on" else None
+            fn = self._jit(f"sft:{method}", lambda: make_sft_step(self.split, tx, ips), state,
+                           3 if ips is None else 4)
         hist = list(hist)
         for s in progress(range(start, steps), "update", total=steps - start,
                           enabled=self.show_progress):
@@ -479,7 +504,8 @@ class Learner:
                 batch = self._micro(rl_batch(host))
                 with jax.set_mesh(self.mesh):
                     state, m = fn(state, self.frozen, batch.cands, batch.exposed,
-                                  batch.outcome.astype(jnp.float32))
+                                  batch.outcome.astype(jnp.float32),
+                                  *(() if ips is None else (batch.log_propensity,)))
             hist.append({key: float(v) for key, v in jax.device_get(m).items()})
             if self.on_step is not None:
                 self.on_step(method, (round_index - 1) * steps + s + 1,

@@ -7,10 +7,12 @@ One step = one global batch of b logged requests (ppo_epochs = 1, one micro-batc
      max_think_tokens`, key fold_in(round key, step)); each member's item (trie leaf) and
      format reward (`losses.format_rewards`, decoded text; 1 without free text);
   2. jitted: one packed forward of prompt + M = G+1 completions (member 0 the logged completion,
-     the anchor), per-token log pi_theta at temperature 1 (the loss), self-certainty, and the
-     anchor's probability under pi_old's *sampling procedure* (temperature, truncation, trie
-     renormalisation: `procedure.procedure_log_probs`), the SNIPS numerator — the same
-     quantity the log's propensity is under the logging procedure;
+     the anchor), self-certainty, and every member's per-token log-probabilities under the
+     *sampling procedure* (temperature, truncation, trie renormalisation:
+     `procedure.procedure_log_probs`): the policy optimised is the policy deployed, so the PPO
+     ratio, the KL and the anchor term use them (`loss.text_logprobs=procedure`; `model` = the
+     temperature-1 unconstrained log-probs, TRL's convention), and the anchor's sum under
+     pi_old is the SNIPS numerator against the logged log p;
   3. the revised objective per token (`losses.abpo.group_loss`), backward of step 2's forward
      (`jax.vjp`), AdamW. Forced tokens (a `</think>` appended by the procedure) and padding are
      not actions: they are outside the loss mask.
@@ -59,6 +61,13 @@ class TextBatch:
     round_certainty: Any
     valid: Any
     trie: Any
+    log_propensity: Any = None     # [b] the logged log p (None: log of `propensity`)
+
+
+# A token the procedure's truncation (top-k / top-p) excludes has log q = -inf; the loss takes
+# differences and exps of log-probs, so it sees this floor instead (a ratio of 1 between two
+# excluded tokens, never NaN).
+MIN_LOG_Q = -1e4
 
 
 jax.tree_util.register_dataclass(
@@ -71,6 +80,25 @@ def member_scores(model: Any, prompt_tokens: jax.Array, prompt_mask: jax.Array,
     of M completions per left-padded prompt in one shared-prefix packed pass (layout of
     `sampling.group_scoring`: prompt, then the M completion blocks, each seeing the prompt and
     itself causally)."""
+    logp, certainty, logits = member_logits(model, prompt_tokens, prompt_mask, tokens, kinds)
+    return logp, certainty, logits[:, 0]
+
+
+def member_procedure_log_probs(logits: jax.Array, tokens: jax.Array, kinds: jax.Array,
+                               trie: Any, procedure: proc.Procedure, eos_id: int,
+                               shared_trie: bool) -> jax.Array:
+    """Per-token log q [b, M, N] of every member under `procedure` (differentiable in the
+    logits [b, M, N, V]); `trie` is the catalogue trie (shared_trie) or the prompts' [b, ...]."""
+    b, m, n, v = logits.shape
+    rows = trie if shared_trie else jax.tree.map(lambda x: jnp.repeat(x, m, axis=0), trie)
+    logq = proc.procedure_log_probs(logits.reshape(b * m, n, v), tokens.reshape(b * m, n),
+                                    kinds.reshape(b * m, n), rows, procedure, eos_id)
+    return jnp.maximum(logq.reshape(b, m, n), MIN_LOG_Q)
+
+
+def member_logits(model: Any, prompt_tokens: jax.Array, prompt_mask: jax.Array,
+                  tokens: jax.Array, kinds: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """:func:`member_scores` with every member's logits [b, M, N, V]."""
     b, m, n = tokens.shape
     p = prompt_tokens.shape[1]
     prompt_mask = prompt_mask.astype(bool)
@@ -90,7 +118,7 @@ def member_scores(model: Any, prompt_tokens: jax.Array, prompt_mask: jax.Array,
     rows = jnp.where(jnp.arange(n)[None, :] == 0, p - 1, rows).reshape(-1)
     logits = model.logits_from_hidden(hidden[:, rows]).astype(jnp.float32).reshape(b, m, n, -1)
     logp, certainty = token_scores(logits, tokens)
-    return jnp.where(real, logp, 0.0), jnp.where(real, certainty, 0.0), logits[:, 0]
+    return jnp.where(real, logp, 0.0), jnp.where(real, certainty, 0.0), logits
 
 
 def make_text_policy_step(split: ModelSplit, tx: optax.GradientTransformation,
@@ -100,15 +128,19 @@ def make_text_policy_step(split: ModelSplit, tx: optax.GradientTransformation,
     (see the module docstring). `procedure` is pi_old's rollout procedure (the SNIPS
     numerator); `shared_trie` the catalogue trie (catalogue mode)."""
 
+    # greedy rollouts (temperature 0) have no probabilities to take a ratio of: model log-probs
+    procedure_logp = settings.text_logprobs == "procedure" and procedure.temperature > 0
+
     def forward(params, frozen, batch):
-        logp, cert, anchor_logits = member_scores(split.merge(params, frozen),
-                                                  batch.prompt_tokens, batch.prompt_mask,
-                                                  batch.tokens, batch.kinds)
+        logp, cert, logits = member_logits(split.merge(params, frozen), batch.prompt_tokens,
+                                           batch.prompt_mask, batch.tokens, batch.kinds)
         trie = shared_trie if shared_trie is not None else batch.trie
-        anchor_logq = proc.procedure_log_probs(
-            jax.lax.stop_gradient(anchor_logits), batch.tokens[:, 0], batch.kinds[:, 0], trie,
-            procedure, eos_id)
-        return logp, (cert, anchor_logq)
+        if not procedure_logp:   # the procedure for the anchor's SNIPS numerator only
+            logits = jax.lax.stop_gradient(logits[:, :1])
+        logq = member_procedure_log_probs(logits, batch.tokens[:, :logits.shape[1]],
+                                          batch.kinds[:, :logits.shape[1]], trie, procedure,
+                                          eos_id, shared_trie is not None)
+        return (logq if procedure_logp else logp), (cert, jax.lax.stop_gradient(logq[:, 0]))
 
     def step(state, frozen, ref_params, batch: TextBatch):
         logp, pullback, (cert, anchor_logq) = jax.vjp(
@@ -126,7 +158,8 @@ def make_text_policy_step(split: ModelSplit, tx: optax.GradientTransformation,
             settings, outcome=batch.outcome,
             self_certainty=abpo.sequence_self_certainty(
                 cert[:, 0], certainty_mask(kinds[:, 0], settings.certainty_tokens)),
-            target_prob=jnp.exp(jnp.sum(anchor_logq, axis=-1)), propensity=batch.propensity,
+            target_logp=jnp.sum(anchor_logq, axis=-1), propensity=batch.propensity,
+            log_propensity=batch.log_propensity,
             mask=valid, round_certainty=batch.round_certainty,
             stats=state["cert"] if settings.certainty_norm == "running" else None)
         denominators = abpo.loss_denominators(settings, loss_mask[:, 1:], loss_mask[:, 0])
@@ -178,4 +211,4 @@ def text_batch(host: dict, policy: TextPolicy, params: Any, key: jax.Array,
         kinds=kinds, members=members.astype(np.int32), format_reward=fmt.astype(np.float32),
         sim_reward=sim, propensity=host["propensity"], outcome=host["outcome"],
         target=host["item_target"], round_certainty=host["round_certainty"],
-        valid=np.ones(b, np.float32), trie=trie)
+        valid=np.ones(b, np.float32), trie=trie, log_propensity=host.get("log_propensity"))

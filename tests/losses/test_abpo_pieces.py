@@ -25,9 +25,13 @@ def test_settings_come_from_config_only():
 ])
 def test_outcome_value_tempers_no_responses_only(tempering, c, want):
     s = settings(tempering=tempering, tempering_threshold=0.5, negative_scale=2.0,
-                 positive_reward=1.5)
+                 positive_reward=1.5, tempering_on="reward")
     u = abpo.outcome_value(s, jnp.array([0, 1]), jnp.array([c, c]))
     np.testing.assert_allclose(np.asarray(u), [want, 1.5], rtol=1e-6)
+    # tempering_on=advantage: u is untempered; g(c) waits for the advantage
+    u = abpo.outcome_value(s.replace(tempering_on="advantage"), jnp.array([0, 1]),
+                           jnp.array([c, c]))
+    np.testing.assert_allclose(np.asarray(u), [-2.0, 1.5], rtol=1e-6)
 
 
 def test_importance_and_snips_weights_by_hand():
@@ -131,7 +135,7 @@ def test_certainty_normalisations_by_hand():
 
 def test_anchor_terms_round_norm_uses_logged_quantiles():
     s = settings(certainty_norm="round", tempering="one_minus_c", snips="on",
-                 unobserved_reward="snips_value")
+                 unobserved_reward="snips_value", tempering_on="reward")
     t = abpo.anchor_terms(s, outcome=jnp.array([1, 0]), self_certainty=jnp.array([5.0, 1.0]),
                           target_prob=jnp.array([0.5, 0.5]), propensity=jnp.array([0.25, 0.5]),
                           mask=jnp.ones(2), round_certainty=jnp.array([0.2, 0.75]))

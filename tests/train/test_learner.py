@@ -227,3 +227,47 @@ def test_sharded_step_equals_single_device_and_fsdp_divides_state():
     # Arguments per device: ~1/8 of (state + ref) plus this device's slice of the batch.
     assert stats.argument_size_in_bytes <= state_bytes / 8 * 1.3 + batch_bytes / 8 * 1.3 + 4096, (
         stats.argument_size_in_bytes, state_bytes, batch_bytes)
+
+
+def test_ips_sft_step_weighs_clicked_rows_by_snips_weights():
+    """ips_sft = SFT on the clicked exposures with row weights y w~ (w~ from the step's own
+    pi_old over the whole batch, in log space): the step equals the plain SFT step given those
+    weights by hand; with snips off it is sft_positive's step exactly."""
+    cfg = _config()
+    cfg.rounds.methods = tuple(cfg.methods)   # every entry of the method table
+    mesh, split, params, frozen = _model_state(cfg, ONE)
+    tx = st.make_optimizer(cfg, 1.0, 10)
+    batch = _host_batch(accum=2)          # w~'s mean spans both micro-batches
+    log_p = np.log(batch.propensity)
+    y = batch.outcome.astype(np.float32)
+
+    def run(step, *args):
+        state = init_step_state(jax.tree.map(jnp.copy, params),
+                                st.init_opt_state(tx, params, mesh))
+        return _leaves(jax.jit(step)(state, frozen, batch.cands, batch.exposed, *args)[0])
+
+    ips = _settings(cfg, "ips_sft")
+    got = run(make_sft_step(split, tx, ips), y, log_p)
+    old = np.stack([np.asarray(score_candidates(split.merge(params, frozen),
+                                                jax.tree.map(lambda x: x[i], batch.cands))[0])
+                    for i in range(2)])
+    log_w = np.take_along_axis(old, batch.exposed[..., None], -1)[..., 0] - log_p
+    w = np.exp(log_w) / np.exp(log_w).mean()
+    by_hand = run(make_sft_step(split, tx), (y * np.minimum(w, ips.snips_clip)).astype(np.float32))
+    for a, b in zip(got, by_hand):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert max(np.abs(a - b).max() for a, b in zip(got, _leaves({"params": params}))) > 1e-4
+    plain = run(make_sft_step(split, tx), y)
+    off = run(make_sft_step(split, tx, ips.replace(snips="off")), y, log_p)
+    for a, b in zip(off, plain):
+        np.testing.assert_array_equal(a, b)
+    assert _settings(cfg, "sft_positive").snips == "off"
+
+
+def test_banditnet_runs_without_rollouts():
+    cfg = _config()
+    cfg.rounds.methods = tuple(cfg.methods)   # every entry of the method table
+    state, m = _run_policy(cfg, "banditnet", _host_batch(), ONE)
+    assert m["finite"] == 1.0 and m["kl"] == 0.0
+    assert max(np.abs(a - b).max() for a, b in
+               zip(_leaves(state), _leaves({"params": _model_state(cfg, ONE)[2]}))) > 1e-6

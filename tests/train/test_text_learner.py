@@ -1,11 +1,12 @@
 """The text-mode policy step against a per-token reference of the revised objective.
 
 The reference scores every member completion as its own prompt + completion sequence (a plain
-causal forward: no packing, no left padding), computes the anchor's probability under the
-sampling procedure with numpy (trie constraint from the candidates' prefixes, temperature),
-and writes the loss of DESIGN.md "ABPO objective" out per token: rewards, advantages (std
-none), SNIPS weight and value, PPO term at ratio 1, anchor term, KL. Loss and gradients must
-agree with the jitted step.
+causal forward: no packing, no left padding), takes every token's log-probability under the
+sampling procedure (trie constraint from the candidates' prefixes, eos masked in free text,
+temperature: the policy deployed is the policy optimised), and writes the loss of DESIGN.md
+"ABPO objective" (revised 2026-12-04) out per token: rewards, advantages (std none), the
+no-response penalty tempered on the advantage, SNIPS weight and value, PPO term at ratio 1,
+anchor term, KL. Loss and gradients must agree with the jitted step.
 """
 
 import jax
@@ -78,37 +79,38 @@ def _token_logits(model, prompt, completion):
     return logits[0, len(prompt) - 1:-1].astype(jnp.float32)
 
 
-def _procedure_logq(z, completion, kinds, cands):
-    """log q of a completion under the procedure (numpy): free tokens from all tokens but eos,
-    forced ones probability 1, the item under the trie of the candidates' prefixes; /T."""
-    total = 0.0
+def _procedure_token_logq(z, completion, kinds, cands):
+    """Per-token log q [N] of one completion under the procedure, differentiable in z: free
+    tokens from all tokens but eos, forced ones probability 1 (0 here), the item under the
+    trie of the candidates' prefixes; /T."""
     start = int(np.sum(kinds != proc.KIND_ITEM))
     item = list(completion[start:])
+    out = []
     for t, tok in enumerate(completion):
         if kinds[t] == proc.KIND_FORCED:
+            out.append(jnp.float32(0.0))
             continue
         if kinds[t] == proc.KIND_FREE:
             allowed = set(range(V)) - {EOS}
         else:
             j = t - start
             allowed = {c[j] for c in cands if list(c[:j]) == item[:j]}
-        zz = np.full(V, -np.inf)
-        idx = sorted(allowed)
-        zz[idx] = np.asarray(z[t], np.float64)[idx] / TEMP
-        zz -= zz.max()
-        total += zz[tok] - np.log(np.exp(zz).sum())
-    return total
+        keep = np.zeros(V, bool)
+        keep[sorted(allowed)] = True
+        out.append(jax.nn.log_softmax(jnp.where(keep, z[t] / TEMP, -jnp.inf))[int(tok)])
+    return jnp.stack(out)
 
 
-def _member_logp(model, batch, prompts):
-    """Per-token log pi [B, M, N] and self-certainty [B, M, N], one sequence at a time."""
+def _member_logp(model, batch, prompts, cands):
+    """Per-token procedure log q [B, M, N] and self-certainty [B, M, N], one sequence at a
+    time."""
     lp, cert = [], []
     for b in range(B):
         lp_b, cert_b = [], []
         for m in range(G + 1):
             z = _token_logits(model, prompts[b], batch.tokens[b, m])
-            logp = jax.nn.log_softmax(z)[jnp.arange(len(z)), batch.tokens[b, m]]
-            lp_b.append(logp)
+            lp_b.append(_procedure_token_logq(z, batch.tokens[b, m], batch.kinds[b, m],
+                                              cands[b]))
             cert_b.append(jax.nn.logsumexp(z, -1) - z.mean(-1))
         lp.append(jnp.stack(lp_b))
         cert.append(jnp.stack(cert_b))
@@ -118,31 +120,31 @@ def _member_logp(model, batch, prompts):
 def _old_terms(old_model, batch, prompts, cands):
     """pi_old's detached quantities: per-token log pi, self-certainty, and the anchor's
     probability under the sampling procedure."""
-    old, cert = (np.asarray(x) for x in _member_logp(old_model, batch, prompts))
-    pi_old_a = np.array([np.exp(_procedure_logq(np.asarray(_token_logits(
-        old_model, prompts[b], batch.tokens[b, 0])), batch.tokens[b, 0], batch.kinds[b, 0],
-        cands[b])) for b in range(B)])
+    old, cert = (np.asarray(x) for x in _member_logp(old_model, batch, prompts, cands))
+    pi_old_a = np.exp(old[:, 0].astype(np.float64).sum(-1))
     return old, cert, pi_old_a
 
 
-def _reference_loss(settings, model, old_terms, batch, prompts):
+def _reference_loss(settings, model, old_terms, batch, prompts, cands):
     """The objective of DESIGN.md written out per token, one sequence at a time."""
-    lp, _ = _member_logp(model, batch, prompts)
+    lp, _ = _member_logp(model, batch, prompts, cands)
     old, cert, pi_old_a = old_terms
     w = pi_old_a / batch.propensity
     w_t = np.clip(w / w.mean(), 0, settings.snips_clip)
     # the loss counts sampled tokens only: free and item, not the forced close
     mask = (batch.kinds != proc.KIND_FORCED).astype(np.float32)
-    # certainty: item-span mean, batch min-max; u = r+ or -lambda (1 - c)
+    # certainty: item-span mean, batch min-max; u = r+ or -lambda (untempered)
     item = batch.kinds[:, 0] == proc.KIND_ITEM
     sc = (cert[:, 0] * item).sum(-1) / item.sum(-1)
     c = (sc - sc.min()) / (sc.max() - sc.min() + 1e-4)
-    u = np.where(batch.outcome == 1, settings.positive_reward,
-                 -settings.negative_scale * (1 - c))
+    u = np.where(batch.outcome == 1, settings.positive_reward, -settings.negative_scale)
     v = (w * u).sum() / w.sum()
     names = batch.members == batch.members[:, :1]
     r = batch.format_reward + np.where(names, u[:, None], v)      # format + outcome
     adv = r - r.mean(-1, keepdims=True)
+    # a no-response member's negative advantage shrinks by g = 1 - c
+    no_response = names & (batch.outcome == 0)[:, None] & (adv < 0)
+    adv = np.where(no_response, (1 - c)[:, None] * adv, adv)
     n_tokens = mask.sum()
     ratio = jnp.exp(lp[:, 1:] - old[:, 1:])
     pg = -jnp.sum(ratio * adv[:, 1:, None] * mask[:, 1:])
@@ -169,7 +171,8 @@ def test_text_step_equals_per_token_reference(beta, think):
     old_terms = _old_terms(split.merge(params, frozen), batch, prompts, cands)
 
     def ref_loss(p):
-        return _reference_loss(settings, split.merge(p, frozen), old_terms, batch, prompts)
+        return _reference_loss(settings, split.merge(p, frozen), old_terms, batch, prompts,
+                               cands)
 
     want, grads = jax.jit(jax.value_and_grad(ref_loss))(params)
     # float32 forward of a different layout (packed vs one sequence): ~1e-6 relative

@@ -190,7 +190,8 @@ def _our_step(sides, batch, aggregation: str):
         anchor="off", tempering="one", rewards=("format",), std="bessel", eps=1e-4,
         beta=BETA, kl_estimator="k3", epsilon_low=EPS_LOW, epsilon_high=EPS_HIGH,
         kl_ratio_correction=False, aggregation=aggregation,
-        max_completion_length=MAX_COMPLETION, certainty_norm="batch")
+        max_completion_length=MAX_COMPLETION, certainty_norm="batch",
+        text_logprobs="model")   # TRL's convention: temperature-1 unconstrained log-probs
     if aggregation not in _STEPS:
         tx = st.make_optimizer(config, LR, 10)
         _STEPS[aggregation] = (tx, jax.jit(make_text_policy_step(

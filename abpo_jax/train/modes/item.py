@@ -48,6 +48,8 @@ def featurize(record: LogRecord, encoder: Encoder, required: Sequence[str] = (),
         "valid_cands": cands.valid[0],
         "exposed": np.int32(record.exposed_index),
         "propensity": np.float32(record.propensity),
+        # float64 in the log; float32 on the device, where the loss takes log pi_old - log p
+        "log_propensity": np.float32(records.log_propensity(record)),
         "outcome": np.int32(record.outcome),
         "target": np.int32(ex.target_index),
         "sim_reward": (np.full(len(ex.candidates), np.nan, np.float32) if click is None

@@ -110,11 +110,13 @@ class TextMode:
         else:
             index, candidates = leaf, np.stack([e.candidates for e in examples])
         extras = []
-        for tokens, kinds in zip(out.tokens[:, 0], out.kinds[:, 0]):
+        log_p = np.sum(out.logq[:, 0], axis=-1, dtype=np.float64)   # exp(log_p) may underflow
+        for tokens, kinds, lp in zip(out.tokens[:, 0], out.kinds[:, 0], log_p):
             t, kd = completion_lists(tokens, kinds)
-            extras.append({records.COMPLETION_TOKENS: t, records.COMPLETION_KINDS: kd})
+            extras.append({records.COMPLETION_TOKENS: t, records.COMPLETION_KINDS: kd,
+                           records.LOG_PROPENSITY: float(lp)})
         sampled = SampledExposures(
-            index=index, propensity=np.exp(np.sum(out.logq[:, 0], axis=-1, dtype=np.float64)),
+            index=index, propensity=np.exp(log_p),
             candidates=candidates,
             certainty=np.asarray(sequence_self_certainty(
                 out.self_certainty[:, 0], certainty_mask(out.kinds[:, 0], self.certainty_on))),
