@@ -208,7 +208,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.study.tuning.negative_scale = ()  # loss.negative_scale (lambda) grid
     c.study.tuning.baseline_value = ()  # loss.baseline_value (lambda_b) grid (banditnet)
     c.study.tuning.metric = "ndcg@5"  # chosen on this metric of the validation slice of users (rounds.split=users)
-    c.study.tuning.select_on = ""     # rounds.split=events: the row column of the next-window (validation) metric
+    c.study.tuning.select_on = ""     # rounds.split=events: the validation column ("" = valid_<metric>, the next window)
     c.study.tuning.seeds = 1          # tuning runs: seeds seed + 1000 + i (never a reported seed)
     c.study.tuning.condition = "base"  # the condition tuned on; its choices hold for every condition
     c.study.workers = 1               # cells run as this many local processes

@@ -20,9 +20,9 @@ that the reported numbers never use:
 - rounds.split=users: a validation slice of users — the tuning runs keep only the evaluable users
   before the test users (`data.max_users` = all - num_test_users), so their "test users" are the
   num_test_users users just before the real ones, and every round slice moves back with them;
-- rounds.split=events: the validation window — the metric `study.tuning.select_on` measured on
-  the next window after rounds 1..R-1 (never after round R, whose next window is the test
-  window).
+- rounds.split=events: the validation window — `valid_<metric>` (or the column
+  `study.tuning.select_on` names) measured on the next window after rounds 1..R-1 (never after
+  round R, whose next window is the test window).
 
 The tuning seeds are seed + 1000 + i, never a reported seed. Per method the variant with the
 best mean validation value wins (ties: the first in grid order); the study then runs with the
@@ -168,7 +168,7 @@ def tune(config: ml_collections.ConfigDict, study_dir: pathlib.Path,
         raise ConfigError(f"config.study.tuning.condition={name!r} is not a condition of "
                           "config.study.conditions: " + ", ".join(conditions))
     events = config.rounds.get("split", "users") == "events"
-    metric = t.select_on if events else t.metric
+    metric = (t.select_on or f"valid_{t.metric}") if events else t.metric
     grid = variants(config)
     tcfg = with_choices(config, grid)
     keep = validation_users(config)

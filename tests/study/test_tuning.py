@@ -51,7 +51,8 @@ def _scripted_run(calls):
                 loss["baseline_value"] if e.get("advantage_baseline") == "constant" else 0.0)
             v += 0.01 * (lr > 5e-5)        # break the lr tie toward 1e-4
             for k in range(3):
-                rows.append({"round": k, "method": m, "ndcg@5": v, "test_only": -v})
+                rows.append({"round": k, "method": m, "ndcg@5": v, "test_only": -v,
+                             "valid_ndcg@5": v if k < 2 else -v})   # round 2's next = test
         return {"rows": rows, "seconds": 0.0}
     return run
 
@@ -100,3 +101,13 @@ def test_users_protocol_needs_room_for_a_validation_slice(tmp_path):
     c.data.max_users = 90
     with pytest.raises(ConfigError, match="no validation slice"):
         tuning.validation_users(c)
+
+
+def test_event_rounds_tune_on_the_validation_window(tmp_path):
+    c = _config(tmp_path)
+    c.rounds.split = "events"
+    calls = []
+    _, summary = tuning.tune(c, tmp_path, {"base": {}}, runner.cell_config, _scripted_run(calls))
+    assert calls[0][1] == 300                   # no user slice: the windows validate
+    assert summary["metric"] == "valid_ndcg@5"
+    assert summary["choices"]["abpo"]["values"]["learning_rate"] == 1e-4
