@@ -138,8 +138,11 @@ def run_workers(config: ml_collections.ConfigDict, todo: list[int], study_dir: p
     a worker's stderr goes to its cell's `worker.err`. Raises when a worker fails."""
     study_dir.mkdir(parents=True, exist_ok=True)
     spec = study_dir / "study_config.pkl"
+    worker = ml_collections.ConfigDict(config.to_dict())
+    for field in tuning.FIELDS:   # `config` already holds the tuning's choices: not again
+        worker.study.tuning[field] = ()
     with open(spec.with_suffix(".tmp"), "wb") as f:
-        pickle.dump(config, f)
+        pickle.dump(worker, f)
     os.replace(spec.with_suffix(".tmp"), spec)
     grid = cells_of(config)
     running: list[tuple[int, subprocess.Popen]] = []

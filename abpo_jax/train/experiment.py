@@ -188,7 +188,7 @@ def build(config: Any, devices: Sequence[jax.Device] | None = None,
                       bool(config.data.show_ratings), candidates_in_prompt=not catalogue,
                       item_text=config.policy.item_text)
     encoder.fit(test_examples + [e for r in round_examples + (valid_examples or []) for e in r]
-                + sft_examples)
+                + sft_examples, exact=events)
     model = build_model(config, int(tokenizer.vocab_size), mesh, streams)
     split, init_params, frozen = st.place_model(model, config, mesh)
     show = bool(config.outputs.progress)

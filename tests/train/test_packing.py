@@ -86,6 +86,12 @@ def test_encoder_fast_path_equals_the_per_request_path():
                           num_candidates=enc.num_candidates, pad_id=int(tok.pad_id or 0))
     for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(ref)):
         np.testing.assert_array_equal(a, b)
+    # event rounds: the completion length of the catalogue's longest completion, no room added
+    roomy = enc.completion_len
+    enc.fit(examples, exact=True)
+    assert enc.completion_len == 4 < roomy == 8          # <item_id> ID </item_id> eos
+    np.testing.assert_array_equal(enc.encode(examples).packed.completion_tokens,
+                                  ref.packed.completion_tokens[:, :, :4])
 
 
 def test_batch_featurizer_and_pipeline_equal_the_per_record_ones(tmp_path):
