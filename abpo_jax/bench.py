@@ -3,8 +3,10 @@
 Each benchmark module exposes `run(config) -> list[dict]`; a row holds `benchmark`, `metric`,
 `ours`, and, where a peer (TRL, HF generate, naive scoring) ran the same work in the same process,
 `peer`, `peer_name` and `ratio`. Results go to `<run_dir>/bench-<timestamp>.json` together with
-the machine description, so runs can be compared over time. `--config.bench.quick=True`
-(`abpo-jax bench --quick`) runs only the benchmarks that set `supports_quick = True`, at CI size.
+the machine description and each benchmark's wall seconds, so runs can be compared over time.
+`--config.bench.quick=True` (`abpo-jax bench --quick`) runs every benchmark at its CI size
+(each reads `config.bench.quick` and shrinks itself: tiny models, few records), so none can rot
+unnoticed: tests/test_bench_runner.py runs it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import pathlib
 import platform
 import sys
+import time
 import traceback
 
 import ml_collections
@@ -31,6 +34,39 @@ def _benchmarks_dir() -> pathlib.Path:
 
 BENCH_DIR = _benchmarks_dir()
 COLUMNS = ("benchmark", "metric", "ours", "peer_name", "peer", "ratio", "notes")
+
+
+def is_quick(config) -> bool:
+    """`config.bench.quick` (`abpo-jax bench --quick`): a benchmark then runs at its CI size."""
+    bench = config.get("bench", None) if hasattr(config, "get") else None
+    return bool(bench is not None and bench.get("quick", False))
+
+
+def tiny_case(num_prompts: int, prompt_len: int, num_items: int, vocab: int = 256,
+              seed: int = 0) -> tuple:
+    """`bench --quick`'s stand-in for a pretrained model and real prompts: a tiny random Llama
+    (`models.decoder.Decoder`), `num_prompts` random token prompts (the i-th 4 i tokens shorter,
+    so left padding is exercised) and `num_items` distinct random items of 2-6 tokens, each
+    ending in eos. Returns (model, prompts, items, eos, pad)."""
+    import numpy as np
+    from flax import nnx
+
+    from abpo_jax.models.config import ModelConfig
+    from abpo_jax.models.decoder import Decoder
+
+    eos, pad = 2, 0
+    model = Decoder(ModelConfig.tiny(vocab), rngs=nnx.Rngs(seed))
+    rng = np.random.default_rng(seed)
+    seen: set[tuple[int, ...]] = set()
+    items: list[list[int]] = []
+    while len(items) < num_items:
+        item = tuple(int(t) for t in rng.integers(3, vocab, size=rng.integers(2, 7)))
+        if item not in seen:
+            seen.add(item)
+            items.append([*item, eos])
+    prompts = [rng.integers(3, vocab, size=prompt_len - 4 * i).tolist()
+               for i in range(num_prompts)]
+    return model, prompts, items, eos, pad
 
 
 def discover(only: str = "") -> dict[str, pathlib.Path]:
@@ -75,16 +111,17 @@ def main(config: ml_collections.ConfigDict) -> list[dict]:
     quick = bool(config.get("bench", {}).get("quick", False)) if "bench" in config else False
     rows: list[dict] = []
     failures: dict[str, str] = {}
+    seconds: dict[str, float] = {}
     for name, path in discover(only).items():
+        start = time.perf_counter()
         try:
             module = _load(name, path)
-            if quick and not only and not getattr(module, "supports_quick", False):
-                continue  # --quick runs the CI-sized benchmarks only (unless named in `only`)
             print(f"== benchmark {name} ({path.name})", flush=True)
             rows.extend(module.run(config))
         except Exception:  # one failing benchmark must not hide the others' numbers
             failures[name] = traceback.format_exc()
             print(failures[name], file=sys.stderr)
+        seconds[name] = round(time.perf_counter() - start, 1)
     print()
     print(format_table(rows))
     out_dir = pathlib.Path(config.run_dir)
@@ -98,6 +135,7 @@ def main(config: ml_collections.ConfigDict) -> list[dict]:
                     # huge pages for XLA:CPU's buffers (abpo_jax/host_memory.py) or not
                     "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")},
         "quick": quick,
+        "seconds": seconds,
         "rows": rows,
         "failures": failures,
     }

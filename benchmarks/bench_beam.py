@@ -28,8 +28,6 @@ from typing import Any
 import jax
 import numpy as np
 
-supports_quick = True
-
 QUICK = {"num_prompts": 4, "prompt_len": 24, "num_items": 300, "vocab": 256, "beams": 10}
 
 
@@ -49,24 +47,12 @@ def prefix_table(sequences: list[list[int]]) -> dict[tuple[int, ...], list[int]]
 
 def _quick_case(config: Any):
     """Tiny random Llama, random prompts, a random catalogue of 2-6 token items + eos."""
-    from flax import nnx
-
-    from abpo_jax.models.config import ModelConfig
-    from abpo_jax.models.decoder import Decoder
+    from abpo_jax.bench import tiny_case
 
     q = QUICK
-    model = Decoder(ModelConfig.tiny(q["vocab"]), rngs=nnx.Rngs(0))
-    rng = np.random.default_rng(0)
-    seen: set[tuple[int, ...]] = set()
-    seqs: list[list[int]] = []
-    while len(seqs) < q["num_items"]:
-        seq = tuple(int(t) for t in rng.integers(3, q["vocab"], size=rng.integers(2, 7)))
-        if seq not in seen:
-            seen.add(seq)
-            seqs.append([*seq, 2])
-    prompts = [rng.integers(3, q["vocab"], size=q["prompt_len"] - 4 * i).tolist()
-               for i in range(q["num_prompts"])]
-    return model, prompts, seqs, 2, 0, q["beams"], "tiny random llama, random catalogue"
+    model, prompts, seqs, eos, pad = tiny_case(q["num_prompts"], q["prompt_len"],
+                                               q["num_items"], q["vocab"])
+    return model, prompts, seqs, eos, pad, q["beams"], "tiny random llama, random catalogue"
 
 
 def _full_case(config: Any):
@@ -96,10 +82,44 @@ def _full_case(config: Any):
     return model, prompts, seqs, tok.eos_id, tok.pad_id or 0, k, what
 
 
-def run(config: Any) -> list[dict]:
+def _hf_peer(model, tokens, mask, seqs, eos, pad, k, n_new, our_items, our_scores) -> dict:
+    """HF generate's beam search on the same weights, prompts and trie: its seconds and how
+    its items and scores compare with ours."""
     import torch
 
     from abpo_jax.models.hf_twin import hf_twin
+
+    b, p_len = tokens.shape
+    hf = hf_twin(model)
+    table = prefix_table(seqs)
+
+    def allowed(batch_id: int, input_ids: Any) -> list[int]:
+        return table.get(tuple(input_ids[p_len:].tolist()), [eos])  # off-trie beams may only end
+
+    start = time.perf_counter()
+    with torch.no_grad():
+        gen = hf.generate(torch.tensor(tokens, dtype=torch.long),
+                          attention_mask=torch.tensor(mask, dtype=torch.long), num_beams=k,
+                          num_return_sequences=k, do_sample=False, length_penalty=0.0,
+                          max_new_tokens=n_new, prefix_allowed_tokens_fn=allowed,
+                          pad_token_id=pad, eos_token_id=eos, return_dict_in_generate=True,
+                          output_scores=True, top_k=None, top_p=None, temperature=None)
+    hf_s = time.perf_counter() - start
+    index = {tuple(s): i for i, s in enumerate(seqs)}
+    hf_items = []
+    for row in gen.sequences[:, p_len:].tolist():
+        end = row.index(eos) + 1 if eos in row else len(row)
+        hf_items.append(index.get(tuple(row[:end]), -1))
+    hf_items = np.array(hf_items).reshape(b, k)
+    hf_scores = gen.sequences_scores.numpy().reshape(b, k)
+    same = np.all(our_items == hf_items, axis=1)
+    same_set = np.array([set(x) == set(y) for x, y in zip(our_items, hf_items)])
+    score_diff = float(np.abs(our_scores - hf_scores)[same].max()) if same.any() else None
+    return {"seconds": hf_s, "items_agree": float(same.mean()),
+            "item_sets_agree": float(same_set.mean()), "max_score_diff": score_diff}
+
+
+def run(config: Any) -> list[dict]:
     from abpo_jax.sampling.beam import BeamParams, beam_search
     from abpo_jax.sampling.generate import left_pad
     from abpo_jax.sampling.group_scoring import bucket
@@ -127,42 +147,28 @@ def run(config: Any) -> list[dict]:
         ours_s = min(ours_s, time.perf_counter() - start)
     our_items, our_scores = np.asarray(out.items), np.asarray(out.scores)
 
-    hf = hf_twin(model)
-    table = prefix_table(seqs)
-
-    def allowed(batch_id: int, input_ids: Any) -> list[int]:
-        return table.get(tuple(input_ids[p_len:].tolist()), [eos])  # off-trie beams may only end
-
-    start = time.perf_counter()
-    with torch.no_grad():
-        gen = hf.generate(torch.tensor(tokens, dtype=torch.long),
-                          attention_mask=torch.tensor(mask, dtype=torch.long), num_beams=k,
-                          num_return_sequences=k, do_sample=False, length_penalty=0.0,
-                          max_new_tokens=n_new, prefix_allowed_tokens_fn=allowed,
-                          pad_token_id=pad, eos_token_id=eos, return_dict_in_generate=True,
-                          output_scores=True, top_k=None, top_p=None, temperature=None)
-    hf_s = time.perf_counter() - start
-    index = {tuple(s): i for i, s in enumerate(seqs)}
-    hf_items = []
-    for row in gen.sequences[:, p_len:].tolist():
-        end = row.index(eos) + 1 if eos in row else len(row)
-        hf_items.append(index.get(tuple(row[:end]), -1))
-    hf_items = np.array(hf_items).reshape(b, k)
-    hf_scores = gen.sequences_scores.numpy().reshape(b, k)
-    same = np.all(our_items == hf_items, axis=1)
-    same_set = np.array([set(x) == set(y) for x, y in zip(our_items, hf_items)])
-    score_diff = float(np.abs(our_scores - hf_scores)[same].max()) if same.any() else None
-
+    peer = _hf_peer(model, tokens, mask, seqs, eos, pad, k, n_new, our_items, our_scores) \
+        if _option(config, "beam_peer", True) else None
+    # prefill B P (head on the last slot) + at most n_new decode steps of B K beams
+    steps = int(np.asarray(out.lengths).max())
+    model_flops = (model.config.forward_flops(b * p_len, b)
+                   + model.config.forward_flops(b * k * steps, b * k * steps))
     shape = (f"{what}; B={b} prompts ({p_len} tok), K={k}, <= {n_new} new tok, "
              f"trie {trie.num_nodes} nodes / {trie.nbytes / 2**20:.2f} MiB")
+    row = {"benchmark": f"catalogue_beam_search{' tiny' if quick else ''}", "metric": "s/prompt",
+           "ours": ours_s / b, "peer": None, "peer_name": None, "ratio": None,
+           "valid_items": float(np.mean(our_items >= 0)),
+           "model_flops": model_flops, "model_flops_per_s": model_flops / ours_s,
+           "notes": f"{shape}; HF peer off (bench.beam_peer)"}
+    if peer is not None:
+        row.update(peer=peer["seconds"] / b,
+                   peer_name="hf generate (num_beams, prefix_allowed_tokens_fn)",
+                   ratio=peer["seconds"] / ours_s, items_agree=peer["items_agree"],
+                   item_sets_agree=peer["item_sets_agree"],
+                   max_score_diff=peer["max_score_diff"],
+                   notes=f"{shape}; ratio = peer / ours; items agree {peer['items_agree']:.0%}")
     return [
-        {"benchmark": f"catalogue_beam_search{' tiny' if quick else ''}", "metric": "s/prompt",
-         "ours": ours_s / b, "peer": hf_s / b,
-         "peer_name": "hf generate (num_beams, prefix_allowed_tokens_fn)",
-         "ratio": hf_s / ours_s, "items_agree": float(same.mean()),
-         "item_sets_agree": float(same_set.mean()), "max_score_diff": score_diff,
-         "valid_items": float(np.mean(our_items >= 0)),
-         "notes": f"{shape}; ratio = peer / ours; items agree {same.mean():.0%}"},
+        row,
         {"benchmark": f"catalogue_beam_search_compile{' tiny' if quick else ''}", "metric": "s",
          "ours": first - ours_s, "peer": None, "peer_name": None, "ratio": None,
          "notes": "first call minus steady-state call (jit compile, once per shape)"},

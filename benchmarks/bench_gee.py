@@ -32,7 +32,10 @@ def _loop_simulator(rng: np.random.Generator, scores: np.ndarray, s: int) -> np.
 
 def run(config=None) -> list[dict]:
     """Rows: simulator throughput (ours vs loop) and the analytic-expectation cost."""
-    s = int(getattr(getattr(config, "gee", None), "interactions", 0) or 5000) * 20
+    from abpo_jax.bench import is_quick
+    quick = config is not None and is_quick(config)   # bench --quick: the code path, seconds
+    s = 5000 if quick else int(getattr(getattr(config, "gee", None), "interactions", 0)
+                               or 5000) * 20
     scores = np.random.default_rng(0).uniform(1, 10, (POOL, PERSONAS))
     weights = np.ones(PERSONAS)
 
@@ -42,13 +45,13 @@ def run(config=None) -> list[dict]:
         return jax.block_until_ready(out["clicked"])
 
     ours(jax.random.key(0))                                   # compile outside the timing
-    reps = 5
+    reps = 1 if quick else 5
     t0 = time.perf_counter()
     for r in range(reps):
         clicked = ours(jax.random.key(r + 1))
     ours_rate = reps * s / (time.perf_counter() - t0)
 
-    n_loop = 5000
+    n_loop = 500 if quick else 5000
     t0 = time.perf_counter()
     loop_clicked = _loop_simulator(np.random.default_rng(0), scores, n_loop)
     loop_rate = n_loop / (time.perf_counter() - t0)

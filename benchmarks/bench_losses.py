@@ -28,6 +28,8 @@ from abpo_jax.losses.abpo import (LossSettings, anchor_terms, group_advantages, 
 
 DEFAULTS = {"num_prompts": 16, "num_generations": 8, "completion_len": 64, "anchor_len": 8,
             "vocab": 49152, "certainty_tokens": 256, "repeats": 5}
+QUICK = {"num_prompts": 4, "num_generations": 4, "completion_len": 16, "anchor_len": 4,
+         "vocab": 4096, "certainty_tokens": 64, "repeats": 1}   # bench --quick: the code path
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -94,7 +96,8 @@ def _group_adv(rewards: np.ndarray) -> jax.Array:
 
 def run(config: Any) -> list[dict]:
     bench_cfg = dict(config.get("bench", {}).get("losses", {})) if "bench" in config else {}
-    p = {**DEFAULTS, **bench_cfg}
+    from abpo_jax.bench import is_quick
+    p = {**DEFAULTS, **(QUICK if is_quick(config) else bench_cfg)}
     b, g, t, ta = p["num_prompts"], p["num_generations"], p["completion_len"], p["anchor_len"]
     x = _inputs(b, g, t, ta)
     settings = LossSettings.from_config(config.loss).replace(max_completion_length=t,

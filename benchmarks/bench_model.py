@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 DEFAULTS = {"batch": 2, "prompt_len": 64, "repeats": 3}
+QUICK = {"batch": 1, "prompt_len": 16, "repeats": 1}   # bench --quick: the code path
 
 
 def _best(fn: Callable[[], Any], repeats: int) -> float:
@@ -49,11 +50,14 @@ def run(config: Any = None) -> list[dict]:
     from abpo_jax.models import loaders
     from abpo_jax.models.decoder import causal_mask, init_cache
 
+    from abpo_jax.bench import is_quick
     opts = dict(DEFAULTS)
     bench_cfg = getattr(config, "bench", None) if config is not None else None
     for key in opts:
         if bench_cfg is not None and key in bench_cfg:
             opts[key] = int(bench_cfg[key])
+    if config is not None and is_quick(config):
+        opts.update(QUICK)
     b, t, repeats = opts["batch"], opts["prompt_len"], opts["repeats"]
 
     start = time.perf_counter()
@@ -66,6 +70,8 @@ def run(config: Any = None) -> list[dict]:
         import transformers
     except ImportError:
         torch = transformers = None
+    if config is not None and is_quick(config):   # quick: no 30 s transformers GGUF load
+        transformers = None
     hf = None
     hf_load_s = None
     if transformers is not None:

@@ -3,6 +3,10 @@ pipeline's records/s, against what a train step consumes (8 prompts per >= 0.5 s
 
     python benchmarks/bench_pipeline.py            # defaults below, a few minutes on 2 cores
     abpo-jax bench --config.bench.only=pipeline
+    abpo-jax bench --quick --config.bench.only=pipeline   # QUICK sizes: seconds (CI)
+
+The featurizer is this file's own (`numeric_features`: the numbers a learner batches), so the
+benchmark measures the store and the grain pipeline, whatever the train modes featurize.
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ import sys
 import tempfile
 import time
 
+import numpy as np
+
 H, C, NUM_ITEMS = 10, 20, 3706          # ML-1M catalogue, default prompt sizes
 TRAIN_RECORDS_PER_S = 8 / 0.5           # train.batch_size prompts per (optimistic) CPU step
 DEFAULTS = {"ingest_records": 1_000_000, "pipeline_records": 50_000}
+QUICK = {"ingest_records": 2_000, "pipeline_records": 2_000}   # --quick: the code path, not a number
 
 
 def synthetic_records(n: int):
@@ -53,12 +60,25 @@ def _run_child(n: int, logs_dir: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def numeric_features(record, history_len: int = H, num_candidates: int = C) -> dict:
+    """A record as fixed-size numpy arrays (padded history and candidates, exposed index,
+    propensity, outcome): what any learner's featurizer at least does per record."""
+    history = np.zeros(history_len, np.int32)
+    ctx = np.asarray(record.context_item_ids[-history_len:], np.int32)
+    history[history_len - len(ctx):] = ctx
+    cands = np.zeros(num_candidates, np.int32)
+    cands[:len(record.candidate_item_ids)] = record.candidate_item_ids
+    return {"user": np.int64(record.user_id), "history": history, "candidates": cands,
+            "exposed": np.int32(record.exposed_index), "propensity": np.float32(record.propensity),
+            "outcome": np.int32(record.outcome)}
+
+
 def _pipeline_rate(shards, batch_size: int, history_len: int = H) -> tuple[float, int]:
     from abpo_jax.data import pipeline
 
     it = pipeline.log_iterator(shards, batch_size=batch_size, seed=0, process_index=0,
                                process_count=1,
-                               featurize=pipeline.numeric_featurizer(history_len, C))
+                               featurize=lambda r: numeric_features(r, history_len, C))
     next(it)   # open the shards, warm the featurizer
     start = time.perf_counter()
     count = 0
@@ -68,9 +88,11 @@ def _pipeline_rate(shards, batch_size: int, history_len: int = H) -> tuple[float
 
 
 def run(config=None) -> list[dict]:
-    settings = dict(DEFAULTS)
+    from abpo_jax.bench import is_quick
     bench = config.get("bench", None) if config is not None else None
-    if bench is not None:
+    quick = config is not None and is_quick(config)
+    settings = dict(QUICK if quick else DEFAULTS)
+    if bench is not None and not quick:
         settings.update({k: bench[k] for k in DEFAULTS if k in bench})
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -123,6 +123,7 @@ def run_round(config, exact: bool) -> list[dict]:
     completions, no padding room), else the user-protocol one."""
     import jax
 
+    from abpo_jax.bench import is_quick
     from abpo_jax.train import experiment
     from abpo_jax.train.rounds import round_batches
 
@@ -130,6 +131,8 @@ def run_round(config, exact: bool) -> list[dict]:
     bench = config.get("bench", None) if config is not None else None
     if bench is not None:
         settings.update({k: bench[k] for k in DEFAULTS if k in bench})
+    if config is not None and is_quick(config):   # bench --quick: the code path
+        settings["round_requests"] = 256
     n = int(settings["round_requests"])
     inter = synthetic_interactions(n + TEST_USERS + WARM_USERS)
     clock = JitClock()

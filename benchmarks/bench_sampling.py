@@ -89,21 +89,29 @@ def run(config: Any) -> list[dict]:
     from abpo_jax.train.policy import load_pretrained
     from abpo_jax.sampling.trie import build_batch_trie, candidate_token_sequences
 
+    from abpo_jax.bench import is_quick, tiny_case
     opts = {**DEFAULTS, **dict(config.get("bench_sampling", {}) or {})}
+    quick = is_quick(config)
+    if quick:   # bench --quick: the code path on a tiny random Llama (seconds)
+        opts.update(repeats=1, decode_rows=2, decode_prompt_lens=(16,), decode_steps=2)
     b, g, repeats = opts["num_prompts"], opts["num_generations"], opts["repeats"]
-    model, tok = load_pretrained(config)
-    req = held_out_requests(config, tok, b)
-    prompts = [tok.encode(p) for p in req.prompts]
-    seqs = [candidate_token_sequences(tok, cs) for cs in req.completions]
+    if quick:
+        model, prompts, items, eos, pad = tiny_case(b, 24, 6 * b)
+        seqs = [items[6 * i:6 * (i + 1)] for i in range(b)]   # 6 candidates per prompt
+    else:
+        model, tok = load_pretrained(config)
+        req = held_out_requests(config, tok, b)
+        prompts = [tok.encode(p) for p in req.prompts]
+        seqs = [candidate_token_sequences(tok, cs) for cs in req.completions]
+        eos, pad = tok.eos_id, tok.pad_id or 0
     p_len = bucket(max(map(len, prompts)), 16)
     n_new = max(len(s) for ss in seqs for s in ss)
-    pad = tok.pad_id or 0
     tokens, mask = left_pad(prompts, p_len, pad)
     trie = build_batch_trie(seqs, vocab_size=model.config.vocab_size)
     params = SamplingParams(max_new_tokens=n_new, num_samples=g, temperature=1.0)
 
     def ours(seed: int):
-        out = generate(model, tokens, mask, jax.random.key(seed), params, tok.eos_id, trie)
+        out = generate(model, tokens, mask, jax.random.key(seed), params, eos, trie)
         return jax.block_until_ready(out)
 
     start = time.perf_counter()
@@ -127,7 +135,7 @@ def run(config: Any) -> list[dict]:
     our_logits, _ = model(tokens[:1], positions, key_ok | np.eye(p_len, dtype=bool)[None])
     logit_err = float(np.abs(np.asarray(our_logits[0, -1]) - hf_logits).max())
 
-    allowed = _prefix_allowed(seqs, p_len, g, tok.eos_id)
+    allowed = _prefix_allowed(seqs, p_len, g, eos)
     hf_s, hf_tokens = float("inf"), 0
     for r in range(repeats):
         torch.manual_seed(r)
@@ -136,11 +144,11 @@ def run(config: Any) -> list[dict]:
             gen = hf.generate(ids, attention_mask=attn, do_sample=True, temperature=1.0,
                               top_k=0, top_p=1.0, max_new_tokens=n_new,
                               num_return_sequences=g, prefix_allowed_tokens_fn=allowed,
-                              pad_token_id=pad, eos_token_id=tok.eos_id)
+                              pad_token_id=pad, eos_token_id=eos)
         hf_s = min(hf_s, time.perf_counter() - start)
         new = gen[:, p_len:].numpy()
         # tokens up to and including the first eos
-        ends = [(list(row).index(tok.eos_id) + 1) if tok.eos_id in row else len(row)
+        ends = [(list(row).index(eos) + 1) if eos in row else len(row)
                 for row in new]
         hf_tokens = int(sum(ends))
 

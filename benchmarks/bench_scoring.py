@@ -63,12 +63,20 @@ def run(config: Any) -> list[dict]:
     from abpo_jax.train.policy import load_pretrained
     from abpo_jax.sampling.trie import candidate_token_sequences
 
+    from abpo_jax.bench import is_quick, tiny_case
     opts = {**DEFAULTS, **dict(config.get("bench_scoring", {}) or {})}
+    quick = is_quick(config)
+    if quick:   # bench --quick: the code path on a tiny random Llama (seconds)
+        opts.update(repeats=1)
     b, g, repeats = opts["num_prompts"], opts["num_generations"], opts["repeats"]
-    model, tok = load_pretrained(config)
-    req = held_out_requests(config, tok, b)
-    prompts = [tok.encode(p) for p in req.prompts]
-    comps = [candidate_token_sequences(tok, cs[:g]) for cs in req.completions]
+    if quick:
+        model, prompts, items, _, _ = tiny_case(b, 24, g * b)
+        comps = [items[g * i:g * (i + 1)] for i in range(b)]
+    else:
+        model, tok = load_pretrained(config)
+        req = held_out_requests(config, tok, b)
+        prompts = [tok.encode(p) for p in req.prompts]
+        comps = [candidate_token_sequences(tok, cs[:g]) for cs in req.completions]
     p_len = bucket(max(map(len, prompts)), 16)
     l_len = bucket(max(len(o) for cs in comps for o in cs), 4)
 

@@ -5,8 +5,7 @@ TRL's `GRPOTrainer`.
     abpo-jax bench --config.bench.only=text_step --config.model.source=gemma3_270m
     abpo-jax bench --quick --config.bench.only=text_step    # tiny random Llama (~30 s, 2 CPU cores)
 
-`supports_quick` is False: the plain `abpo-jax bench --quick` set is pinned to train_step's rows
-by tests/test_bench_runner.py; naming text_step in `only` runs it at the quick size.
+`abpo-jax bench --quick` runs it at the quick size (as every benchmark; tests/test_bench_runner.py).
 
 Same work on both sides, in one process, on the same weights (our Decoder's, copied into its
 transformers twin, `models.hf_twin`), the same B prompts of P token
@@ -51,8 +50,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-supports_quick = False   # see the module docstring
-
 
 @dataclasses.dataclass(frozen=True)
 class Sizes:
@@ -70,7 +67,8 @@ def _options(config) -> dict:
     bench = config.get("bench", {}) if hasattr(config, "get") else {}
     quick = bool(bench.get("quick", False))
     return {"quick": quick, "steps": int(bench.get("text_steps", 2)),
-            "peer": bool(bench.get("text_peer", True))}
+            "peer": bool(bench.get("text_peer", True)),
+            "sizes": dict(bench.get("text_sizes", {}) or {})}
 
 
 def even_token_reward(completions: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -82,9 +80,11 @@ def even_token_reward(completions: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def _model(config, quick: bool, mesh) -> tuple:
     """`config.model.source` (SmolLM2 by default), or the --quick tiny random Llama."""
     from abpo_jax.models.loaders import load_model
+    from abpo_jax.train.experiment import model_overrides
     if not quick:
         return load_model(config.model.source, config.model.path, mesh=mesh,
-                          weight_cache=config.model.weight_cache_dir)
+                          weight_cache=config.model.weight_cache_dir,
+                          **model_overrides(config.model))
     from abpo_jax.models.config import ModelConfig
     from abpo_jax.models.decoder import create_sharded_model
     mc = ModelConfig.tiny(512, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -263,8 +263,16 @@ def _peer(s: Sizes, res: dict, steps: int) -> dict:
 def run(config) -> list[dict]:
     """One row: groups (prompts) per second of a whole step, ours vs TRL."""
     opts = _options(config)
-    s = QUICK if opts["quick"] else FULL
+    # bench.text_sizes (e.g. {"B": 32}): an accelerator's realistic batch (device_check.sh)
+    s = QUICK if opts["quick"] else dataclasses.replace(FULL, **opts["sizes"])
     res = _ours(config, s, opts["steps"], opts["quick"])
+    mc = res["mc"]
+    # sampling: prefill B P (head on the last slot) + G L decoded tokens per prompt; update:
+    # the packed prompt + (G + 1) completion blocks, forward + backward (x3), head on those
+    model_flops = (mc.forward_flops(s.B * s.P, s.B) + mc.forward_flops(s.B * s.G * s.L,
+                                                                      s.B * s.G * s.L)
+                   + 3 * mc.forward_flops(s.B * (s.P + (s.G + 1) * s.L),
+                                          s.B * (s.G + 1) * s.L))
     name = "tiny" if opts["quick"] else config.model.source
     row = {
         "benchmark": f"text_step {name}", "metric": "groups/s", "ours": s.B / res["step_s"],
@@ -274,6 +282,7 @@ def run(config) -> list[dict]:
         "load_s": res["load_s"],
         "gen_tokens": res["gen_tokens"], "tokens_per_s": res["gen_tokens"] / res["step_s"],
         "loss": res["first"]["loss"], "reward": res["reward"], "sizes": dataclasses.asdict(s),
+        "model_flops": model_flops, "model_flops_per_s": model_flops / res["step_s"],
         "notes": (f"ours {res['step_s']:.3g} s/step (sample {res['sample_s']:.3g} + update "
                   f"{res['update_s']:.3g}), {res['gen_tokens']:.0f} gen tok/step, first step "
                   f"incl. compile {res['first']['step_s']:.3g} s"),

@@ -57,8 +57,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-supports_quick = True
-
 
 @dataclasses.dataclass(frozen=True)
 class Sizes:
@@ -83,7 +81,8 @@ def _options(config) -> dict:
             "peer": bool(bench.get("train_peer", True)),
             "peer_steps": int(bench.get("train_peer_steps", 1)),
             "two_pass": bool(bench.get("train_two_pass", False)),
-            "bf16": bool(bench.get("train_bf16_matmul", False))}
+            "bf16": bool(bench.get("train_bf16_matmul", False)),
+            "sizes": dict(bench.get("train_sizes", {}) or {})}
 
 
 def _tokens(s: Sizes, vocab: int, seed: int = 0):
@@ -136,11 +135,7 @@ def step_flops(mc, s: Sizes, beta: float, lora: bool, two_pass: bool = False
                ) -> tuple[float, float]:
     """(all FLOPs, useful FLOPs) of one step by the module docstring's formula (`two_pass`:
     the separate pi_old pass is run, and counted in "all" but not in "useful")."""
-    d, v = mc.hidden_size, mc.vocab_size
-    per_layer = (d * mc.num_heads * mc.head_dim * 2 + d * mc.num_kv_heads * mc.head_dim * 2
-                 + 3 * d * mc.intermediate_size)
-    n = mc.num_layers * per_layer
-    fwd = 2 * n * s.B * (s.P + s.C * s.L) + 2 * d * v * s.B * s.C * s.L
+    fwd = mc.forward_flops(s.B * (s.P + s.C * s.L), s.B * s.C * s.L)
     train = 2 if lora else 3
     useful = fwd * ((1 if beta != 0 else 0) + train)   # single pass: no separate pi_old
     return float(useful + (fwd if two_pass else 0)), float(useful)
@@ -291,7 +286,8 @@ def run(config) -> list[dict]:
     """A row per variant (LoRA r8, full; optionally two-pass and bf16-matmul ones); the full
     rows carry the torch peer at the same precision, and FLOPs."""
     opts = _options(config)
-    s = QUICK if opts["quick"] else FULL
+    # bench.train_sizes (e.g. {"B": 32}): an accelerator's realistic batch (launch/device_check.sh)
+    s = QUICK if opts["quick"] else dataclasses.replace(FULL, **opts["sizes"])
     # the matmul peak is re-measured after every variant and the run's best is used: on a
     # shared CPU one measurement can come out far below what the step itself reaches
     peaks = {"float32": matmul_peak()}

@@ -45,10 +45,11 @@ def test_runner_writes_table_and_json_and_reports_failures(tmp_path, monkeypatch
 EXTRA: list = []  # extra overrides (none: the shipped defaults)
 
 
-def test_quick_train_step_json(tmp_path):
-    """`abpo-jax bench --quick`: CI-sized, one JSON record whose train_step rows carry the peer,
-    the same loss on both sides, the measured matmul peak and the FLOP fraction, and whose
-    catalogue beam-search row races HF generate and returns the same items."""
+def test_quick_runs_every_benchmark_json(tmp_path):
+    """`abpo-jax bench --quick`: every benchmark runs at its CI size (none can rot unnoticed),
+    one JSON record with each benchmark's seconds; the train_step rows carry the peer, the same
+    loss on both sides, the measured matmul peak and the FLOP fraction, and the catalogue
+    beam-search row races HF generate and returns the same items."""
     import os
     import subprocess
     import sys
@@ -62,7 +63,8 @@ def test_quick_train_step_json(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     (path,) = tmp_path.glob("bench-*.json")
     record = json.loads(path.read_text())
-    assert record["quick"] and not record["failures"]
+    assert record["quick"] and not record["failures"], record["failures"]
+    assert set(record["seconds"]) == set(bench.discover())   # every benchmark ran
     rows = {r["benchmark"]: r for r in record["rows"]}
     beam = rows.pop("catalogue_beam_search tiny")
     assert set(bench.COLUMNS) <= set(beam) and beam["metric"] == "s/prompt"
@@ -72,6 +74,7 @@ def test_quick_train_step_json(tmp_path):
     assert beam["items_agree"] == 1.0 and beam["valid_items"] == 1.0
     assert beam["max_score_diff"] <= 1e-4
     assert rows.pop("catalogue_beam_search_compile tiny")["ours"] > 0
+    rows = {k: r for k, r in rows.items() if k.startswith("train_step tiny")}
     assert set(rows) == {"train_step tiny lora r8", "train_step tiny full",
                          "train_step tiny lora r8 two-pass (before)",
                          "train_step tiny full two-pass (before)",
@@ -98,3 +101,14 @@ def test_quick_train_step_json(tmp_path):
     assert mixed["useful_flops"] == full["useful_flops"]
     assert any((tmp_path / "jax_cache").iterdir())   # the run filled its compilation cache
     assert "train_step tiny full" in out.stdout     # and printed the table
+
+
+def test_pipeline_benchmark_runs_at_quick_size(tmp_path):
+    """The log-store benchmark (which rotted once when the featurizer it used went away) on
+    its quick sizes: ingest and grain rows, no failure (seconds)."""
+    c = _config(tmp_path, only="pipeline")
+    c.bench.quick = True
+    rows = bench.main(c)
+    names = [r["benchmark"] for r in rows]
+    assert names[0].startswith("log ingest 2,000 records") and len(rows) == 4
+    assert all(r["ours"] > 0 for r in rows)
