@@ -214,3 +214,18 @@ def test_anchorless_method_without_rollouts_is_refused():
     c.rounds.methods = ("banditnet",)
     with pytest.raises(ConfigError, match="num_generations=0 needs anchor='full'"):
         validate(c)
+
+
+def test_lambda_only_rescales_the_advantages_under_std_none():
+    """With std=none and unobserved rollouts scored V (the defaults), every outcome is
+    (r+ + lambda) * [y or V_y] - lambda, and the shared -lambda cancels in the centring: the
+    advantages scale by (r+ + lambda), nothing else. Under Adam (scale-free) lambda then acts
+    only through beta's relative weight and the gradient clip — worth knowing before tuning it."""
+    key = jax.random.PRNGKey(7)
+    base = dict(HAND, tempering_on="advantage")
+    a1, _ = _random_advantages(settings(**{**base, "negative_scale": 1.0}), key)
+    a0, _ = _random_advantages(settings(**{**base, "negative_scale": 0.0}), key)
+    a3, _ = _random_advantages(settings(**{**base, "negative_scale": 0.5}), key)
+    np.testing.assert_allclose(a1, 2.0 * a0, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a3, 1.5 * a0, rtol=1e-5, atol=1e-6)
+    assert np.abs(a0).max() > 0.1
