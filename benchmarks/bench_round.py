@@ -131,6 +131,8 @@ def run_round(config, exact: bool) -> list[dict]:
     bench = config.get("bench", None) if config is not None else None
     if bench is not None:
         settings.update({k: bench[k] for k in DEFAULTS if k in bench})
+    if config is not None and bool(config.get("bench", {}).get("quick", False)):
+        settings["round_requests"] = 256   # bench --quick: the code path
     n = int(settings["round_requests"])
     inter = synthetic_interactions(n + TEST_USERS + WARM_USERS)
     clock = JitClock()
