@@ -163,6 +163,17 @@ class ModelConfig:
             return (self.eos_token_id,)
         return tuple(self.eos_token_id)
 
+    def forward_flops(self, tokens: int, head_tokens: int) -> float:
+        """Matmul FLOPs of a forward pass over `tokens` tokens of which `head_tokens` go through
+        the LM head: 2 N per token (N = the layers' weight-matrix parameters) + 2 d V per head
+        token. Attention scores, norms and activations are not counted (the usual MFU
+        convention at these sequence lengths)."""
+        d, hd = self.hidden_size, self.head_dim
+        per_layer = (d * self.num_heads * hd * 2 + d * self.num_kv_heads * hd * 2
+                     + 3 * d * self.intermediate_size)
+        return float(2 * self.num_layers * per_layer * tokens
+                     + 2 * d * self.vocab_size * head_tokens)
+
     # --- constructors ---------------------------------------------------------------------
     @classmethod
     def from_hf_config(cls, config_json: dict[str, Any], **overrides: Any) -> "ModelConfig":
