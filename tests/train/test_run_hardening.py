@@ -310,12 +310,18 @@ def test_output_only_fields_are_not_a_mismatch(reference, tmp_path):
     assert _key_rows(rows) == _key_rows(reference[2])
 
 
-def test_garbage_config_json_is_refused(reference, tmp_path):
+def test_garbage_config_json_falls_back_to_the_checkpoint_record(reference, tmp_path):
+    """The checkpoints' meta records the run's config too: a damaged config.json is checked
+    against (and rebuilt from) that record, so a different config is still refused."""
     from abpo_jax.train.checkpoint import RunDirError
     run_dir = _copy(reference, tmp_path)
     (run_dir / "config.json").write_bytes(b"\xff\xfe garbage")
-    with pytest.raises(RunDirError, match="config.json is unreadable"):
-        _run(_config(run_dir, reference[1]))
+    c = _config(run_dir, reference[1])
+    c.loss.beta = 0.5
+    with pytest.raises(RunDirError, match=r"loss\.beta: 0\.04 -> 0\.5; recorded in checkpoint"):
+        _run(c)
+    _resume_equals(reference, run_dir)    # the same config: resumes, config.json rewritten
+    assert json.loads((run_dir / "config.json").read_text())["loss"]["beta"] == 0.04
 
 
 def test_missing_config_json_is_recorded_again(reference, tmp_path):
