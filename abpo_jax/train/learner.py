@@ -393,11 +393,15 @@ class Learner:
     def optimizer(self, sft: bool, method: str | None = None) -> optax.GradientTransformation:
         """SFT's or a method's update optimizer (a method entry may carry its own
         learning_rate: a tuned choice of `abpo-jax study`)."""
+        return st.make_optimizer(self.config, *self._rate(sft, method))
+
+    def _rate(self, sft: bool, method: str | None = None) -> tuple[float, int]:
+        """(base learning rate, schedule length in steps) of SFT or `method`'s update."""
         t = self.config.train
         steps = int(t.sft_steps) if sft else self.update_steps()
         lr = (t.sft_learning_rate if sft else method_learning_rate(self.config, method)
               if method is not None else t.learning_rate)
-        return st.make_optimizer(self.config, float(lr), max(steps, 1))
+        return float(lr), max(steps, 1)
 
     def fresh_state(self, params: Any, sft: bool = False) -> dict:
         """A train state of `params` with a new optimizer state."""
@@ -460,12 +464,9 @@ class Learner:
             self._maybe_save(save, state, s + 1, steps, [])
         return state
 
-    def _lr(self, sft: bool, step: int) -> float:
+    def _lr(self, sft: bool, step: int, method: str | None = None) -> float:
         """The learning rate the schedule gives at `step` (for the training curves)."""
-        t = self.config.train
-        steps = int(t.sft_steps) if sft else self.update_steps()
-        lr = t.sft_learning_rate if sft else t.learning_rate
-        return float(st.make_schedule(self.config, float(lr), max(steps, 1))(step))
+        return float(st.make_schedule(self.config, *self._rate(sft, method))(step))
 
     def update(self, method: str, state: dict, ref: Any, batches: Iterator[dict],
                round_key: jax.Array, start: int, hist: list, save: SaveFn,
@@ -510,7 +511,7 @@ class Learner:
             if self.on_step is not None:
                 self.on_step(method, (round_index - 1) * steps + s + 1,
                              {**{k.removeprefix(STEP_ONLY): v for k, v in hist[-1].items()},
-                              "lr": self._lr(False, s)})
+                              "lr": self._lr(False, s, method)})
             kill_point("update")
             self._maybe_save(save, state, s + 1, steps, hist)
         return state, train_summary(hist, state)
