@@ -23,7 +23,8 @@ def test_demo_prints_cis_and_significance_then_runs_the_llm_part(tmp_path, capsy
     assert "part 1/2" in out and "part 2/2" in out
     assert "mean ± 95% CI over 2 seeds" in out
     assert "[base] ndcg@5 at round 1 vs no_update (2 seeds, paired t, Holm)" in out
-    assert (tmp_path / "stats" / "study" / "results.md").exists()
+    # everything under the demo's run_dir: the study in <run_dir>/study (issue 26)
+    assert (tmp_path / "llm" / "study" / "results.md").exists()
     assert (tmp_path / "llm" / "metrics.jsonl").exists()
 
 
