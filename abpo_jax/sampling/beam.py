@@ -30,7 +30,8 @@ same items whenever the catalogue holds at least K items (every running beam sit
 node with a leaf below it, so K valid items always finish).
 
 Layout: prompts are left-padded (:func:`abpo_jax.sampling.generate.left_pad`); rows b*K .. b*K+K-1
-of the cache are prompt b's beams. Cost per step: one decode of B*K rows, a top-2K over K*V.
+of the cache are prompt b's beams. Cost per step: one decode of B*K rows, a logsumexp over V and
+a top-2K over the K beams' trie edges (K * max_children entries, not K*V).
 """
 
 from __future__ import annotations
@@ -93,7 +94,6 @@ def _beam_search(graphdef, params: BeamParams, eos_id: int, state, prompt_tokens
     rows = b * k
     slots = jnp.arange(p + n)
     cache, z, pos, key_ok = prefill(model, prompt_tokens, prompt_mask, n, k)
-    v = z.shape[-1]
     first_k = jnp.arange(2 * k) < k
     prompt_row = jnp.arange(b)[:, None] * k
     neg_inf = jnp.float32(-jnp.inf)
@@ -105,18 +105,29 @@ def _beam_search(graphdef, params: BeamParams, eos_id: int, state, prompt_tokens
         length = (step + 1).astype(jnp.float32)   # tokens of a hypothesis after this step
         norm = length ** lp
 
-        logp = trie_lib.constrain_logits(trie, node, jax.nn.log_softmax(z, axis=-1))
-        total = (run_score.reshape(rows, 1) + logp).reshape(b, k * v)
+        # Only the trie's edges out of each beam's node are scored (a gather of M <= max_children
+        # logits per row, M padded to >= 2): the top-2K runs over K*M entries, not K*V, and
+        # no [rows, V] mask is built. Empty edge slots score -inf (token 0, the sink).
+        edge_tokens, edge_nodes = trie_lib.node_children(trie, node)        # [rows, M]
+        if edge_tokens.shape[1] < 2:
+            edge_tokens = jnp.pad(edge_tokens, ((0, 0), (0, 1)), constant_values=-1)
+            edge_nodes = jnp.pad(edge_nodes, ((0, 0), (0, 1)), constant_values=trie.sink)
+        m = edge_tokens.shape[1]
+        picked = jnp.take_along_axis(z, jnp.maximum(edge_tokens, 0), axis=1)
+        logp = jnp.where(edge_tokens >= 0, picked - jax.nn.logsumexp(z, axis=-1)[:, None],
+                         neg_inf)
+        total = (run_score.reshape(rows, 1) + logp).reshape(b, k * m)
         top, idx = jax.lax.top_k(total, 2 * k)                    # [B, 2K], best first
-        src, token = idx // v, (idx % v).astype(jnp.int32)
+        src, slot = idx // m, idx % m
         src_rows = (prompt_row + src).reshape(-1)
+        token = jnp.maximum(edge_tokens[src_rows, slot.reshape(-1)], 0).reshape(b, 2 * k)
+        child = edge_nodes[src_rows, slot.reshape(-1)].reshape(b, 2 * k)
         seqs = _take(run_tokens, src).at[:, :, step].set(token)  # [B, 2K, N]
-        is_eos = token == eos_id
+        is_eos = (token == eos_id) & (top > neg_inf)
 
         # Finished: eos among the first K continuations, while the prompt is still searching.
-        done_now = is_eos & first_k[None] & (top > neg_inf) & active[:, None]
-        leaf = trie_lib.candidate_at(
-            trie, trie_lib.advance(trie, node[src_rows], token.reshape(-1))).reshape(b, 2 * k)
+        done_now = is_eos & first_k[None] & active[:, None]
+        leaf = trie_lib.candidate_at(trie, child.reshape(-1)).reshape(b, 2 * k)
         merged = jnp.concatenate([fin_score, jnp.where(done_now, top / norm, neg_inf)], axis=1)
         _, keep = jax.lax.top_k(merged, k)
         fin = (_take(merged, keep),
@@ -132,7 +143,7 @@ def _beam_search(graphdef, params: BeamParams, eos_id: int, state, prompt_tokens
         next_token = _take(token, order).reshape(-1)
         parent = (prompt_row + _take(src, order)).reshape(-1)
         cache = _gather_rows(cache, parent)
-        node = trie_lib.advance(trie, node[parent], next_token)
+        node = _take(child, order).reshape(-1)
 
         # HF early_stopping=False: can the best running beam (at today's length) still enter?
         full = jnp.all(fin[0] > neg_inf, axis=1)

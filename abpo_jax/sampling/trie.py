@@ -230,8 +230,9 @@ def _edge_window(trie: EdgeTrie, node: jax.Array) -> tuple[jax.Array, jax.Array]
     return jnp.where(ok, tokens, -1), jnp.where(ok, nodes, trie.sink)
 
 
-def _node_children(trie: Trie | EdgeTrie, node: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Edges [B, K] (tokens, child nodes) of each row's current node."""
+def node_children(trie: Trie | EdgeTrie, node: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Edges [B, K] (tokens, child nodes) of each row's current node; empty slots hold token
+    -1 and the sink (K = the trie's max_children)."""
     if isinstance(trie, EdgeTrie):
         return _edge_window(trie, node)
     if trie.child_tokens.ndim == 2:  # one trie shared by every row
@@ -244,7 +245,7 @@ def _node_children(trie: Trie | EdgeTrie, node: jax.Array) -> tuple[jax.Array, j
 
 def allowed_tokens(trie: Trie | EdgeTrie, node: jax.Array, vocab_size: int) -> jax.Array:
     """bool [B, V]: tokens the trie allows after each row's node (all False at a leaf/sink)."""
-    tokens, _ = _node_children(trie, node)
+    tokens, _ = node_children(trie, node)
     rows = jnp.arange(node.shape[0])[:, None]
     # Empty slots (-1) are sent out of range and dropped.
     cols = jnp.where(tokens >= 0, tokens, vocab_size)
@@ -259,7 +260,7 @@ def constrain_logits(trie: Trie | EdgeTrie, node: jax.Array, logits: jax.Array) 
 
 def advance(trie: Trie | EdgeTrie, node: jax.Array, token: jax.Array) -> jax.Array:
     """Next node [B] after emitting `token` [B]; the sink if the token is not allowed."""
-    tokens, nodes = _node_children(trie, node)
+    tokens, nodes = node_children(trie, node)
     hit = tokens == token[:, None]
     return jnp.where(hit.any(-1), jnp.max(jnp.where(hit, nodes, -1), axis=-1), trie.sink)
 
