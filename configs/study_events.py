@@ -11,7 +11,7 @@ a test window. Each round deploys the method's policy on 10,000 events of its wi
 updates, and is evaluated on 1,000 events of the next window (validation, before they are
 deployed on) and of the test window. A user appears in many requests of a round.
 
-Time (bench_round, event-round shapes, this 2-core machine while other jobs loaded it: ~57
+Time (bench_round, event-round shapes, this 2-core machine while other jobs loaded it: 57-86
 requests/s end to end per trained method): one cell = 5 rounds x (4 trained methods + no_update)
 x 10,000 requests is ~1 hour, so the 20-cell grid is ~10 hours with 2 workers here; on a cluster
 run it as an array job (one cell per task, README "Studies across processes and machines").
