@@ -114,6 +114,13 @@ def _chunked_bwd(chunk, bf16, softcap, res, g):
 _chunked_scores.defvjp(_chunked_fwd, _chunked_bwd)
 
 
+def chunked_head(config: Any, chunk: int = LM_HEAD_CHUNK) -> bool:
+    """Whether `token_scores_from_hidden` scans the head: a tied vocabulary that is a multiple
+    of `chunk` larger than it (Gemma-3's 262k; not SmolLM2's 49k or item-id vocabularies)."""
+    return bool(config.tie_embeddings and config.vocab_size > chunk
+                and config.vocab_size % chunk == 0)
+
+
 def token_scores_from_hidden(model: Any, hidden: Array, targets: Array,
                              chunk: int = LM_HEAD_CHUNK) -> tuple[Array, Array]:
     """(log softmax(z)[target], logsumexp(z) - mean(z)) for final-norm hidden states
@@ -121,7 +128,7 @@ def token_scores_from_hidden(model: Any, hidden: Array, targets: Array,
     tied vocabulary is a multiple of `chunk` larger than it, else `token_scores` of the plain
     logits. Differentiable in the hidden states and the embedding."""
     c = model.config
-    if not (c.tie_embeddings and c.vocab_size > chunk and c.vocab_size % chunk == 0):
+    if not chunked_head(c, chunk):
         return token_scores(model.logits_from_hidden(hidden), targets)
     lead = hidden.shape[:-1]
     logp, certainty = _chunked_scores(

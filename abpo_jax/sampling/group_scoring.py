@@ -32,8 +32,8 @@ import numpy as np
 from flax import nnx
 
 from abpo_jax.losses.abpo import sequence_self_certainty
-# token_scores stays importable from here (text_learner, tests)
-from abpo_jax.models.lm_head import token_scores, token_scores_from_hidden  # noqa: F401
+# (token_scores stays importable from here: text_learner, tests)
+from abpo_jax.models.lm_head import chunked_head, token_scores, token_scores_from_hidden
 from abpo_jax.sampling.trie import candidate_token_sequences
 
 
@@ -131,9 +131,13 @@ def _score_packed(graphdef, state, packed: PackedGroup) -> GroupScores:
     # Only these K*L rows go through the LM head (not the prompt's P rows), and a large
     # vocabulary's head in chunks (models/lm_head.py).
     picked = jnp.take_along_axis(hidden, rows.reshape(b, k * l)[..., None], axis=1)
-    logp, certainty = token_scores_from_hidden(
-        model, picked, packed.completion_tokens.reshape(b, k * l))
-    logp, certainty = logp.reshape(b, k, l), certainty.reshape(b, k, l)
+    if chunked_head(model.config):
+        logp, certainty = token_scores_from_hidden(
+            model, picked, packed.completion_tokens.reshape(b, k * l))
+        logp, certainty = logp.reshape(b, k, l), certainty.reshape(b, k, l)
+    else:   # the plain head, as the same program as always (runs' numbers stay bitwise)
+        logits = model.logits_from_hidden(picked)
+        logp, certainty = token_scores(logits.reshape(b, k, l, -1), packed.completion_tokens)
     m = packed.completion_mask
     logp, certainty = jnp.where(m, logp, 0.0), jnp.where(m, certainty, 0.0)
     return GroupScores(sequence_logprobs=logp.sum(-1), token_logprobs=logp, mask=m,
