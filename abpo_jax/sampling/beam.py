@@ -30,7 +30,7 @@ same items whenever the catalogue holds at least K items (every running beam sit
 node with a leaf below it, so K valid items always finish).
 
 Layout: prompts are left-padded (:func:`abpo_jax.sampling.generate.left_pad`); rows b*K .. b*K+K-1
-of the cache are prompt b's beams. Cost per step: one decode of B*K rows, a logsumexp over V and
+of the cache are prompt b's beams. Cost per step: one decode of B*K rows, a log-softmax over V and
 a top-2K over the K beams' trie edges (K * max_children entries, not K*V).
 """
 
@@ -113,9 +113,10 @@ def _beam_search(graphdef, params: BeamParams, eos_id: int, state, prompt_tokens
             edge_tokens = jnp.pad(edge_tokens, ((0, 0), (0, 1)), constant_values=-1)
             edge_nodes = jnp.pad(edge_nodes, ((0, 0), (0, 1)), constant_values=trie.sink)
         m = edge_tokens.shape[1]
-        picked = jnp.take_along_axis(z, jnp.maximum(edge_tokens, 0), axis=1)
-        logp = jnp.where(edge_tokens >= 0, picked - jax.nn.logsumexp(z, axis=-1)[:, None],
-                         neg_inf)
+        # log_softmax as before the gather, so the scores are bitwise the dense version's
+        picked = jnp.take_along_axis(jax.nn.log_softmax(z, axis=-1), jnp.maximum(edge_tokens, 0),
+                                     axis=1)
+        logp = jnp.where(edge_tokens >= 0, picked, neg_inf)
         total = (run_score.reshape(rows, 1) + logp).reshape(b, k * m)
         top, idx = jax.lax.top_k(total, 2 * k)                    # [B, 2K], best first
         src, slot = idx // m, idx % m
