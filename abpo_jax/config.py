@@ -87,7 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     # --- model ----------------------------------------------------------------------------
     c.model = ml_collections.ConfigDict()
-    c.model.source = "smollm2"        # smollm2 (embedded GGUF) | hf (safetensors dir) | gguf | tiny
+    c.model.source = "smollm2"        # smollm2 | gemma3_270m (packaged GGUFs) | hf (safetensors dir) | gguf | tiny
     c.model.path = ""                 # directory or file for hf / gguf
     c.model.weight_cache_dir = ""     # dequantized GGUF tensors: "" = ~/.cache/abpo_jax/weights; off
     c.model.dtype = "float32"         # compute dtype: float32 | bfloat16
@@ -272,7 +272,7 @@ def base_config() -> ml_collections.ConfigDict:
 CHOICES: dict[str, tuple[Any, ...]] = {
     "checkpoint.resume_mismatch": ("refuse", "allow"),
     "data.dataset": ("ml-1m", "ml-100k", "amazon2018", "amazon2023"),
-    "model.source": ("smollm2", "hf", "gguf", "tiny"),
+    "model.source": ("smollm2", "gemma3_270m", "hf", "gguf", "tiny"),
     "model.dtype": ("float32", "bfloat16"),
     "model.param_dtype": ("float32", "bfloat16"),
     "model.remat_policy": REMAT_POLICIES,
