@@ -91,10 +91,10 @@ def present(columns: Iterable[str], rows: Sequence[Mapping[str, Any]]) -> list[s
     return [c for c in columns if any(c in r for r in rows)]
 
 
-_HR = re.compile(r"hr@(\d+)$")
+_AT_K = re.compile(r"(?:hr|ndcg)@(\d+)$")
 
 
 def ks_of(rows: Iterable[Mapping[str, Any]]) -> tuple[int, ...]:
-    """The K of eval.ks a set of metric rows was computed with (its hr@K keys)."""
+    """The K of eval.ks a set of metric rows was computed with (its hr@K and ndcg@K keys)."""
     return tuple(sorted({int(m.group(1)) for r in rows for key in r
-                         if (m := _HR.fullmatch(key))}))
+                         if (m := _AT_K.fullmatch(key))}))
