@@ -94,26 +94,17 @@ class ModelConfig:
     matmul_precision: str = "float32"
 
     def __post_init__(self) -> None:
-        if self.family not in FAMILIES:
-            raise ValueError(f"ModelConfig.family={self.family!r}; choose one of {FAMILIES}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"ModelConfig.activation={self.activation!r}; choose one of {ACTIVATIONS}")
-        if self.attention not in ATTENTION_IMPLS:
-            raise ValueError(f"ModelConfig.attention={self.attention!r}; choose one of "
-                             f"{ATTENTION_IMPLS}")
-        if self.attention_backend not in ATTENTION_BACKENDS:
-            raise ValueError(f"ModelConfig.attention_backend={self.attention_backend!r}; choose "
-                             f"one of {ATTENTION_BACKENDS}")
+        for field, allowed in (("family", FAMILIES), ("activation", ACTIVATIONS),
+                               ("attention", ATTENTION_IMPLS),
+                               ("attention_backend", ATTENTION_BACKENDS),
+                               ("matmul_precision", MATMUL_PRECISIONS),
+                               ("remat_policy", REMAT_POLICIES)):
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"ModelConfig.{field}={getattr(self, field)!r}; choose one of "
+                                 f"{allowed}")
         if self.attention != "dense" and self.attn_logit_softcapping:
             raise ValueError("ModelConfig.attention=dot_product_attention has no attention-logit "
                              "soft-capping; use attention='dense' for this model")
-        if self.matmul_precision not in MATMUL_PRECISIONS:
-            raise ValueError(f"ModelConfig.matmul_precision={self.matmul_precision!r}; choose "
-                             f"one of {MATMUL_PRECISIONS}")
-        if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(f"ModelConfig.remat_policy={self.remat_policy!r}; choose one of "
-                             f"{REMAT_POLICIES}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"ModelConfig.num_heads={self.num_heads} is not a multiple of "
                              f"num_kv_heads={self.num_kv_heads}")
