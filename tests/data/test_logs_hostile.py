@@ -343,7 +343,8 @@ def tricky_records() -> list[dict]:
         good_record(5, note="n" * 600_000),              # > csv's default 128 KiB field limit
         good_record(6, extras={"nested": [1, {"a": None}]}, flag=False, big=10**30),
         good_record(7, ratio=float("nan"), score=0.1 + 0.2, weird_key_="", **{"": "empty key"}),
-        good_record(8, request_id="nul\x00inside"),
+        # (a NUL inside an id is quarantined since issue 26: tests/data/test_logs_leftovers.py)
+        good_record(8, request_id="nul\\x00 escaped, not a NUL"),
     ]
 
 

@@ -37,9 +37,9 @@ def _run(tmp_path_factory, devices, data, fsdp, tensor):
     run = build(config, devices=devices)
     rows = rounds.run(run)
     tree = run.ckpt.restore_latest(run.layout.abstract).state
-    params = [np.asarray(x) for x in jax.tree.leaves(tree["methods"]["abpo"]["params"])]
+    tree = tree["methods"]["abpo"]["params"]
     records = list(log_store.open_round(run_dir / "logs" / "abpo" / "round_00001"))
-    return rows, params, records, run.evaluator
+    return rows, tree, records, run.evaluator
 
 
 # Ranking metrics: a function of each test user's argmax / top-k over its candidates. If float
@@ -59,8 +59,10 @@ def _one_user_bound(key: str, n_users: int, num_items: int, max_popularity: floa
 @pytest.mark.slow
 def test_one_round_single_device_equals_2x2x2_mesh(tmp_path_factory):
     assert len(jax.devices()) == 8, "tests/conftest.py must provide 8 fake CPU devices"
-    rows1, params1, log1, ev = _run(tmp_path_factory, jax.devices()[:1], 1, 1, 1)
-    rows8, params8, log8, _ = _run(tmp_path_factory, jax.devices(), 2, 2, 2)
+    rows1, tree1, log1, ev = _run(tmp_path_factory, jax.devices()[:1], 1, 1, 1)
+    rows8, tree8, log8, _ = _run(tmp_path_factory, jax.devices(), 2, 2, 2)
+    params1 = [np.asarray(x) for x in jax.tree.leaves(tree1)]
+    params8 = [np.asarray(x) for x in jax.tree.leaves(tree8)]
     assert [(r["round"], r["method"]) for r in rows1] == [(r["round"], r["method"]) for r in rows8]
 
     # --- the round log: exact -------------------------------------------------------------
@@ -87,6 +89,17 @@ def test_one_round_single_device_equals_2x2x2_mesh(tmp_path_factory):
     # slack per reduction level, generous against the 1e-7 seen) plus 16 eps32 relative for
     # the metric's own float32 reductions.
     atol = 64.0 * max(drift, EPS32)
+    # After the update the two meshes hold slightly different parameters (Adam turns reduction-
+    # order noise into update differences; bounded below), so round 1's metrics and the update's
+    # train/* means drift with the trained policies' log-probs, not the deployed ones': measured
+    # here, both parameter sets on the 1-device mesh, on the held-out requests (the update moves
+    # the parameters monotonically away from each other, so its steps drift no further).
+    params8_on_1 = jax.tree.map(lambda a, b: jax.device_put(np.asarray(b), a.sharding),
+                                tree1, tree8)
+    lp1 = ev.policy.log_probs(tree1, ev.test_examples, "drift 1")
+    lp8 = ev.policy.log_probs(params8_on_1, ev.test_examples, "drift 8")
+    trained_drift = float(np.max(np.abs(np.asarray(lp1) - np.asarray(lp8))))
+    atol_trained = 64.0 * max(drift, trained_drift, EPS32)
     n_users, num_items = len(ev.test_examples), int(ev.num_items)
     max_pop = float(np.max(ev.popularity))
     for a, b in zip(rows1, rows8):
@@ -102,7 +115,13 @@ def test_one_round_single_device_equals_2x2x2_mesh(tmp_path_factory):
                 assert (value is None) == (other is None), (a["round"], key)
                 continue
             bound = _one_user_bound(key, n_users, num_items, max_pop)
-            tol = (bound + 1e-9) if bound is not None else atol + 16 * EPS32 * abs(value)
+            rounds_atol = atol if a["round"] == 0 else atol_trained
+            tol = (bound + 1e-9) if bound is not None else rounds_atol + 16 * EPS32 * abs(value)
+            if key == "kl_exposure":
+                # KL(p || q) moves by sum_i dp_i (log(p_i / q_i) + 1): its Lipschitz constant is
+                # not O(1) but 1 + log(1 / q_min), q_min = eps / (exposures + eps * items) for
+                # an item never exposed (eval.metrics.kl_divergence, eps = 1e-6): ~18 here.
+                tol *= 1.0 + math.log((len(log1) + num_items * 1e-6) / 1e-6)
             assert abs(other - value) <= tol, (a["round"], key, value, other, tol)
 
     # --- the parameters -------------------------------------------------------------------
@@ -110,11 +129,17 @@ def test_one_round_single_device_equals_2x2x2_mesh(tmp_path_factory):
     # Adam divides by sqrt(v): where a gradient is ~0, reduction-order noise between the meshes
     # becomes a visible update difference. So: nearly all entries equal to 1e-3 relative, and
     # none off by more than one Adam step (lr 3e-3): a diverging run would differ everywhere.
+    # "Nearly all" is 95%: since the revised objective (exact-zero advantages for tied groups,
+    # tempering only negative advantages) a 1-ulp reward difference between the meshes can be a
+    # zero or a tiny advantage, which Adam scales up; measured 97.5% within 1e-3 and max |diff|
+    # 1.5e-3 (half an Adam step) on this CPU, a diverging run is far below both.
     flat1 = np.concatenate([a.ravel() for a in params1])
     flat8 = np.concatenate([b.ravel() for b in params8])
     close = np.isclose(flat8, flat1, rtol=1e-3, atol=1e-5)
-    print(f"parameters differing beyond rtol=1e-3: {(~close).sum()} of {close.size}")
-    assert close.mean() > 0.99, f"{(~close).sum()} of {close.size} parameters differ"
+    print(f"parameters differing beyond rtol=1e-3: {(~close).sum()} of {close.size}; "
+          f"max |diff| {np.abs(flat8 - flat1).max():.2e}; log-prob drift deployed {drift:.1e}, "
+          f"trained {trained_drift:.1e}")
+    assert close.mean() > 0.95, f"{(~close).sum()} of {close.size} parameters differ"
     assert np.abs(flat8 - flat1).max() < 3e-3
     # the update really moved the policy, so equality is not the trivial kind
     assert any(r["round"] == 1 for r in rows1)
