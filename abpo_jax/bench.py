@@ -36,6 +36,16 @@ BENCH_DIR = _benchmarks_dir()
 COLUMNS = ("benchmark", "metric", "ours", "peer_name", "peer", "ratio", "notes")
 
 
+def model_label(config) -> str:
+    """The benchmarked model's name in a row: `config.model.source`, or for an `hf` directory its
+    name (`runs/arch/gemma3_270m` -> gemma3_270m), marked when its weights are random."""
+    m = config.model
+    if m.source != "hf" or not m.path:
+        return m.source
+    name = pathlib.Path(m.path).name
+    return f"{name} (random weights)" if m.get("random_init", False) else name
+
+
 def is_quick(config) -> bool:
     """`config.bench.quick` (`abpo-jax bench --quick`): a benchmark then runs at its CI size."""
     bench = config.get("bench", None) if hasattr(config, "get") else None

@@ -89,6 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.source = "smollm2"        # smollm2 | gemma3_270m (packaged GGUFs) | hf (safetensors dir) | gguf | tiny
     c.model.path = ""                 # directory or file for hf / gguf
+    c.model.random_init = False       # hf only: config.json's architecture, random weights (throughput/MFU benchmarks where the weights cannot travel; never for results)
     c.model.weight_cache_dir = ""     # dequantized GGUF tensors: "" = ~/.cache/abpo_jax/weights; off
     c.model.dtype = "float32"         # compute dtype: float32 | bfloat16
     c.model.param_dtype = "float32"
@@ -465,6 +466,11 @@ def _check_cross_fields(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.model.tiny.heads={tiny.heads} is not a multiple of "
                           f"config.model.tiny.kv_heads={tiny.kv_heads} (each KV head serves a "
                           "whole group of query heads)")
+    found, random_init = _lookup(config, "model.random_init")
+    if found and random_init and config.model.get("source") != "hf":
+        raise ConfigError(f"config.model.random_init=True needs config.model.source='hf' (a "
+                          f"directory whose config.json gives the architecture), not "
+                          f"{config.model.get('source')!r}")
     found, ks = _lookup(config, "eval.ks")
     if found and (not ks or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1
                                     for k in ks)):

@@ -28,6 +28,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from abpo_jax.bench import model_label
+
 QUICK = {"num_prompts": 4, "prompt_len": 24, "num_items": 300, "vocab": 256, "beams": 10}
 
 
@@ -78,7 +80,7 @@ def _full_case(config: Any):
         item_text=item_text))) for e in examples]
     seqs = catalogue_completion_ids(tok, inter.item_titles, prep.short_ids, item_text)
     k = int(_option(config, "beam_width", config.eval.beam))
-    what = f"{config.model.source}, ML-1M {inter.num_items} items as {item_text}s"
+    what = f"{model_label(config)}, {inter.name} {inter.num_items} items as {item_text}s"
     return model, prompts, seqs, tok.eos_id, tok.pad_id or 0, k, what
 
 

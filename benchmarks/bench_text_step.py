@@ -50,6 +50,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from abpo_jax.bench import model_label
+
 
 @dataclasses.dataclass(frozen=True)
 class Sizes:
@@ -79,12 +81,9 @@ def even_token_reward(completions: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def _model(config, quick: bool, mesh) -> tuple:
     """`config.model.source` (SmolLM2 by default), or the --quick tiny random Llama."""
-    from abpo_jax.models.loaders import load_model
-    from abpo_jax.train.experiment import model_overrides
+    from abpo_jax.train.experiment import load_configured_model
     if not quick:
-        return load_model(config.model.source, config.model.path, mesh=mesh,
-                          weight_cache=config.model.weight_cache_dir,
-                          **model_overrides(config.model))
+        return load_configured_model(config.model, mesh)
     from abpo_jax.models.config import ModelConfig
     from abpo_jax.models.decoder import create_sharded_model
     mc = ModelConfig.tiny(512, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -273,7 +272,7 @@ def run(config) -> list[dict]:
                                                                       s.B * s.G * s.L)
                    + 3 * mc.forward_flops(s.B * (s.P + (s.G + 1) * s.L),
                                           s.B * (s.G + 1) * s.L))
-    name = "tiny" if opts["quick"] else config.model.source
+    name = "tiny" if opts["quick"] else model_label(config)
     row = {
         "benchmark": f"text_step {name}", "metric": "groups/s", "ours": s.B / res["step_s"],
         "peer": None, "peer_name": None, "ratio": None,

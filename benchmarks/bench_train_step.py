@@ -57,6 +57,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from abpo_jax.bench import model_label
+
 
 @dataclasses.dataclass(frozen=True)
 class Sizes:
@@ -144,12 +146,10 @@ def step_flops(mc, s: Sizes, beta: float, lora: bool, two_pass: bool = False
 def _model(config, quick: bool, mesh):
     """`config.model.source` (SmolLM2 by default; or the --quick tiny Llama) with
     `config.model`'s compute settings (dtype, layer scan, remat, attention), as a run builds it."""
-    from abpo_jax.models.loaders import load_model
-    from abpo_jax.train.experiment import model_overrides
+    from abpo_jax.train.experiment import load_configured_model, model_overrides
     overrides = model_overrides(config.model)
     if not quick:
-        return load_model(config.model.source, config.model.path, mesh=mesh,
-                          weight_cache=config.model.weight_cache_dir, **overrides)
+        return load_configured_model(config.model, mesh)
     from abpo_jax.models.config import ModelConfig
     from abpo_jax.models.decoder import create_sharded_model
     mc = ModelConfig.tiny(512, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -291,7 +291,7 @@ def run(config) -> list[dict]:
     # the matmul peak is re-measured after every variant and the run's best is used: on a
     # shared CPU one measurement can come out far below what the step itself reaches
     peaks = {"float32": matmul_peak()}
-    name = "tiny" if opts["quick"] else config.model.source
+    name = "tiny" if opts["quick"] else model_label(config)
     rows = []
     variants = [(8, False, "float32"), (0, False, "float32")]
     if opts["two_pass"]:

@@ -209,12 +209,22 @@ def read_hf_config(directory: str | os.PathLike, **overrides: Any) -> ModelConfi
 
 def load_hf_checkpoint(directory: str | os.PathLike, mesh: Mesh | None = None,
                        rules: Rules | None = None, dtype: Any = None, param_dtype: Any = None,
+                       random_init: bool = False,
                        **config_overrides: Any) -> tuple[Decoder, ModelConfig]:
-    """Load `config.json` + `*.safetensors` (sharded index supported) into a Decoder."""
+    """Load `config.json` + `*.safetensors` (sharded index supported) into a Decoder.
+
+    `random_init` (`model.random_init`): only `config.json` is read and the weights are random
+    (seed 0) -- the architecture's cost without its weights, for benchmarks on a machine the
+    weights cannot reach (`save_hf_architecture` writes such a directory)."""
     if not pathlib.Path(directory).exists():   # before config.json is looked for inside it
         raise CheckpointError(f"{directory}: checkpoint directory does not exist "
                               "(config.model.path)")
     config = read_hf_config(directory, **_dtype_overrides(dtype, param_dtype), **config_overrides)
+    if random_init:
+        from abpo_jax.models.decoder import create_sharded_model
+        model = (Decoder(config, rngs=nnx.Rngs(0)) if mesh is None
+                 else create_sharded_model(config, mesh))
+        return model, config
     files = safetensors_files(directory)
     model = place_weights(config, _hf_tensors(files, config), str(directory), mesh, rules)
     return model, config
@@ -478,17 +488,22 @@ def packaged_gguf_path(source: str, weight_cache: str | None = "") -> str:
 
 def load_model(source: str, path: str = "", mesh: Mesh | None = None, rules: Rules | None = None,
                dtype: Any = None, param_dtype: Any = None, weight_cache: str | None = "",
+               random_init: bool = False,
                **config_overrides: Any) -> tuple[Decoder, ModelConfig]:
     """Dispatch on `config.model.source`: smollm2 | gemma3_270m | hf | gguf (tiny is built by
     the caller).
 
     `weight_cache` (`model.weight_cache_dir`) applies to GGUF files, whose tensors need
-    dequantizing; safetensors are read as stored."""
+    dequantizing; safetensors are read as stored. `random_init` (hf only): random weights at
+    `config.json`'s architecture."""
+    if random_init and source != "hf":
+        raise ValueError(f"random_init needs config.model.source='hf', not {source!r}")
     if source in PACKAGED_MODELS:
         return PACKAGED_MODELS[source](mesh, rules, dtype, param_dtype, weight_cache,
                                        **config_overrides)
     if source == "hf":
-        return load_hf_checkpoint(path, mesh, rules, dtype, param_dtype, **config_overrides)
+        return load_hf_checkpoint(path, mesh, rules, dtype, param_dtype, random_init,
+                                  **config_overrides)
     if source == "gguf":
         return load_gguf(path, mesh, rules, dtype, param_dtype, weight_cache=weight_cache,
                          **config_overrides)
@@ -551,6 +566,32 @@ def hf_config_dict(config: ModelConfig) -> dict[str, Any]:
         d.update(model_type="llama", architectures=["LlamaForCausalLM"])
         d.pop("layer_types")
     return d
+
+
+def save_hf_architecture(config: ModelConfig, tokenizer: Any,
+                         directory: str | os.PathLike) -> pathlib.Path:
+    """Write `config.json` and the tokenizer files, no weights: a directory that
+    `model.source=hf model.random_init=True` builds the same architecture from (megabytes where
+    the weights are hundreds), for throughput benchmarks on a machine the weights cannot reach."""
+    d = pathlib.Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.json").write_text(json.dumps(hf_config_dict(config), indent=2))
+    tokenizer.save_hf_dir(d)
+    return d
+
+
+def save_packaged_architecture(source: str, directory: str | os.PathLike,
+                               weight_cache: str | None = "") -> pathlib.Path:
+    """`save_hf_architecture` for a packaged model (smollm2 | gemma3_270m), read from its GGUF's
+    metadata (the tensors are not read)."""
+    import gguf
+
+    from abpo_jax.models.tokenizer import load_tokenizer
+
+    path = packaged_gguf_path(source, weight_cache)
+    config = ModelConfig(**gguf_fields(gguf.GGUFReader(path), path))
+    return save_hf_architecture(config, load_tokenizer(source, weight_cache=weight_cache),
+                                directory)
 
 
 def save_hf_checkpoint(model: Decoder, directory: str | os.PathLike) -> pathlib.Path:

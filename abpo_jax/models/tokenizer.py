@@ -100,6 +100,20 @@ class Tokenizer:
                                    bos=self._token(self.bos_id),
                                    default_system=self.default_system)
 
+    def save_hf_dir(self, directory: str | os.PathLike) -> None:
+        """`tokenizer.json` + `tokenizer_config.json` (special tokens, chat template): what
+        `from_hf_dir` reads back."""
+        d = pathlib.Path(directory)
+        self.backend.save(str(d / "tokenizer.json"))
+        cfg = {key: self.id_to_token(i) for key, i in
+               (("eos_token", self.eos_id), ("pad_token", self.pad_id), ("bos_token", self.bos_id))
+               if i is not None}
+        if self.chat_template:
+            cfg["chat_template"] = self.chat_template
+        else:   # no template (Gemma's base GGUF): the built-in format it falls back to
+            cfg[CHAT_FAMILY_KEY] = self.family
+        (d / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2))
+
     # --- constructors -----------------------------------------------------------------------
     @classmethod
     def from_hf_dir(cls, directory: str | os.PathLike) -> "Tokenizer":
@@ -134,7 +148,8 @@ class Tokenizer:
         if eos_id is None:
             raise ValueError(f"{cfg_path}: eos_token is missing or not in the vocabulary")
         return cls(backend, eos_id=eos_id, pad_id=tok_id("pad_token"), bos_id=tok_id("bos_token"),
-                   chat_template=template, family=_family_from_template(template))
+                   chat_template=template,
+                   family=cfg.get(CHAT_FAMILY_KEY) or _family_from_template(template))
 
     @classmethod
     def from_gguf(cls, path: str | os.PathLike, reader: Any = None,
@@ -275,6 +290,10 @@ def item_tokenizer(short_ids: Sequence[str], tags: Sequence[str] = ITEM_TAGS) ->
     backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in tags])
     return Tokenizer(backend, eos_id=3, pad_id=0, bos_id=2, family="ids_only")
 
+
+# tokenizer_config.json key (ours; transformers ignores unknown keys) naming the built-in chat
+# format of a tokenizer that has no chat_template, as `save_hf_dir` writes it.
+CHAT_FAMILY_KEY = "abpo_jax_chat_family"
 
 TOKENIZER_SOURCES = ("smollm2", "gemma3_270m", "hf", "gguf", "tiny")
 

@@ -94,6 +94,14 @@ def model_overrides(model: Any) -> dict[str, Any]:
                 matmul_precision=model.matmul_precision)
 
 
+def load_configured_model(model: Any, mesh: Any = None) -> tuple[Any, Any]:
+    """(Decoder, ModelConfig) of a pretrained `config.model` with its compute settings, as a run
+    and the benchmarks build it."""
+    from abpo_jax.models.loaders import load_model
+    return load_model(model.source, model.path, mesh=mesh, weight_cache=model.weight_cache_dir,
+                      random_init=bool(model.get("random_init", False)), **model_overrides(model))
+
+
 def build_model(config: Any, vocab_size: int, mesh: Any, streams: RngStreams) -> nnx.Module:
     """The tiny item-id decoder or a pretrained model, born sharded, LoRA applied."""
     c = config.model
@@ -107,9 +115,7 @@ def build_model(config: Any, vocab_size: int, mesh: Any, streams: RngStreams) ->
                               **model_overrides(c))
         model = create_sharded_model(mc, mesh, rngs_seed=streams.model_init)
     else:
-        from abpo_jax.models.loaders import load_model
-        model, _ = load_model(c.source, c.path, mesh=mesh, weight_cache=c.weight_cache_dir,
-                              **model_overrides(c))
+        model, _ = load_configured_model(c, mesh)
     if int(c.lora.rank) > 0:
         from abpo_jax.models import lora
         model = lora.apply_lora(model, int(c.lora.rank), float(c.lora.alpha),

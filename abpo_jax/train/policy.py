@@ -39,7 +39,8 @@ def load_pretrained(config: Any) -> tuple[Any, Any]:
         raise ValueError("config.model.source=tiny is an untrained item-id model; recommend "
                          "needs smollm2, hf or gguf")
     model, _ = load_model(source, config.model.path, dtype=config.model.dtype,
-                          weight_cache=config.model.weight_cache_dir)
+                          weight_cache=config.model.weight_cache_dir,
+                          random_init=bool(config.model.get("random_init", False)))
     return model, load_tokenizer(source, config.model.path,
                                  weight_cache=config.model.weight_cache_dir)
 
