@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from abpo_jax.losses.abpo import sequence_self_certainty
+from abpo_jax.losses.abpo import sequence_self_certainty, token_self_certainty
 # (token_scores stays importable from here: text_learner, tests)
 from abpo_jax.models.lm_head import chunked_head, token_scores, token_scores_from_hidden
 from abpo_jax.sampling.trie import candidate_token_sequences
@@ -116,8 +116,8 @@ def packed_attention_mask(segments: jax.Array, positions: jax.Array) -> jax.Arra
     return mask | jnp.eye(segments.shape[1], dtype=bool)[None]
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _score_packed(graphdef, state, packed: PackedGroup) -> GroupScores:
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _score_packed(graphdef, state, packed: PackedGroup, shared_rows: int = 0) -> GroupScores:
     model = nnx.merge(graphdef, state)
     mask = packed_attention_mask(packed.segments, packed.positions)
     hidden, _ = model.hidden_states(packed.tokens, packed.positions, mask)
@@ -130,6 +130,13 @@ def _score_packed(graphdef, state, packed: PackedGroup) -> GroupScores:
                      packed.prompt_lengths[:, None, None] - 1, block[None])
     # Only these K*L rows go through the LM head (not the prompt's P rows), and a large
     # vocabulary's head in chunks (models/lm_head.py).
+    if 0 < shared_rows < l and not chunked_head(model.config):
+        logp, certainty = _shared_row_scores(model, hidden, rows, packed.completion_tokens,
+                                             shared_rows)
+        m = packed.completion_mask
+        logp, certainty = jnp.where(m, logp, 0.0), jnp.where(m, certainty, 0.0)
+        return GroupScores(sequence_logprobs=logp.sum(-1), token_logprobs=logp, mask=m,
+                           self_certainty=certainty)
     picked = jnp.take_along_axis(hidden, rows.reshape(b, k * l)[..., None], axis=1)
     if chunked_head(model.config):
         logp, certainty = token_scores_from_hidden(
@@ -144,10 +151,40 @@ def _score_packed(graphdef, state, packed: PackedGroup) -> GroupScores:
                        self_certainty=certainty)
 
 
-def score_packed(model: nnx.Module, packed: PackedGroup) -> GroupScores:
-    """Teacher-forced scores of every packed completion in one decoder pass (jit-compiled)."""
+def _shared_row_scores(model: Any, hidden: jax.Array, rows: jax.Array, targets: jax.Array,
+                       shared_rows: int) -> tuple[jax.Array, jax.Array]:
+    """(log-prob, self-certainty) [B, K, L] of every completion token, the LM head applied once
+    per prompt to the first `shared_rows` token positions.
+
+    Token j < shared_rows of every completion is predicted from the same context (the prompt,
+    then the completions' common token prefix: `<item_id>` for the item-id tokenizer), so its
+    logits row is the same for all K completions: taken from completion 0 and scored against
+    each completion's own token. Only the later rows, which differ per completion, go through
+    the head K times (the tiny policy: 2 + 2K rows per prompt instead of 4K).
+    """
+    b, k, l = targets.shape
+    s = shared_rows
+    first = jnp.take_along_axis(hidden, rows[:, 0, :s][..., None], axis=1)        # [B, s, D]
+    z = model.logits_from_hidden(first).astype(jnp.float32)                        # [B, s, V]
+    picked = z[jnp.arange(b)[:, None, None], jnp.arange(s)[None, None, :], targets[:, :, :s]]
+    shared_logp = picked - jax.nn.logsumexp(z, axis=-1)[:, None, :]                # [B, K, s]
+    shared_cert = jnp.broadcast_to(token_self_certainty(z)[:, None, :], (b, k, s))
+    rest = jnp.take_along_axis(hidden, rows[:, :, s:].reshape(b, k * (l - s))[..., None], axis=1)
+    logits = model.logits_from_hidden(rest)
+    logp, certainty = token_scores(logits.reshape(b, k, l - s, -1), targets[:, :, s:])
+    return (jnp.concatenate([shared_logp, logp], axis=-1),
+            jnp.concatenate([shared_cert, certainty], axis=-1))
+
+
+def score_packed(model: nnx.Module, packed: PackedGroup, shared_rows: int = 0) -> GroupScores:
+    """Teacher-forced scores of every packed completion in one decoder pass (jit-compiled).
+
+    `shared_rows` > 0: the caller guarantees every completion of a prompt starts with the same
+    `shared_rows - 1` tokens (e.g. `Encoder.shared_rows`), so the first `shared_rows` logits
+    rows are computed once per prompt (`_shared_row_scores`); 0 keeps the program that scores
+    every (completion, token) row separately."""
     graphdef, state = nnx.split(model)
-    return _score_packed(graphdef, state, jax.tree.map(jnp.asarray, packed))
+    return _score_packed(graphdef, state, jax.tree.map(jnp.asarray, packed), shared_rows)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -252,23 +289,24 @@ def pack_candidates(prompts: Sequence[Sequence[int]],
     return CandidateBatch(packed, item_span_mask(completions, C, L), valid)
 
 
-def candidate_scores(model: Any, batch: CandidateBatch, temperature: float = 1.0
-                     ) -> tuple[jax.Array, GroupScores]:
-    """(log pi~ [B, C] at `temperature`, the per-completion :class:`GroupScores`)."""
-    scores = score_packed(model, batch.packed)
+def candidate_scores(model: Any, batch: CandidateBatch, temperature: float = 1.0,
+                     shared_rows: int = 0) -> tuple[jax.Array, GroupScores]:
+    """(log pi~ [B, C] at `temperature`, the per-completion :class:`GroupScores`);
+    `shared_rows` as in :func:`score_packed`."""
+    scores = score_packed(model, batch.packed, shared_rows)
     return candidate_distribution(scores.sequence_logprobs, batch.valid, temperature), scores
 
 
-def score_candidates(model: Any, batch: CandidateBatch, certainty_on: str = "item"
-                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def score_candidates(model: Any, batch: CandidateBatch, certainty_on: str = "item",
+                     shared_rows: int = 0) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(log pi~ [B, C], summed completion log-probs [B, C], self-certainty [B, C]).
 
     The item-mode policy pi~_theta(c | x) = softmax_c(sum_t log pi_theta(o_c,t | x, o_c,<t)).
     Self-certainty is the mean of SC_t = logsumexp(z_t) - mean(z_t) (full vocabulary) over the
     item-id span (`certainty_on="item"`) or over all completion tokens ("completion").
-    Differentiable in the model's parameters.
+    Differentiable in the model's parameters. `shared_rows`: as in :func:`score_packed`.
     """
-    cand_logp, scores = candidate_scores(model, batch)
+    cand_logp, scores = candidate_scores(model, batch, shared_rows=shared_rows)
     m = batch.item_mask if certainty_on == "item" else scores.mask.astype(jnp.float32)
     return cand_logp, scores.sequence_logprobs, sequence_self_certainty(scores.self_certainty, m)
 

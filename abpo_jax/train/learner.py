@@ -189,7 +189,7 @@ def policy_objective(settings: abpo.LossSettings, batch: RLBatch, old_logp: jax.
 
 def make_policy_step(split: ModelSplit, tx: optax.GradientTransformation,
                      settings: abpo.LossSettings, ppo_epochs: int = 1,
-                     single_pass: bool = True) -> Callable:
+                     single_pass: bool = True, shared_rows: int = 0) -> Callable:
     """Pure policy-gradient step `(state, frozen, ref_params, batch, round_key) -> (state, metrics)`.
 
     `state` = {"params", "opt", "step", "skipped", "cert"} ("cert": running self-certainty
@@ -201,12 +201,14 @@ def make_policy_step(split: ModelSplit, tx: optax.GradientTransformation,
     (`jax.vjp`: forward, then rollouts and advantages from its outputs, then the backward), so
     there is no separate pi_old pass; the pi_ref pass is skipped when beta = 0.
     `single_pass=False` keeps the separate pi_old pre-pass anyway (the reference the
-    single-pass step is tested and benchmarked against).
+    single-pass step is tested and benchmarked against). `shared_rows`: logits rows scored
+    once per prompt (`Encoder.shared_rows`; 0 = every row apart).
     """
     certainty_on = settings.certainty_tokens
 
     def score(params, frozen, cands):
-        cand_logp, _, cert = score_candidates(split.merge(params, frozen), cands, certainty_on)
+        cand_logp, _, cert = score_candidates(split.merge(params, frozen), cands, certainty_on,
+                                              shared_rows)
         return cand_logp, cert
 
     def step(state, frozen, ref_params, batch: RLBatch, round_key):

@@ -37,6 +37,12 @@ class ItemCompletions:
             tokens[i, :len(s)] = s
         return cls(tokens, lengths)
 
+    def common_prefix(self) -> int:
+        """How many leading tokens every item's completion shares (`<item_id>`: 1)."""
+        n = int(self.lengths.min())
+        same = (self.tokens[:, :n] == self.tokens[:1, :n]).all(0)
+        return int(np.cumprod(same).sum())
+
 
 def item_span(comp: np.ndarray, lens: np.ndarray) -> np.ndarray:
     """float32 [B, C, L]: the tokens naming the item, i.e. without the token prefix and suffix

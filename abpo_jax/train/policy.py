@@ -66,6 +66,9 @@ class Encoder:
     completion_len: int = 0
     num_candidates: int = 0
     item_completions: ItemCompletions | None = None   # every item's completion tokens (lazy)
+    # logits rows scored once per prompt (`group_scoring.score_packed`): 1 + the token prefix
+    # every item's completion shares; 0 = every (candidate, token) row apart (former program)
+    shared_rows: int = 0
 
     def prompt_ids(self, example: Example) -> list[int]:
         messages = render_messages(example, self.titles, self.short_ids,
@@ -84,7 +87,8 @@ class Encoder:
         completion length from every item's completion (the table `encode` packs from) rather
         than the first 64 requests' + 2 tokens of room (event rounds: smaller steps; the user
         protocol keeps its shapes, so its results stay as they were); the prompt padded to a
-        multiple of 4 instead of 16 then (the tiny policy's 18-token prompts: 20, not 32)."""
+        multiple of 4 instead of 16 then (the tiny policy's 18-token prompts: 20, not 32), and the
+        logits rows the candidates share scored once per prompt (`shared_rows`)."""
         self.prompt_len = bucket(max(len(self.prompt_ids(e)) for e in examples),
                                  4 if exact else 16)
         self.num_candidates = max(len(e.candidates) for e in examples)
@@ -92,6 +96,8 @@ class Encoder:
             pad = int(getattr(self.tokenizer, "pad_id", 0) or 0)
             self.item_completions = ItemCompletions.build(self.tokenizer, self.short_ids, pad)
             self.completion_len = bucket(int(self.item_completions.lengths.max()), 4)
+            self.shared_rows = min(self.item_completions.common_prefix() + 1,
+                                   self.completion_len - 1)
             return self
         self.completion_len = max(len(o) for e in examples[:64] for o in self.completion_ids(e))
         self.completion_len = bucket(self.completion_len + 2, 4)  # room for longer ids
@@ -129,11 +135,11 @@ class Policy:
     show_progress: bool = False
 
     def __post_init__(self):
-        split, certainty_on = self.split, self.certainty_on
+        split, certainty_on, encoder = self.split, self.certainty_on, self.encoder
 
         def score(params, frozen, cands):
             logp, _, certainty = score_candidates(split.merge(params, frozen), cands,
-                                                  certainty_on)
+                                                  certainty_on, encoder.shared_rows)
             return logp, certainty
 
         replicated = NamedSharding(self.mesh, jax.sharding.PartitionSpec())

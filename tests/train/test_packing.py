@@ -137,3 +137,47 @@ def test_batch_featurizer_and_pipeline_equal_the_per_record_ones(tmp_path):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     assert count == 10                       # 40 records x 2 epochs / 8
+
+
+def test_shared_rows_score_like_every_row_apart():
+    """The head applied once per prompt to the rows every candidate shares (`shared_rows`:
+    the completions' common prefix + 1) gives the scores and gradients of the program that
+    scores every (candidate, token) row apart. Completions of several lengths (char tokens)."""
+    from flax import nnx
+
+    from abpo_jax.models.config import ModelConfig
+    from abpo_jax.models.decoder import Decoder
+    from abpo_jax.sampling.group_scoring import score_candidates
+
+    class Tok:
+        eos_id = 99
+
+        def encode(self, text):
+            return [ord(ch) % 97 for ch in text]
+
+    rng = np.random.default_rng(1)
+    table = ItemCompletions.build(Tok(), [str(i * 37 % 1000) for i in range(30)])
+    shared = table.common_prefix() + 1
+    assert shared == len("<item_id>") + 1   # the tag's characters, then the id's first
+    cands = np.stack([rng.choice(30, 5, replace=False) for _ in range(4)])
+    prompts = [list(rng.integers(1, 50, size=int(rng.integers(1, 9)))) for _ in range(4)]
+    batch = pack_requests(prompts, cands, table, prompt_len=8,
+                          completion_len=int(table.lengths.max()), pad_id=0)
+    model = Decoder(ModelConfig.tiny(100), rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model)
+
+    def scores(p, rows):
+        return score_candidates(nnx.merge(graphdef, p), batch, "completion", rows)
+
+    def objective(p, rows):
+        logp, seq, cert = scores(p, rows)
+        return (logp * np.arange(5)).sum() + 0.1 * seq.sum() + 0.01 * cert.sum()
+
+    # The same values up to float rounding: the head's matmul and logsumexp reduce over
+    # differently shaped arrays, so results may differ in the last bits (float32 eps ~1e-7
+    # relative; scores are O(10)).
+    for a, b in zip(scores(params, 0), scores(params, shared)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    g0, g1 = jax.grad(objective)(params, 0), jax.grad(objective)(params, shared)
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)

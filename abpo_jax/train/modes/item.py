@@ -87,7 +87,8 @@ class ItemMode:
 
     def make_policy_step(self, tx: optax.GradientTransformation, settings: abpo.LossSettings
                          ) -> PolicyStep:
-        return make_policy_step(self.split, tx, settings, self.ppo_epochs)
+        return make_policy_step(self.split, tx, settings, self.ppo_epochs,
+                                shared_rows=self.policy.encoder.shared_rows)
 
     def expose(self, params: Any, examples: Sequence[Example], logging: LoggingPolicy, k: int,
                desc: str) -> dict[str, Any]:
