@@ -40,11 +40,6 @@ def get_config():
     c.rounds.requests_per_round = 10_000
     c.rounds.eval_requests = 1_000
     c.model.source = "tiny"
-    c.model.tiny.hidden = 64
-    c.model.tiny.layers = 2
-    c.model.tiny.heads = 4
-    c.model.tiny.kv_heads = 2
-    c.model.tiny.intermediate = 128
     c.loss.num_generations = 4
     c.train.learning_rate = 1e-3
     c.train.sft_learning_rate = 3e-3
