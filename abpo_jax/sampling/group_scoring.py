@@ -119,9 +119,19 @@ def packed_attention_mask(segments: jax.Array, positions: jax.Array) -> jax.Arra
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _score_packed(graphdef, state, packed: PackedGroup, shared_rows: int = 0) -> GroupScores:
     model = nnx.merge(graphdef, state)
+    b, k, l = packed.completion_tokens.shape
+    if 0 < shared_rows < l and not chunked_head(model.config):
+        tokens, positions, segments, rows = _compact_layout(packed, shared_rows)
+        hidden, _ = model.hidden_states(tokens, positions,
+                                        packed_attention_mask(segments, positions))
+        logp, certainty = _shared_row_scores(model, hidden, rows, packed.completion_tokens,
+                                             shared_rows)
+        m = packed.completion_mask
+        logp, certainty = jnp.where(m, logp, 0.0), jnp.where(m, certainty, 0.0)
+        return GroupScores(sequence_logprobs=logp.sum(-1), token_logprobs=logp, mask=m,
+                           self_certainty=certainty)
     mask = packed_attention_mask(packed.segments, packed.positions)
     hidden, _ = model.hidden_states(packed.tokens, packed.positions, mask)
-    b, k, l = packed.completion_tokens.shape
     p = packed.tokens.shape[1] - k * l
     # Row of the logits that predicts completion token (k, j): the prompt's last token for
     # j = 0, otherwise token j-1 of the same completion block.
@@ -130,13 +140,6 @@ def _score_packed(graphdef, state, packed: PackedGroup, shared_rows: int = 0) ->
                      packed.prompt_lengths[:, None, None] - 1, block[None])
     # Only these K*L rows go through the LM head (not the prompt's P rows), and a large
     # vocabulary's head in chunks (models/lm_head.py).
-    if 0 < shared_rows < l and not chunked_head(model.config):
-        logp, certainty = _shared_row_scores(model, hidden, rows, packed.completion_tokens,
-                                             shared_rows)
-        m = packed.completion_mask
-        logp, certainty = jnp.where(m, logp, 0.0), jnp.where(m, certainty, 0.0)
-        return GroupScores(sequence_logprobs=logp.sum(-1), token_logprobs=logp, mask=m,
-                           self_certainty=certainty)
     picked = jnp.take_along_axis(hidden, rows.reshape(b, k * l)[..., None], axis=1)
     if chunked_head(model.config):
         logp, certainty = token_scores_from_hidden(
@@ -149,6 +152,41 @@ def _score_packed(graphdef, state, packed: PackedGroup, shared_rows: int = 0) ->
     logp, certainty = jnp.where(m, logp, 0.0), jnp.where(m, certainty, 0.0)
     return GroupScores(sequence_logprobs=logp.sum(-1), token_logprobs=logp, mask=m,
                        self_certainty=certainty)
+
+
+def _compact_layout(packed: PackedGroup, shared_rows: int
+                    ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """(tokens, positions, segments [B, T'], rows [B, K, L]) of the decoder input without the
+    columns no score needs: the completions' common prefix (`shared_rows - 1` tokens) once per
+    prompt instead of K times, and no completion's last column (it predicts nothing and no
+    later token of its block attends to it). T' = P + (s-1) + K(L-s) instead of P + KL (the
+    tiny policy, C = 8: 37 tokens instead of 52).
+
+    Every query sees the same keys at the same positions as in the full layout: the shared
+    prefix is marked as prompt (segment 0), so every completion attends to it, and its
+    positions follow the prompt's, so the prompt (earlier positions) does not. rows[b, k, j]:
+    the column whose logits predict completion token j (the prompt's last token for j = 0,
+    the shared prefix's token j-1 for j < s, else token j-1 of completion k)."""
+    b, k, l = packed.completion_tokens.shape
+    p = packed.tokens.shape[1] - k * l
+    pre, own = shared_rows - 1, l - shared_rows
+    n = packed.prompt_lengths[:, None]
+    comp, cmask = packed.completion_tokens, packed.completion_mask
+    own_mask = cmask[:, :, pre:l - 1]
+    own_pos = jnp.where(own_mask, n[..., None] + pre + jnp.arange(own), 0)
+    own_seg = jnp.where(own_mask, jnp.arange(1, k + 1)[None, :, None], -1)
+    tokens = jnp.concatenate([packed.tokens[:, :p], comp[:, 0, :pre],
+                              comp[:, :, pre:l - 1].reshape(b, k * own)], axis=1)
+    positions = jnp.concatenate([packed.positions[:, :p],
+                                 jnp.where(cmask[:, 0, :pre], n + jnp.arange(pre), 0),
+                                 own_pos.reshape(b, k * own)], axis=1)
+    segments = jnp.concatenate([packed.segments[:, :p], jnp.where(cmask[:, 0, :pre], 0, -1),
+                                own_seg.reshape(b, k * own)], axis=1)
+    j = jnp.arange(l)[None, None, :]
+    rows = jnp.where(j == 0, n[..., None] - 1,
+                     jnp.where(j < shared_rows, p + j - 1,
+                               p + pre + jnp.arange(k)[None, :, None] * own + j - shared_rows))
+    return tokens, positions.astype(jnp.int32), segments.astype(jnp.int32), rows
 
 
 def _shared_row_scores(model: Any, hidden: jax.Array, rows: jax.Array, targets: jax.Array,
