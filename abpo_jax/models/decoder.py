@@ -17,6 +17,7 @@ compute the same function; `stack_layers_state` / `unstack_layers_state` convert
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -242,19 +243,18 @@ class Attention(nnx.Module):
 
     def __call__(self, x: Array, positions: Array, mask: Array, k_cache: Array | None,
                  v_cache: Array | None, key_positions: Array, index: Array | None,
-                 layer: Array | int = 0, rope: tuple[Array, Array] | None = None
-                 ) -> tuple[Array, Array, Array]:
-        """Returns (output [B,T,D], keys, values).
+                 rope: tuple[Array, Array] | None = None) -> tuple[Array, Array, Array]:
+        """Returns (output [B,T,D], this call's keys, values [B,T,n_kv,head_dim]).
 
         `rope` = (inv_freq [head_dim/2], window scalar) overrides this layer's static RoPE
         frequencies and sliding window (scanned layout: one module serves every layer type;
         a window >= NO_WINDOW means full attention).
 
-        With a cache, `k_cache`/`v_cache` are the stacked caches of all layers [L,B,S_max,..];
-        this call's keys/values are written into layer `layer` at slot `index` and the updated
-        stacks are returned. Only the T new slots are written (in place inside jit/while loops):
-        writing a whole per-layer slice back into the stack made XLA copy the full stacked
-        cache once per layer and step.
+        With a cache, `k_cache`/`v_cache` are this layer's cache [B,S_max,..]: the queries
+        attend to it with this call's keys/values written at slot `index` (a local copy; the
+        caller writes the returned new keys/values [B,T,..] into the stacked cache once, after
+        all layers: updating a stacked cache carried through the layers made XLA copy the
+        whole stack once per layer and decode step).
         """
         c = self.config
         b, t, _ = x.shape
@@ -270,14 +270,11 @@ class Attention(nnx.Module):
         q = apply_rope(q, positions, inv_freq)
         k = apply_rope(k, positions, inv_freq)
         q = constrain(q, ("batch", "length", "heads", "head_dim"))
+        new_k, new_v = k, v
         if k_cache is not None:
-            start = (layer, 0, index, 0, 0)
-            k_cache = constrain(jax.lax.dynamic_update_slice(
-                k_cache, k.astype(k_cache.dtype)[None], start), CACHE_AXES)
-            v_cache = constrain(jax.lax.dynamic_update_slice(
-                v_cache, v.astype(v_cache.dtype)[None], start), CACHE_AXES)
-            k = jax.lax.dynamic_index_in_dim(k_cache, layer, keepdims=False)
-            v = jax.lax.dynamic_index_in_dim(v_cache, layer, keepdims=False)
+            start = (0, index, 0, 0)
+            k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), start)
+            v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), start)
         k = constrain(k, ("batch", "length", "kv_heads", "head_dim"))
         v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
 
@@ -292,9 +289,7 @@ class Attention(nnx.Module):
                 scale=c.attention_scale,
                 implementation=None if c.attention_backend == "auto" else c.attention_backend)
             out = out.reshape(b, t, c.num_heads * c.head_dim)
-            if k_cache is not None:
-                return self.o_proj(out), k_cache, v_cache
-            return self.o_proj(out), k, v
+            return self.o_proj(out), new_k, new_v
         groups = c.num_heads // c.num_kv_heads
         qg = q.reshape(b, t, c.num_kv_heads, groups, c.head_dim)
         scores = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(q.dtype),
@@ -306,9 +301,7 @@ class Attention(nnx.Module):
         probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
         out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(q.dtype))
         out = out.reshape(b, t, c.num_heads * c.head_dim)
-        if k_cache is not None:
-            return self.o_proj(out), k_cache, v_cache
-        return self.o_proj(out), k, v
+        return self.o_proj(out), new_k, new_v
 
 
 class MLP(nnx.Module):
@@ -347,10 +340,9 @@ class Block(nnx.Module):
 
     def __call__(self, x: Array, positions: Array, mask: Array, k_cache: Array | None,
                  v_cache: Array | None, key_positions: Array, index: Array | None,
-                 layer: Array | int = 0, rope: tuple[Array, Array] | None = None
-                 ) -> tuple[Array, Array, Array]:
+                 rope: tuple[Array, Array] | None = None) -> tuple[Array, Array, Array]:
         h, k, v = self.self_attn(self.input_layernorm(x), positions, mask, k_cache, v_cache,
-                                 key_positions, index, layer, rope)
+                                 key_positions, index, rope)
         if self.sandwich:
             x = x + self.post_attention_layernorm(h)
             x = x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
@@ -476,17 +468,27 @@ class Decoder(nnx.Module):
                 raise ValueError(f"attn_mask has {attn_mask.shape[-1]} keys for {t} tokens")
             key_positions, ks, vs, index = positions, None, None, None
         if c.scan_layers:
-            x, ks, vs = self._scan_layers(x, positions, attn_mask, ks, vs, key_positions, index,
-                                          remat=c.remat and cache is None)
+            x, new_k, new_v = self._scan_layers(x, positions, attn_mask, ks, vs, key_positions,
+                                                index, remat=c.remat and cache is None)
         else:
             # Cached passes (sampling) are never differentiated, and nnx.remat inside the decode
             # while_loop would try to lift the outer trace's Params: remat cache-free passes only.
             call = _remat_block_call if c.remat and cache is None else _block_call
+            new_ks, new_vs = [], []
             for i, block in enumerate(self.layers):
-                # Every layer threads the whole stacked cache and writes only its new slots.
-                x, k, v = call(block, x, positions, attn_mask, ks, vs, key_positions, index, i)
-                if ks is not None:
-                    ks, vs = k, v
+                x, k, v = call(block, x, positions, attn_mask, None if ks is None else ks[i],
+                               None if vs is None else vs[i], key_positions, index)
+                new_ks.append(k)
+                new_vs.append(v)
+        if cache is not None:
+            if not c.scan_layers:
+                new_k, new_v = jnp.stack(new_ks), jnp.stack(new_vs)
+            # The T new slots of every layer, written once (in place inside jit/while loops).
+            start = (0, 0, index, 0, 0)
+            ks = constrain(jax.lax.dynamic_update_slice(ks, new_k.astype(ks.dtype), start),
+                           CACHE_AXES)
+            vs = constrain(jax.lax.dynamic_update_slice(vs, new_v.astype(vs.dtype), start),
+                           CACHE_AXES)
         x = self.norm(x)
         new_cache = None
         if cache is not None:
@@ -498,30 +500,28 @@ class Decoder(nnx.Module):
                      remat: bool) -> tuple[Array, Array | None, Array | None]:
         """All layers as one `jax.lax.scan` over the stacked block parameters.
 
-        Carry: the hidden states and (when decoding) the whole stacked KV cache, into which
-        layer i writes its new slots in place, exactly as the unscanned loop does. xs: each
-        layer's parameters, its index, RoPE frequencies and window.
+        Carry: the hidden states. xs: each layer's parameters, RoPE frequencies and window and
+        (when decoding) its read-only cache slice. ys: each layer's new keys/values
+        [L,B,T,..], which the caller writes into the stacked cache once.
         """
         c = self.config
         graphdef, state = nnx.split(self.layers)
         inv_freq, windows = layer_rope_tables(c)
         sliding = "sliding" in c.layer_types
 
-        def body(carry, xs):
-            h, k_all, v_all = carry
-            layer_state, i, inv_i, window_i = xs
+        def body(h, xs):
+            layer_state, inv_i, window_i, k_i, v_i = xs
             block = nnx.merge(graphdef, layer_state)
-            h, k, v = block(h, positions, attn_mask, k_all, v_all, key_positions, index, i,
+            h, k, v = block(h, positions, attn_mask, k_i, v_i, key_positions, index,
                             (inv_i, window_i if sliding else None))
-            return (h, k if k_all is not None else None, v if v_all is not None else None), None
+            return h, ((k, v) if k_i is not None else None)   # training: no [L,..] stack
 
         if remat:
             policy = getattr(jax.checkpoint_policies, c.remat_policy)
             body = jax.checkpoint(body, policy=policy, prevent_cse=False)
-        xs = (state, jnp.arange(c.num_layers, dtype=jnp.int32), jnp.asarray(inv_freq),
-              jnp.asarray(windows))
-        (x, ks, vs), _ = jax.lax.scan(body, (x, ks, vs), xs)
-        return x, ks, vs
+        xs = (state, jnp.asarray(inv_freq), jnp.asarray(windows), ks, vs)
+        x, new_kv = jax.lax.scan(body, x, xs)
+        return (x, *new_kv) if ks is not None else (x, None, None)
 
     def logits_from_hidden(self, x: Array) -> Array:
         """LM head (tied or not) and optional final soft-capping; float32 logits."""
@@ -548,6 +548,36 @@ class Decoder(nnx.Module):
         """
         x, new_cache = self.hidden_states(tokens, positions, attn_mask, cache)
         return self.logits_from_hidden(x), new_cache
+
+
+def decoding_layout(model: Decoder) -> Decoder:
+    """`model` with its layers unstacked (an `nnx.List`, run by a Python loop), for use inside
+    a jitted decode loop; the model itself when already unstacked.
+
+    A scanned layer stack slices every layer's weights with a dynamic index, which XLA:CPU
+    materialises as a copy of each weight per decode step (the whole model per token: ~0.5 GB
+    for SmolLM2, most of a decode step). Here each layer's weights are sliced once, before the
+    loop, and an optimization barrier keeps XLA from sinking the slices back into it.
+    Same function, so the same numbers as the stacked model (tests/models/test_scan_layers.py).
+    """
+    c = model.config
+    if not c.scan_layers:
+        return model
+    flat_c = dataclasses.replace(c, scan_layers=False)
+    graphdefs = []
+
+    def build() -> nnx.State:   # abstract; jax.eval_shape (not nnx's) applies no shardings
+        graphdef, state = nnx.split(Decoder(flat_c, rngs=nnx.Rngs(0)))
+        graphdefs.append(graphdef)
+        return state
+
+    target = jax.eval_shape(build)
+    graphdef = graphdefs[0]
+    values = {path: v[...] for path, v in nnx.to_flat_state(nnx.state(model))}
+    values = jax.lax.optimization_barrier(unstack_layers_state(values, c.num_layers))
+    state = nnx.from_flat_state([(path, v.replace(values[path]))
+                                 for path, v in nnx.to_flat_state(target)])
+    return nnx.merge(graphdef, state)
 
 
 def create_sharded_model(config: ModelConfig, mesh: Any, rngs_seed: int = 0) -> Decoder:

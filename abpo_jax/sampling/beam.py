@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from abpo_jax.models.decoder import decoding_layout
 from abpo_jax.sampling import trie as trie_lib
 from abpo_jax.sampling.generate import prefill
 
@@ -88,7 +89,7 @@ def _take(x: jax.Array, idx: jax.Array) -> jax.Array:
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _beam_search(graphdef, params: BeamParams, eos_id: int, state, prompt_tokens, prompt_mask,
                  trie) -> Beams:
-    model = nnx.merge(graphdef, state)
+    model = decoding_layout(nnx.merge(graphdef, state))
     b, p = prompt_tokens.shape
     k, n, lp = params.num_beams, params.max_new_tokens, params.length_penalty
     rows = b * k

@@ -30,7 +30,7 @@ import numpy as np
 from flax import nnx
 
 from abpo_jax.losses.abpo import token_self_certainty
-from abpo_jax.models.decoder import init_cache
+from abpo_jax.models.decoder import decoding_layout, init_cache
 from abpo_jax.sampling import trie as trie_lib
 
 
@@ -142,7 +142,7 @@ def draw(z: jax.Array, keys: jax.Array, temperature: float, top_k: int,
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _generate(graphdef, params: SamplingParams, eos_id: int, state, prompt_tokens, prompt_mask,
               rng, trie: trie_lib.Trie | None) -> Samples:
-    model = nnx.merge(graphdef, state)
+    model = decoding_layout(nnx.merge(graphdef, state))
     b, p = prompt_tokens.shape
     g, n = params.num_samples, params.max_new_tokens
     slots = jnp.arange(p + n)

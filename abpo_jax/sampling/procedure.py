@@ -47,6 +47,7 @@ from flax import nnx
 
 from abpo_jax.data.prompts import THINK_CLOSE
 from abpo_jax.losses.abpo import token_self_certainty
+from abpo_jax.models.decoder import decoding_layout
 from abpo_jax.sampling import trie as trie_lib
 from abpo_jax.sampling.generate import draw, filter_logits, prefill
 
@@ -134,7 +135,7 @@ def _per_prompt(fn, trie: trie_lib.Trie, b: int, g: int, *row_arrays: jax.Array)
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _sample(graphdef, procedure: Procedure, num_samples: int, eos_id: int, state, prompt_tokens,
             prompt_mask, rng, trie: trie_lib.Trie) -> TextSamples:
-    model = nnx.merge(graphdef, state)
+    model = decoding_layout(nnx.merge(graphdef, state))
     b, p = prompt_tokens.shape
     g, n = num_samples, procedure.completion_length
     rows = b * g
