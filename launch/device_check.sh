@@ -26,7 +26,7 @@ out=${OUT_DIR:-runs/device_check}
 if [ "${1:-}" = "--prepare" ]; then
   dir=${2:?usage: bash launch/device_check.sh --prepare DIR}
   for model in $models; do
-    "$py" -c 'import sys; from abpo_jax.models.loaders import save_packaged_architecture as s
+    "$py" -c 'import sys; from abpo_jax.models.architecture_dir import save_packaged_architecture as s
 print("wrote", s(sys.argv[1], sys.argv[2]))' "$model" "$dir/arch/$model"
   done
   # ML-100k as recbole ships it, under a package directory that find_spec locates (no import)

@@ -215,7 +215,7 @@ def load_hf_checkpoint(directory: str | os.PathLike, mesh: Mesh | None = None,
 
     `random_init` (`model.random_init`): only `config.json` is read and the weights are random
     (seed 0) -- the architecture's cost without its weights, for benchmarks on a machine the
-    weights cannot reach (`save_hf_architecture` writes such a directory)."""
+    weights cannot reach (`models/architecture_dir.py` writes such a directory)."""
     if not pathlib.Path(directory).exists():   # before config.json is looked for inside it
         raise CheckpointError(f"{directory}: checkpoint directory does not exist "
                               "(config.model.path)")
@@ -566,32 +566,6 @@ def hf_config_dict(config: ModelConfig) -> dict[str, Any]:
         d.update(model_type="llama", architectures=["LlamaForCausalLM"])
         d.pop("layer_types")
     return d
-
-
-def save_hf_architecture(config: ModelConfig, tokenizer: Any,
-                         directory: str | os.PathLike) -> pathlib.Path:
-    """Write `config.json` and the tokenizer files, no weights: a directory that
-    `model.source=hf model.random_init=True` builds the same architecture from (megabytes where
-    the weights are hundreds), for throughput benchmarks on a machine the weights cannot reach."""
-    d = pathlib.Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "config.json").write_text(json.dumps(hf_config_dict(config), indent=2))
-    tokenizer.save_hf_dir(d)
-    return d
-
-
-def save_packaged_architecture(source: str, directory: str | os.PathLike,
-                               weight_cache: str | None = "") -> pathlib.Path:
-    """`save_hf_architecture` for a packaged model (smollm2 | gemma3_270m), read from its GGUF's
-    metadata (the tensors are not read)."""
-    import gguf
-
-    from abpo_jax.models.tokenizer import load_tokenizer
-
-    path = packaged_gguf_path(source, weight_cache)
-    config = ModelConfig(**gguf_fields(gguf.GGUFReader(path), path))
-    return save_hf_architecture(config, load_tokenizer(source, weight_cache=weight_cache),
-                                directory)
 
 
 def save_hf_checkpoint(model: Decoder, directory: str | os.PathLike) -> pathlib.Path:

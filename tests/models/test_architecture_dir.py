@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from abpo_jax.config import ConfigError, base_config, validate
-from abpo_jax.models import loaders
+from abpo_jax.models import architecture_dir, loaders
 from abpo_jax.models.decoder import Decoder
 from abpo_jax.models.tokenizer import Tokenizer, item_tokenizer, load_tokenizer
 
@@ -20,7 +20,7 @@ def test_smollm2_architecture_dir_matches_the_gguf(tmp_path):
     gguf = pytest.importorskip("gguf")
     path = loaders.smollm2_gguf_path()
     want = loaders.ModelConfig(**loaders.gguf_fields(gguf.GGUFReader(path), path))
-    d = loaders.save_packaged_architecture("smollm2", tmp_path / "arch")
+    d = architecture_dir.save_packaged_architecture("smollm2", tmp_path / "arch")
     assert not list(d.glob("*.safetensors"))   # weightless: megabytes, not the model
     assert loaders.read_hf_config(d) == want
 
