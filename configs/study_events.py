@@ -11,12 +11,13 @@ a test window. Each round deploys the method's policy on 10,000 events of its wi
 updates, and is evaluated on 1,000 events of the next window (validation, before they are
 deployed on) and of the test window. A user appears in many requests of a round.
 
-Time (bench_round, event-round shapes, this 2-core machine while other jobs loaded it: 57-86
-requests/s end to end per trained method): one cell = 5 rounds x (4 trained methods + no_update)
-x 10,000 requests is ~1 hour, so the 20-cell grid is ~10 hours with 2 workers here; on a cluster
-run it as an array job (one cell per task, README "Studies across processes and machines").
-A one-hour look on 2 cores: --config.rounds.requests_per_round=2000 --config.study.seeds=2
-(8 cells of ~12 min, 2 at a time).
+Time, measured on this 2-core machine with study.workers=2 (one round of 10,000 requests per
+cell, 5 seeds): 6 methods x 2 conditions (docs/study_events_mnl) ran 4 cells in ~10 min (two at
+a time) on an otherwise idle machine, 8 mostly policy-gradient methods x 1 condition
+(docs/study_events_ablation) 67 min for 5 cells while other jobs loaded it. The full grid below
+(5 rounds, 20 cells) is hours here; on a cluster run it as an array job (one cell per task,
+README "Studies across processes and machines"), or start with
+--config.rounds.num_rounds=1 and two conditions, as the committed pages did.
 
 Conditions: base and popularity logging (logging logits + 1.0 log(1 + item count)), each with
 the fitted MNL simulator (`mnl`) and with real behaviour (`replay`: a click iff the user
