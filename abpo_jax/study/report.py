@@ -26,8 +26,8 @@ def summarize(cells: Sequence[Mapping[str, Any]], methods: Sequence[str],
               ) -> dict[str, Any]:
     """cells: [{"condition", "seed", "rows": metrics rows, "seconds"}] -> the study dict."""
     out: dict[str, Any] = {"setup": dict(setup), "methods": list(methods), "conditions": {},
-                           "cells": [{k: c[k] for k in ("condition", "seed", "seconds")}
-                                     for c in cells]}
+                           "cells": [{k: c[k] for k in ("condition", "seed", "seconds", "code")
+                                      if k in c} for c in cells]}
     for name, overrides in conditions.items():
         mine = sorted((c for c in cells if c["condition"] == name), key=lambda c: c["seed"])
         if not mine:
@@ -234,6 +234,9 @@ def render_results(study: Mapping[str, Any]) -> str:
     lines += [f"- {x}" for x in where_abpo_does_not_win(study)]
     wall = sum(c["seconds"] for c in study["cells"])
     lines += ["", f"Wall time: {wall / 60:.1f} min over {len(study['cells'])} cells.", ""]
+    codes = sorted({c["code"] for c in study["cells"] if "code" in c})
+    if codes:   # more than one: the cells ran different code (runner.code_version)
+        lines[-1:] = [f"Code: {', '.join(codes)}.", ""]
     return "\n".join(lines)
 
 

@@ -99,14 +99,29 @@ def _write_json(path: pathlib.Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1))
 
 
+def code_version() -> str:
+    """The code a cell ran: `git describe --always --dirty` of the checkout abpo_jax was
+    imported from, else the package version (an installed wheel). Cells import the working tree
+    when they start, so a study whose cells disagree here mixed code versions."""
+    from abpo_jax import __version__
+    here = pathlib.Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=here,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else __version__
+
+
 def run_cell(config: ml_collections.ConfigDict, cell_dir: pathlib.Path) -> dict[str, Any]:
     """Run (or resume) one continual run, its table and logs going to `cell_dir/run.log`."""
     from abpo_jax.train import rounds
     cell_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    code = code_version()
     with open(cell_dir / "run.log", "a") as log, contextlib.redirect_stdout(log):
         rows = rounds.main(config)
-    return {"rows": rows, "seconds": time.time() - t0}
+    return {"rows": rows, "seconds": time.time() - t0, "code": code}
 
 
 def cells_of(config: ml_collections.ConfigDict) -> list[tuple[str, int]]:

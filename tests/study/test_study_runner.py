@@ -40,6 +40,9 @@ def test_study_end_to_end_and_resume(tmp_path, capsys):
     assert cells == ["base/seed_0", "base/seed_1", "t2/seed_0", "t2/seed_1"]
     saved = json.loads((out / "study.json").read_text())
     assert (out / "results.md").read_text() == report.render_results(saved)
+    # every cell records the code it ran, and the page says it (one version: nothing mixed)
+    assert {c["code"] for c in saved["cells"]} == {runner.code_version()}
+    assert f"Code: {runner.code_version()}." in report.render_results(saved)
     assert list((out / "plots").glob("base_ndcg_at_5.png"))
     tests = saved["conditions"]["base"]["tests"]["ndcg@5"]
     assert set(tests) == {"no_update", "grpo"} and set(tests["no_update"]) == {"abpo", "grpo"}
