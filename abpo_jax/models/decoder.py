@@ -46,7 +46,7 @@ class KVCache:
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[2]
+        return self.positions.shape[1]   # k/v may be per-layer tuples (decoding_prefix)
 
 
 def init_cache(config: ModelConfig, batch: int, max_len: int, dtype: Any = jnp.float32) -> KVCache:
@@ -243,7 +243,8 @@ class Attention(nnx.Module):
 
     def __call__(self, x: Array, positions: Array, mask: Array, k_cache: Array | None,
                  v_cache: Array | None, key_positions: Array, index: Array | None,
-                 rope: tuple[Array, Array] | None = None) -> tuple[Array, Array, Array]:
+                 rope: tuple[Array, Array] | None = None,
+                 prefix: tuple[Array, Array] | None = None) -> tuple[Array, Array, Array]:
         """Returns (output [B,T,D], this call's keys, values [B,T,n_kv,head_dim]).
 
         `rope` = (inv_freq [head_dim/2], window scalar) overrides this layer's static RoPE
@@ -255,6 +256,12 @@ class Attention(nnx.Module):
         caller writes the returned new keys/values [B,T,..] into the stacked cache once, after
         all layers: updating a stacked cache carried through the layers made XLA copy the
         whole stack once per layer and decode step).
+
+        `prefix` = (keys, values [B_p,P,n_kv,head_dim]): this layer's read-only prompt keys and
+        values, shared by the R/B_p consecutive rows of each prompt (decoding with a prefix
+        cache, :meth:`Decoder.hidden_states`); the keys are then [prefix | cache] (mask and
+        `key_positions` [R,P+S_max] cover both), attended to by the dense path whatever
+        `config.attention`.
         """
         c = self.config
         b, t, _ = x.shape
@@ -282,6 +289,8 @@ class Attention(nnx.Module):
             # Sliding window (HF semantics): key s visible iff pos_q - pos_k < window.
             near = (positions[:, :, None] - key_positions[:, None, :]) < window
             mask = mask & near
+        if prefix is not None:
+            return self.o_proj(self._prefix_attention(q, k, v, mask, *prefix)), new_k, new_v
         if c.attention == "dot_product_attention":
             # GQA natively ([B,T,N,H] queries, [B,S,K,H] keys); fused kernel where available.
             out = jax.nn.dot_product_attention(
@@ -294,14 +303,42 @@ class Attention(nnx.Module):
         qg = q.reshape(b, t, c.num_kv_heads, groups, c.head_dim)
         scores = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(q.dtype),
                             preferred_element_type=jnp.float32) * c.attention_scale
-        if c.attn_logit_softcapping:
-            cap = c.attn_logit_softcapping
-            scores = jnp.tanh(scores / cap) * cap
-        scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+        probs = self._masked_softmax(scores, mask[:, None, None, :, :]).astype(q.dtype)
         out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(q.dtype))
         out = out.reshape(b, t, c.num_heads * c.head_dim)
         return self.o_proj(out), new_k, new_v
+
+    def _masked_softmax(self, scores: Array, mask: Array) -> Array:
+        """softmax over the last (key) axis of soft-capped float32 scores where `mask`."""
+        if self.config.attn_logit_softcapping:
+            cap = self.config.attn_logit_softcapping
+            scores = jnp.tanh(scores / cap) * cap
+        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+        return jax.nn.softmax(scores, axis=-1)
+
+    def _prefix_attention(self, q: Array, k: Array, v: Array, mask: Array, prefix_k: Array,
+                          prefix_v: Array) -> Array:
+        """Dense attention of queries q [R,T,N,H] over [prefix | cache] keys: the prefix's
+        [B_p,P,..] once per prompt (its G = R/B_p rows' queries batched against it: never
+        repeated per row), the cache's k, v [R,S,..] per row; mask [R,T,P+S]. -> [R,T,N*H]."""
+        c = self.config
+        r, t = q.shape[:2]
+        bp, p = prefix_k.shape[:2]
+        g, groups = r // bp, c.num_heads // c.num_kv_heads
+        qg = q.reshape(bp, g, t, c.num_kv_heads, groups, c.head_dim)
+        kg = k.astype(q.dtype).reshape(bp, g, -1, c.num_kv_heads, c.head_dim)
+        vg = v.astype(q.dtype).reshape(bp, g, -1, c.num_kv_heads, c.head_dim)
+        f32 = jnp.float32
+        scores = jnp.concatenate([
+            jnp.einsum("bGtkgd,bskd->bGkgts", qg, prefix_k.astype(q.dtype),
+                       preferred_element_type=f32),
+            jnp.einsum("bGtkgd,bGskd->bGkgts", qg, kg, preferred_element_type=f32)],
+            axis=-1) * c.attention_scale
+        mask = mask.reshape(bp, g, 1, 1, t, mask.shape[-1])
+        probs = self._masked_softmax(scores, mask).astype(q.dtype)
+        out = (jnp.einsum("bGkgts,bskd->bGtkgd", probs[..., :p], prefix_v.astype(q.dtype))
+               + jnp.einsum("bGkgts,bGskd->bGtkgd", probs[..., p:], vg))
+        return out.reshape(r, t, c.num_heads * c.head_dim)
 
 
 class MLP(nnx.Module):
@@ -340,9 +377,10 @@ class Block(nnx.Module):
 
     def __call__(self, x: Array, positions: Array, mask: Array, k_cache: Array | None,
                  v_cache: Array | None, key_positions: Array, index: Array | None,
-                 rope: tuple[Array, Array] | None = None) -> tuple[Array, Array, Array]:
+                 rope: tuple[Array, Array] | None = None,
+                 prefix: tuple[Array, Array] | None = None) -> tuple[Array, Array, Array]:
         h, k, v = self.self_attn(self.input_layernorm(x), positions, mask, k_cache, v_cache,
-                                 key_positions, index, rope)
+                                 key_positions, index, rope, prefix)
         if self.sandwich:
             x = x + self.post_attention_layernorm(h)
             x = x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
@@ -449,27 +487,47 @@ class Decoder(nnx.Module):
         return x
 
     def hidden_states(self, tokens: Array, positions: Array, attn_mask: Array,
-                      cache: KVCache | None = None) -> tuple[Array, KVCache | None]:
-        """Final-norm hidden states [B,T,D] (before the LM head) and the updated cache."""
+                      cache: KVCache | None = None,
+                      prefix: KVCache | None = None) -> tuple[Array, KVCache | None]:
+        """Final-norm hidden states [B,T,D] (before the LM head) and the updated cache.
+
+        `prefix` (decoding; needs `cache`): a read-only cache of B_p prompts [L,B_p,P,..]
+        (every slot written, e.g. by a prefill into a P-slot cache) that each group of
+        B/B_p consecutive rows attends to before its own `cache`: attn_mask is then
+        [B,T,P+S_max], the prefix's slots first. Only `cache` is written and returned, so a
+        decode loop carries (and a beam search reorders) just the generated tokens' keys.
+        """
         c = self.config
         tokens = jnp.asarray(tokens, jnp.int32)
         positions = jnp.asarray(positions, jnp.int32)
         t = tokens.shape[1]
         x = constrain(self.embed(tokens), ("batch", "length", "embed"))
+        prefix_kv = [None] * c.num_layers
         if cache is not None:
-            if attn_mask.shape[-1] != cache.max_len:
-                raise ValueError(f"attn_mask has {attn_mask.shape[-1]} key slots; the cache has "
-                                 f"{cache.max_len}")
+            p = 0 if prefix is None else prefix.max_len
+            if attn_mask.shape[-1] != p + cache.max_len:
+                raise ValueError(f"attn_mask has {attn_mask.shape[-1]} key slots; the prefix "
+                                 f"and cache have {p} + {cache.max_len}")
             key_positions = jax.lax.dynamic_update_slice(cache.positions, positions,
                                                          (0, cache.index))
             ks, vs, index = cache.k, cache.v, cache.index
+            attend_positions = key_positions
+            if prefix is not None:
+                groups = tokens.shape[0] // prefix.positions.shape[0]
+                attend_positions = jnp.concatenate(
+                    [jnp.repeat(prefix.positions, groups, axis=0), key_positions], axis=1)
+                prefix_kv = [(prefix.k[i], prefix.v[i]) for i in range(c.num_layers)]
+        elif prefix is not None:
+            raise ValueError("hidden_states: a prefix needs a cache for the new tokens")
         else:
             if attn_mask.shape[-1] != t:
                 raise ValueError(f"attn_mask has {attn_mask.shape[-1]} keys for {t} tokens")
             key_positions, ks, vs, index = positions, None, None, None
+            attend_positions = key_positions
         if c.scan_layers:
-            x, new_k, new_v = self._scan_layers(x, positions, attn_mask, ks, vs, key_positions,
-                                                index, remat=c.remat and cache is None)
+            x, new_k, new_v = self._scan_layers(x, positions, attn_mask, ks, vs, attend_positions,
+                                                index, remat=c.remat and cache is None,
+                                                prefix=prefix)
         else:
             # Cached passes (sampling) are never differentiated, and nnx.remat inside the decode
             # while_loop would try to lift the outer trace's Params: remat cache-free passes only.
@@ -477,7 +535,8 @@ class Decoder(nnx.Module):
             new_ks, new_vs = [], []
             for i, block in enumerate(self.layers):
                 x, k, v = call(block, x, positions, attn_mask, None if ks is None else ks[i],
-                               None if vs is None else vs[i], key_positions, index)
+                               None if vs is None else vs[i], attend_positions, index, None,
+                               prefix_kv[i])
                 new_ks.append(k)
                 new_vs.append(v)
         if cache is not None:
@@ -497,11 +556,12 @@ class Decoder(nnx.Module):
 
     def _scan_layers(self, x: Array, positions: Array, attn_mask: Array, ks: Array | None,
                      vs: Array | None, key_positions: Array, index: Array | None,
-                     remat: bool) -> tuple[Array, Array | None, Array | None]:
+                     remat: bool, prefix: KVCache | None = None
+                     ) -> tuple[Array, Array | None, Array | None]:
         """All layers as one `jax.lax.scan` over the stacked block parameters.
 
         Carry: the hidden states. xs: each layer's parameters, RoPE frequencies and window and
-        (when decoding) its read-only cache slice. ys: each layer's new keys/values
+        (when decoding) its read-only cache and prefix slices. ys: each layer's new keys/values
         [L,B,T,..], which the caller writes into the stacked cache once.
         """
         c = self.config
@@ -510,16 +570,17 @@ class Decoder(nnx.Module):
         sliding = "sliding" in c.layer_types
 
         def body(h, xs):
-            layer_state, inv_i, window_i, k_i, v_i = xs
+            layer_state, inv_i, window_i, k_i, v_i, prefix_i = xs
             block = nnx.merge(graphdef, layer_state)
             h, k, v = block(h, positions, attn_mask, k_i, v_i, key_positions, index,
-                            (inv_i, window_i if sliding else None))
+                            (inv_i, window_i if sliding else None), prefix_i)
             return h, ((k, v) if k_i is not None else None)   # training: no [L,..] stack
 
         if remat:
             policy = getattr(jax.checkpoint_policies, c.remat_policy)
             body = jax.checkpoint(body, policy=policy, prevent_cse=False)
-        xs = (state, jnp.asarray(inv_freq), jnp.asarray(windows), ks, vs)
+        prefix_kv = None if prefix is None else (jnp.asarray(prefix.k), jnp.asarray(prefix.v))
+        xs = (state, jnp.asarray(inv_freq), jnp.asarray(windows), ks, vs, prefix_kv)
         x, new_kv = jax.lax.scan(body, x, xs)
         return (x, *new_kv) if ks is not None else (x, None, None)
 
@@ -540,13 +601,15 @@ class Decoder(nnx.Module):
         return constrain(logits, ("batch", "length", "vocab"))
 
     def __call__(self, tokens: Array, positions: Array, attn_mask: Array,
-                 cache: KVCache | None = None) -> tuple[Array, KVCache | None]:
+                 cache: KVCache | None = None,
+                 prefix: KVCache | None = None) -> tuple[Array, KVCache | None]:
         """logits float32 [B,T,V] and the updated cache (None without a cache).
 
         Without a cache the keys are the input tokens (attn_mask is [B,T,T]); with a cache this
-        call's keys/values go to slots [index, index+T) and attn_mask is [B,T,S_max].
+        call's keys/values go to slots [index, index+T) and attn_mask is [B,T,S_max]
+        ([B,T,P+S_max] with a read-only `prefix`, see :meth:`hidden_states`).
         """
-        x, new_cache = self.hidden_states(tokens, positions, attn_mask, cache)
+        x, new_cache = self.hidden_states(tokens, positions, attn_mask, cache, prefix)
         return self.logits_from_hidden(x), new_cache
 
 
@@ -578,6 +641,15 @@ def decoding_layout(model: Decoder) -> Decoder:
     state = nnx.from_flat_state([(path, v.replace(values[path]))
                                  for path, v in nnx.to_flat_state(target)])
     return nnx.merge(graphdef, state)
+
+
+def decoding_prefix(prefix: KVCache) -> KVCache:
+    """`prefix` (a filled cache, e.g. a prefill's) with k/v as tuples of L per-layer arrays,
+    for the `prefix` of decode steps inside a loop: sliced once, before the loop, behind an
+    optimization barrier (else XLA may slice every layer's prompt keys/values once per step,
+    as :func:`decoding_layout` explains for weights)."""
+    k, v = jax.lax.optimization_barrier((tuple(prefix.k), tuple(prefix.v)))
+    return prefix.replace(k=k, v=v)
 
 
 def create_sharded_model(config: ModelConfig, mesh: Any, rngs_seed: int = 0) -> Decoder:

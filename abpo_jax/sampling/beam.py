@@ -29,9 +29,11 @@ HF starts the K-1 copies of the first beam at -1e9 and masks with -inf; here the
 same items whenever the catalogue holds at least K items (every running beam sits at a trie
 node with a leaf below it, so K valid items always finish).
 
-Layout: prompts are left-padded (:func:`abpo_jax.sampling.generate.left_pad`); rows b*K .. b*K+K-1
-of the cache are prompt b's beams. Cost per step: one decode of B*K rows, a log-softmax over V and
-a top-2K over the K beams' trie edges (K * max_children entries, not K*V).
+Layout: prompts are left-padded (:func:`abpo_jax.sampling.generate.left_pad`) and prefilled once
+into a read-only prefix that prompt b's K beams share; rows b*K .. b*K+K-1 of the generated
+tokens' cache are its beams, and a reshuffle reorders only that cache (at most N slots per row,
+not the prompt's P). Cost per step: one decode of B*K rows, a log-softmax over V and a top-2K
+over the K beams' trie edges (K * max_children entries, not K*V).
 """
 
 from __future__ import annotations
@@ -75,7 +77,8 @@ class Beams:
 
 
 def _gather_rows(cache, rows: jax.Array):
-    """The cache with its batch rows replaced by rows[i] (batch axis 1 of k/v, 0 of positions)."""
+    """The cache with its batch rows replaced by rows[i] (batch axis 1 of k/v, 0 of positions):
+    the generated tokens' cache only (the prompt's prefix is shared by a prompt's beams)."""
     return cache.replace(k=jnp.take(cache.k, rows, axis=1), v=jnp.take(cache.v, rows, axis=1),
                          positions=jnp.take(cache.positions, rows, axis=0))
 
@@ -94,7 +97,7 @@ def _beam_search(graphdef, params: BeamParams, eos_id: int, state, prompt_tokens
     k, n, lp = params.num_beams, params.max_new_tokens, params.length_penalty
     rows = b * k
     slots = jnp.arange(p + n)
-    cache, z, pos, key_ok = prefill(model, prompt_tokens, prompt_mask, n, k)
+    prefix, cache, z, pos, key_ok = prefill(model, prompt_tokens, prompt_mask, n, k)
     first_k = jnp.arange(2 * k) < k
     prompt_row = jnp.arange(b)[:, None] * k
     neg_inf = jnp.float32(-jnp.inf)
@@ -153,7 +156,8 @@ def _beam_search(graphdef, params: BeamParams, eos_id: int, state, prompt_tokens
         active = active & (run_score[:, 0] / norm > worst)
 
         key_ok = key_ok | (slots[None, :] == p + step)
-        logits, cache = model(next_token[:, None], pos[:, None], key_ok[:, None, :], cache)
+        logits, cache = model(next_token[:, None], pos[:, None], key_ok[:, None, :], cache,
+                              prefix)
         return (step + 1, cache, logits[:, -1].astype(jnp.float32), node, key_ok, pos + 1,
                 (run_score, run_tokens), fin, active)
 

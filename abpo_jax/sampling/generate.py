@@ -2,10 +2,11 @@
 
 Layout: prompts are **left-padded** to a common length P (:func:`left_pad`) and their positions
 count real tokens only (0 .. len-1 per row), so every prompt's last token sits at slot P-1 and all
-rows write each new token into the same cache slot; padded slots are masked out of attention.
-The B prompts are prefilled once, then the cache is repeated G times (rows b*G .. b*G+G-1 are
-the G samples of prompt b) and decoded for at most `max_new_tokens` steps in a
-`jax.lax.while_loop` that stops early once every row has emitted eos.
+rows write each new token into the same slot; padded slots are masked out of attention.
+The B prompts are prefilled once into a read-only prefix cache that the G samples of each
+prompt (rows b*G .. b*G+G-1) share, and the rows are decoded for at most `max_new_tokens`
+steps in a `jax.lax.while_loop` that stops early once every row has emitted eos; the loop
+carries only the new tokens' cache (:func:`prefill`).
 
 Per step: z = model logits (float32). Reported per token:
   * `model_logprobs` = log softmax(z)[token]            (unconstrained model, temperature 1)
@@ -30,7 +31,7 @@ import numpy as np
 from flax import nnx
 
 from abpo_jax.losses.abpo import token_self_certainty
-from abpo_jax.models.decoder import decoding_layout, init_cache
+from abpo_jax.models.decoder import decoding_layout, decoding_prefix, init_cache
 from abpo_jax.sampling import trie as trie_lib
 
 
@@ -96,33 +97,30 @@ def filter_logits(z: jax.Array, top_k: int, top_p: float) -> jax.Array:
     return z
 
 
-def _repeat_rows(cache, g: int):
-    """Repeat each prompt's cache rows G times (batch axis 1 of k/v, 0 of positions)."""
-    return cache.replace(k=jnp.repeat(cache.k, g, axis=1), v=jnp.repeat(cache.v, g, axis=1),
-                         positions=jnp.repeat(cache.positions, g, axis=0))
-
-
 def prefill(model: nnx.Module, prompt_tokens: jax.Array, prompt_mask: jax.Array, n: int,
-            g: int) -> tuple[Any, jax.Array, jax.Array, jax.Array]:
-    """Encode left-padded prompts [B, P] once into a cache with room for `n` new tokens, then
-    repeat every row G times (rows b*G .. b*G+G-1 belong to prompt b).
+            g: int) -> tuple[Any, Any, jax.Array, jax.Array, jax.Array]:
+    """Encode left-padded prompts [B, P] once into the read-only prefix of a decode loop, and
+    an empty cache for the `n` new tokens of B*G rows (rows b*G .. b*G+G-1 belong to prompt b:
+    they share prompt b's keys/values, never copied per row).
 
-    Returns (cache, logits [B*G, V] of the last prompt slot, next position [B*G], key_ok
-    bool [B*G, P+n]: the cache slots a new query may attend to so far).
+    Returns (prefix: the prompts' cache, per-layer (:func:`decoding_prefix`); cache: the new
+    tokens' cache [L, B*G, n, ...]; logits [B*G, V] of the last prompt slot; next position
+    [B*G]; key_ok bool [B*G, P+n]: the prefix and cache slots a new query may attend to so
+    far), for ``model(token, pos, key_ok[:, None], cache, prefix)`` steps.
     """
     b, p = prompt_tokens.shape
-    s_max = p + n
     prompt_mask = prompt_mask.astype(bool)
-    slots = jnp.arange(s_max)
+    slots = jnp.arange(p)
     # Query i sees real prompt slots j <= i (padding queries see themselves).
     positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0).astype(jnp.int32)
-    key_ok = jnp.pad(prompt_mask, ((0, 0), (0, n)))
-    attn = (key_ok[:, None, :] & (slots[None, None, :] <= jnp.arange(p)[None, :, None]))
-    attn = attn | (slots[None, None, :] == jnp.arange(p)[None, :, None])
-    cache = init_cache(model.config, b, s_max)
-    hidden, cache = model.hidden_states(prompt_tokens, positions, attn, cache)
+    attn = (prompt_mask[:, None, :] & (slots[None, None, :] <= slots[None, :, None]))
+    attn = attn | (slots[None, None, :] == slots[None, :, None])
+    prefix = init_cache(model.config, b, p)
+    hidden, prefix = model.hidden_states(prompt_tokens, positions, attn, prefix)
     last = model.logits_from_hidden(hidden[:, -1:])[:, 0]  # LM head on the last slot only
-    return (_repeat_rows(cache, g), jnp.repeat(last.astype(jnp.float32), g, axis=0),
+    key_ok = jnp.pad(prompt_mask, ((0, 0), (0, n)))
+    return (decoding_prefix(prefix), init_cache(model.config, b * g, n),
+            jnp.repeat(last.astype(jnp.float32), g, axis=0),
             jnp.repeat(positions[:, -1] + 1, g, axis=0), jnp.repeat(key_ok, g, axis=0))
 
 
@@ -146,7 +144,7 @@ def _generate(graphdef, params: SamplingParams, eos_id: int, state, prompt_token
     b, p = prompt_tokens.shape
     g, n = params.num_samples, params.max_new_tokens
     slots = jnp.arange(p + n)
-    cache, last, next_pos, key_ok = prefill(model, prompt_tokens, prompt_mask, n, g)
+    prefix, cache, last, next_pos, key_ok = prefill(model, prompt_tokens, prompt_mask, n, g)
     rows = b * g
     if trie is not None and trie.child_tokens.ndim == 3:
         trie = jax.tree.map(lambda x: jnp.repeat(x, g, axis=0), trie)
@@ -172,9 +170,8 @@ def _generate(graphdef, params: SamplingParams, eos_id: int, state, prompt_token
         if trie is not None:
             node = jnp.where(live, trie_lib.advance(trie, node, token), node)
         done = done | (token == eos_id)
-        slot = p + step
-        key_ok = key_ok | (slots[None, :] == slot)
-        logits, cache = model(token[:, None], pos[:, None], key_ok[:, None, :], cache)
+        key_ok = key_ok | (slots[None, :] == p + step)
+        logits, cache = model(token[:, None], pos[:, None], key_ok[:, None, :], cache, prefix)
         return step + 1, cache, logits[:, -1].astype(jnp.float32), node, done, key_ok, pos + 1, out
 
     def cond(carry):

@@ -140,7 +140,7 @@ def _sample(graphdef, procedure: Procedure, num_samples: int, eos_id: int, state
     g, n = num_samples, procedure.completion_length
     rows = b * g
     slots = jnp.arange(p + n)
-    cache, z0, pos0, key_ok0 = prefill(model, prompt_tokens, prompt_mask, n, g)
+    prefix, cache, z0, pos0, key_ok0 = prefill(model, prompt_tokens, prompt_mask, n, g)
     close = jnp.asarray(procedure.think_close or (0,), jnp.int32)
     row_ids = jnp.arange(rows)
 
@@ -177,7 +177,7 @@ def _sample(graphdef, procedure: Procedure, num_samples: int, eos_id: int, state
             [KIND_ITEM, KIND_FORCED, KIND_PAD], kind).astype(jnp.int32)
 
         key_ok = key_ok | (slots[None, :] == p + step)
-        logits, cache = model(token[:, None], pos[:, None], key_ok[:, None, :], cache)
+        logits, cache = model(token[:, None], pos[:, None], key_ok[:, None, :], cache, prefix)
         return (step + 1, cache, logits[:, -1].astype(jnp.float32), kind, node, n_free,
                 n_forced, window, key_ok, pos + 1, out)
 
