@@ -18,10 +18,13 @@ Metric: wall seconds per prompt (prefill included), ours after a warm-up call (i
 is its own row); `ratio` = peer / ours (> 1: ours is faster). `items_agree`: share of prompts
 whose K items come back in the same order on both sides; `item_sets_agree`: same K items in any
 order; `max_score_diff`: largest |our score - HF `sequences_scores`| over agreeing prompts.
+`ours_cpu_s` / `peer_cpu_s`: process CPU seconds per prompt (all threads; steadier than wall time
+on a shared machine), `cpu_ratio` their ratio, `*_load` the 1-minute load average after each.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -98,7 +101,7 @@ def _hf_peer(model, tokens, mask, seqs, eos, pad, k, n_new, our_items, our_score
     def allowed(batch_id: int, input_ids: Any) -> list[int]:
         return table.get(tuple(input_ids[p_len:].tolist()), [eos])  # off-trie beams may only end
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with torch.no_grad():
         gen = hf.generate(torch.tensor(tokens, dtype=torch.long),
                           attention_mask=torch.tensor(mask, dtype=torch.long), num_beams=k,
@@ -106,7 +109,7 @@ def _hf_peer(model, tokens, mask, seqs, eos, pad, k, n_new, our_items, our_score
                           max_new_tokens=n_new, prefix_allowed_tokens_fn=allowed,
                           pad_token_id=pad, eos_token_id=eos, return_dict_in_generate=True,
                           output_scores=True, top_k=None, top_p=None, temperature=None)
-    hf_s = time.perf_counter() - start
+    hf_s, hf_cpu = time.perf_counter() - start, time.process_time() - cpu
     index = {tuple(s): i for i, s in enumerate(seqs)}
     hf_items = []
     for row in gen.sequences[:, p_len:].tolist():
@@ -117,7 +120,8 @@ def _hf_peer(model, tokens, mask, seqs, eos, pad, k, n_new, our_items, our_score
     same = np.all(our_items == hf_items, axis=1)
     same_set = np.array([set(x) == set(y) for x, y in zip(our_items, hf_items)])
     score_diff = float(np.abs(our_scores - hf_scores)[same].max()) if same.any() else None
-    return {"seconds": hf_s, "items_agree": float(same.mean()),
+    return {"seconds": hf_s, "cpu_seconds": hf_cpu, "load": os.getloadavg()[0],
+            "items_agree": float(same.mean()),
             "item_sets_agree": float(same_set.mean()), "max_score_diff": score_diff}
 
 
@@ -142,11 +146,13 @@ def run(config: Any) -> list[dict]:
     start = time.perf_counter()
     ours()
     first = time.perf_counter() - start
-    ours_s = float("inf")
+    ours_s = ours_cpu = float("inf")
     for _ in range(2):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         out = ours()
         ours_s = min(ours_s, time.perf_counter() - start)
+        ours_cpu = min(ours_cpu, time.process_time() - cpu)
+    ours_load = os.getloadavg()[0]
     our_items, our_scores = np.asarray(out.items), np.asarray(out.scores)
 
     peer = _hf_peer(model, tokens, mask, seqs, eos, pad, k, n_new, our_items, our_scores) \
@@ -161,14 +167,19 @@ def run(config: Any) -> list[dict]:
            "ours": ours_s / b, "peer": None, "peer_name": None, "ratio": None,
            "valid_items": float(np.mean(our_items >= 0)),
            "model_flops": model_flops, "model_flops_per_s": model_flops / ours_s,
+           "ours_cpu_s": ours_cpu / b, "ours_load": ours_load,
            "notes": f"{shape}; HF peer off (bench.beam_peer)"}
     if peer is not None:
         row.update(peer=peer["seconds"] / b,
                    peer_name="hf generate (num_beams, prefix_allowed_tokens_fn)",
                    ratio=peer["seconds"] / ours_s, items_agree=peer["items_agree"],
                    item_sets_agree=peer["item_sets_agree"],
-                   max_score_diff=peer["max_score_diff"],
-                   notes=f"{shape}; ratio = peer / ours; items agree {peer['items_agree']:.0%}")
+                   max_score_diff=peer["max_score_diff"], peer_cpu_s=peer["cpu_seconds"] / b,
+                   peer_load=peer["load"], cpu_ratio=peer["cpu_seconds"] / ours_cpu,
+                   notes=f"{shape}; ratio = peer / ours; items agree {peer['items_agree']:.0%}; "
+                         f"process CPU s/prompt ours {ours_cpu / b:.3g} (load "
+                         f"{ours_load:.1f}), peer {peer['cpu_seconds'] / b:.3g} (load "
+                         f"{peer['load']:.1f})")
     return [
         row,
         {"benchmark": f"catalogue_beam_search_compile{' tiny' if quick else ''}", "metric": "s",

@@ -24,6 +24,7 @@ def get_config():
     c.bench.beam_num_prompts = 4  # bench_beam: prompts searched (SmolLM2 over the ML-1M catalogue)
     c.bench.beam_item_text = "title"  # bench_beam: the catalogue's completions: title | id
     c.bench.beam_width = 10     # bench_beam: K (eval.beam's default)
+    c.bench.beam_peer = True    # bench_beam: race HF generate (False: ours only, e.g. before/after)
     c.bench.train_two_pass = True   # bench_train_step: also the step before single-pass (before/after)
     c.bench.train_bf16_matmul = True  # bench_train_step: also model.matmul_precision=bfloat16 rows
     c.bench.round_requests = 20_000   # bench_round: requests of the timed round (tiny policy, C=8, G=4)
