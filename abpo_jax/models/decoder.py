@@ -257,8 +257,9 @@ class Attention(nnx.Module):
         all layers: updating a stacked cache carried through the layers made XLA copy the
         whole stack once per layer and decode step).
 
-        `prefix` = (keys, values [B_p,P,n_kv,head_dim]): this layer's read-only prompt keys and
-        values, shared by the R/B_p consecutive rows of each prompt (decoding with a prefix
+        `prefix` = (keys [B_p,n_kv,head_dim,P], values [B_p,n_kv,P,head_dim]): this layer's
+        read-only prompt keys and values (:func:`decoding_prefix`), shared by the R/B_p
+        consecutive rows of each prompt (decoding with a prefix
         cache, :meth:`Decoder.hidden_states`); the keys are then [prefix | cache] (mask and
         `key_positions` [R,P+S_max] cover both), attended to by the dense path whatever
         `config.attention`.
@@ -278,7 +279,7 @@ class Attention(nnx.Module):
         k = apply_rope(k, positions, inv_freq)
         q = constrain(q, ("batch", "length", "heads", "head_dim"))
         new_k, new_v = k, v
-        if k_cache is not None:
+        if k_cache is not None and prefix is None:   # (the prefix path reads the cache as is)
             start = (0, index, 0, 0)
             k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), start)
             v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), start)
@@ -290,7 +291,8 @@ class Attention(nnx.Module):
             near = (positions[:, :, None] - key_positions[:, None, :]) < window
             mask = mask & near
         if prefix is not None:
-            return self.o_proj(self._prefix_attention(q, k, v, mask, *prefix)), new_k, new_v
+            out = self._prefix_attention(q, k_cache, v_cache, new_k, new_v, mask, index, *prefix)
+            return self.o_proj(out), new_k, new_v
         if c.attention == "dot_product_attention":
             # GQA natively ([B,T,N,H] queries, [B,S,K,H] keys); fused kernel where available.
             out = jax.nn.dot_product_attention(
@@ -316,29 +318,51 @@ class Attention(nnx.Module):
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
         return jax.nn.softmax(scores, axis=-1)
 
-    def _prefix_attention(self, q: Array, k: Array, v: Array, mask: Array, prefix_k: Array,
+    def _prefix_attention(self, q: Array, k_cache: Array, v_cache: Array, k_new: Array,
+                          v_new: Array, mask: Array, index: Array, prefix_k: Array,
                           prefix_v: Array) -> Array:
-        """Dense attention of queries q [R,T,N,H] over [prefix | cache] keys: the prefix's
-        [B_p,P,..] once per prompt (its G = R/B_p rows' queries batched against it: never
-        repeated per row), the cache's k, v [R,S,..] per row; mask [R,T,P+S]. -> [R,T,N*H]."""
+        """Dense attention of queries q [R,T,N,H] over [prefix | cache] keys, this call's
+        k_new, v_new [R,T,K,H] standing for cache slots [index, index+T); mask [R,T,P+S]
+        -> [R,T,N*H]. Same function as writing the new keys into the cache first, without
+        copying the cache.
+
+        The prefix (:func:`decoding_prefix` layout: keys [B_p,K,H,P], values [B_p,K,P,H]) once
+        per prompt: its G = R/B_p rows' queries are batched against it, one product per prompt
+        and kv head whose operands need no transpose. The cache k, v [R,S,K,H] (the few tokens
+        generated so far) and the new keys per row as multiply-reduce, which reads the cache
+        where it lies (a product would transpose it every step).
+        """
         c = self.config
         r, t = q.shape[:2]
-        bp, p = prefix_k.shape[:2]
-        g, groups = r // bp, c.num_heads // c.num_kv_heads
-        qg = q.reshape(bp, g, t, c.num_kv_heads, groups, c.head_dim)
-        kg = k.astype(q.dtype).reshape(bp, g, -1, c.num_kv_heads, c.head_dim)
-        vg = v.astype(q.dtype).reshape(bp, g, -1, c.num_kv_heads, c.head_dim)
+        bp, p, s = prefix_k.shape[0], prefix_k.shape[-1], k_cache.shape[1]
+        g, kv, groups, hd = r // bp, c.num_kv_heads, c.num_heads // c.num_kv_heads, c.head_dim
         f32 = jnp.float32
+        q32 = q.reshape(r, t, 1, kv, groups, hd).astype(f32)
+
+        def row_scores(keys: Array) -> Array:   # [R,S',K,H] -> [B_p,K,G,T,g,S']
+            scores = jnp.sum(q32 * keys.astype(f32)[:, None, :, :, None, :], axis=-1)
+            return scores.reshape(bp, g, t, -1, kv, groups).transpose(0, 4, 1, 2, 5, 3)
+
+        def row_values(probs: Array, values: Array) -> Array:   # -> [R,T,K,g,H]
+            probs = probs.transpose(0, 2, 3, 5, 1, 4).reshape(r, t, -1, kv, groups)
+            return jnp.sum(probs[..., None] * values.astype(q.dtype)[:, None, :, :, None, :],
+                           axis=2)
+
+        # scores [B_p,K,G,T,g,P+S+T]: the prefix product's natural order
+        qg = q.reshape(bp, g, t, kv, groups, hd)
         scores = jnp.concatenate([
-            jnp.einsum("bGtkgd,bskd->bGkgts", qg, prefix_k.astype(q.dtype),
+            jnp.einsum("bGtkgd,bkds->bkGtgs", qg, prefix_k.astype(q.dtype),
                        preferred_element_type=f32),
-            jnp.einsum("bGtkgd,bGskd->bGkgts", qg, kg, preferred_element_type=f32)],
-            axis=-1) * c.attention_scale
-        mask = mask.reshape(bp, g, 1, 1, t, mask.shape[-1])
-        probs = self._masked_softmax(scores, mask).astype(q.dtype)
-        out = (jnp.einsum("bGkgts,bskd->bGtkgd", probs[..., :p], prefix_v.astype(q.dtype))
-               + jnp.einsum("bGkgts,bGskd->bGtkgd", probs[..., p:], vg))
-        return out.reshape(r, t, c.num_heads * c.head_dim)
+            row_scores(k_cache), row_scores(k_new)], axis=-1) * c.attention_scale
+        slot = jnp.arange(s)
+        fresh = (slot >= index) & (slot < index + t)   # this call's slots: attended as k_new
+        mask = jnp.concatenate([mask[..., :p], mask[..., p:] & ~fresh,
+                                jax.lax.dynamic_slice_in_dim(mask, p + index, t, axis=2)], -1)
+        probs = self._masked_softmax(scores, mask.reshape(bp, 1, g, t, 1, -1)).astype(q.dtype)
+        out = jnp.einsum("bkGtgs,bksd->bGtkgd", probs[..., :p], prefix_v.astype(q.dtype))
+        out = (out.reshape(r, t, kv, groups, hd) + row_values(probs[..., p:p + s], v_cache)
+               + row_values(probs[..., p + s:], v_new))
+        return out.reshape(r, t, c.num_heads * hd)
 
 
 class MLP(nnx.Module):
@@ -491,9 +515,9 @@ class Decoder(nnx.Module):
                       prefix: KVCache | None = None) -> tuple[Array, KVCache | None]:
         """Final-norm hidden states [B,T,D] (before the LM head) and the updated cache.
 
-        `prefix` (decoding; needs `cache`): a read-only cache of B_p prompts [L,B_p,P,..]
-        (every slot written, e.g. by a prefill into a P-slot cache) that each group of
-        B/B_p consecutive rows attends to before its own `cache`: attn_mask is then
+        `prefix` (decoding; needs `cache`): a read-only cache of B_p prompts, every slot
+        written (e.g. a prefill into a P-slot cache), in :func:`decoding_prefix`'s layout, that
+        each group of B/B_p consecutive rows attends to before its own `cache`: attn_mask is then
         [B,T,P+S_max], the prefix's slots first. Only `cache` is written and returned, so a
         decode loop carries (and a beam search reorders) just the generated tokens' keys.
         """
@@ -513,6 +537,8 @@ class Decoder(nnx.Module):
             ks, vs, index = cache.k, cache.v, cache.index
             attend_positions = key_positions
             if prefix is not None:
+                if not isinstance(prefix.k, tuple):
+                    raise ValueError("hidden_states: pass the prefix through decoding_prefix")
                 groups = tokens.shape[0] // prefix.positions.shape[0]
                 attend_positions = jnp.concatenate(
                     [jnp.repeat(prefix.positions, groups, axis=0), key_positions], axis=1)
@@ -644,11 +670,16 @@ def decoding_layout(model: Decoder) -> Decoder:
 
 
 def decoding_prefix(prefix: KVCache) -> KVCache:
-    """`prefix` (a filled cache, e.g. a prefill's) with k/v as tuples of L per-layer arrays,
-    for the `prefix` of decode steps inside a loop: sliced once, before the loop, behind an
-    optimization barrier (else XLA may slice every layer's prompt keys/values once per step,
-    as :func:`decoding_layout` explains for weights)."""
-    k, v = jax.lax.optimization_barrier((tuple(prefix.k), tuple(prefix.v)))
+    """`prefix` (a filled cache [L,B,P,K,H], e.g. a prefill's) as the `prefix` of decode steps
+    (:meth:`Decoder.hidden_states`): k/v as tuples of L per-layer arrays in the layout the
+    attention products read, keys [B,K,H,P] and values [B,K,P,H].
+
+    Sliced and transposed once, before a decode loop, behind an optimization barrier: else XLA
+    slices (as :func:`decoding_layout` explains for weights) and transposes every layer's
+    prompt keys/values once per step."""
+    k = tuple(x.transpose(0, 2, 3, 1) for x in prefix.k)
+    v = tuple(x.transpose(0, 2, 1, 3) for x in prefix.v)
+    k, v = jax.lax.optimization_barrier((k, v))
     return prefix.replace(k=k, v=v)
 
 
