@@ -98,7 +98,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.scan_layers = True        # one lax.scan over stacked layers (compiles like 1 layer)
     c.model.attention = "dense"       # dense (reference) | dot_product_attention (jax.nn; fused where available)
     c.model.attention_backend = "auto"  # dot_product_attention implementation: auto | xla | cudnn
-    c.model.matmul_precision = "float32"  # weight matmuls: float32 | bfloat16 (bf16 operands, f32 accumulate)
+    c.model.matmul_precision = "float32"  # weight + attention matmuls: float32 | bfloat16 (bf16 operands, f32 accumulate)
     c.model.tiny = ml_collections.ConfigDict()   # only for source=tiny (item-id tokens)
     c.model.tiny.hidden = 64
     c.model.tiny.layers = 2

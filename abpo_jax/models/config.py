@@ -87,10 +87,11 @@ class ModelConfig:
     # attention_backend allows it).
     attention: str = "dense"
     attention_backend: str = "auto"   # auto (jax chooses) | xla | cudnn
-    # The weight matmuls (projections, MLP, LM head), forward and both backward products:
-    # float32 operands (reference), or operands rounded to bfloat16 with float32 accumulation
-    # and output (TPUs' default for float32 dots; AMX / tensor cores run it several times
-    # faster). Activations, norms, softmax, attention scores and parameters stay `dtype`.
+    # The weight matmuls (projections, MLP, LM head) and the dense attention's two products,
+    # forward and both backward products: float32 operands (reference), or operands rounded
+    # to bfloat16 with float32 accumulation and output (TPUs' default for float32 dots; AMX /
+    # tensor cores run it several times faster). Activations, norms, softmax, attention
+    # scores and parameters stay `dtype`.
     matmul_precision: str = "float32"
 
     def __post_init__(self) -> None:

@@ -39,14 +39,14 @@ Array = jax.Array
 class KVCache:
     """Per-layer keys/values of all cached slots, the RoPE position of each slot, next slot."""
 
-    k: Array  # [L, B, S_max, n_kv, head_dim]
+    k: Array  # [L, B, S_max, n_kv, head_dim] (or L arrays [B, ...]: decoding_cache / _prefix)
     v: Array  # [L, B, S_max, n_kv, head_dim]
     positions: Array  # int32 [B, S_max]
     index: Array  # int32 scalar: next write slot
 
     @property
     def max_len(self) -> int:
-        return self.positions.shape[1]   # k/v may be per-layer tuples (decoding_prefix)
+        return self.positions.shape[1]   # k/v may be per-layer tuples
 
 
 def init_cache(config: ModelConfig, batch: int, max_len: int, dtype: Any = jnp.float32) -> KVCache:
@@ -151,12 +151,17 @@ def bf16_matmul(x: Array, w: Array, w_transposed: bool = False) -> Array:
     return _bf16_dot(x, w, w_transposed)
 
 
+def _bf16_residuals(a: Array, b: Array) -> tuple[Array, Array, Array, Array]:
+    """A bf16 product's residuals: its operands rounded to bfloat16 (half the saved
+    activations' memory) and empty arrays carrying the primal dtypes (residuals must be
+    arrays)."""
+    return (a.astype(jnp.bfloat16), b.astype(jnp.bfloat16), jnp.zeros((0,), a.dtype),
+            jnp.zeros((0,), b.dtype))
+
+
 def _bf16_matmul_fwd(x: Array, w: Array, w_transposed: bool):
-    x16, w16 = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
-    # the residuals are the bf16 operands (half the saved activations' memory) and empty
-    # arrays carrying the primal dtypes (residuals must be arrays)
-    return _bf16_dot(x16, w16, w_transposed), (x16, w16, jnp.zeros((0,), x.dtype),
-                                               jnp.zeros((0,), w.dtype))
+    res = _bf16_residuals(x, w)
+    return _bf16_dot(res[0], res[1], w_transposed), res
 
 
 def _bf16_matmul_bwd(w_transposed: bool, res, g: Array):
@@ -166,18 +171,83 @@ def _bf16_matmul_bwd(w_transposed: bool, res, g: Array):
     # dx [..., K] = g [..., N] . w^T
     dx = jax.lax.dot_general(g16, w16, (((g.ndim - 1,), (0 if w_transposed else 1,)), ((), ())),
                              preferred_element_type=f32)
-    # dw = x^T g over every leading (token) dimension: [K, N], or [N, K] when transposed; as
-    # 2-D products (flattened tokens), whose operand transposes XLA:CPU does far faster than
-    # the 3-D ones a [B, T, K] contraction gives
+    # dw = x^T g over every leading (token) dimension: [K, N], or [N, K] when transposed
     x2 = x16.reshape(-1, x16.shape[-1])
     g2 = g16.reshape(-1, g16.shape[-1])
-    rows = (((0,), (0,)), ((), ()))
-    dw = jax.lax.dot_general(*((g2, x2) if w_transposed else (x2, g2)), rows,
-                             preferred_element_type=f32)
+    dw = _token_product(*((g2, x2) if w_transposed else (x2, g2)))
     return dx.astype(x_like.dtype), dw.astype(w_like.dtype)
 
 
+def _copy_transpose(a: Array) -> Array:
+    """a [R, C] -> its transpose [C, R] as an array XLA materialises (R even; else a plain
+    transpose).
+
+    XLA:CPU runs a bfloat16 dot on its bf16 kernels (YNNPACK) only when the left operand
+    contracts its last dimension; a dot contracting the token dimension of both operands
+    (dw = x^T g) is upcast to a float32 product, at half the bf16 speed, and a plain transpose
+    of an operand or of the result is folded back into such a dot. The transpose through a
+    [2, R/2, C] view is the same values, but XLA keeps it a copy (tests/models/
+    test_matmul_precision.py checks the compiled products)."""
+    r, c = a.shape
+    if r % 2:
+        return a.T
+    return a.reshape(2, r // 2, c).transpose(2, 0, 1).reshape(c, r)
+
+
+def _token_product(a: Array, b: Array) -> Array:
+    """a^T b [Ca, Cb] over the rows (tokens) of bf16 a [T, Ca] and b [T, Cb], float32
+    accumulation, as a dot XLA:CPU keeps bf16: of a transposed, or (when transposing b and
+    then the [Cb, Ca] result moves fewer elements) of b transposed, the result transposed
+    back. Wide transposed copies are the slow part (the fused producer of a [T, 1536] MLP
+    activation read column-wise took ~8x its row-wise time)."""
+    if a.shape[0] % 2:   # an odd token count: one zero token adds nothing to the product
+        a, b = (jnp.pad(m, ((0, 1), (0, 0))) for m in (a, b))
+    (t, ca), cb = a.shape, b.shape[1]
+    rows = (((1,), (0,)), ((), ()))
+    if t * ca <= t * cb + ca * cb or cb % 2:
+        return jax.lax.dot_general(_copy_transpose(a), b, rows,
+                                   preferred_element_type=jnp.float32)
+    return _copy_transpose(jax.lax.dot_general(_copy_transpose(b), a, rows,
+                                               preferred_element_type=jnp.float32))
+
+
 bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def bf16_einsum(spec: str, a: Array, b: Array) -> Array:
+    """`jnp.einsum(spec, a, b)` ("ab,bc->ac" form, every index of an operand in the other
+    operand or the output) with bfloat16 operands and float32 accumulation and output, in the
+    forward and in both backward products, as :func:`bf16_matmul` (the attention products)."""
+    return jnp.einsum(spec, a.astype(jnp.bfloat16), b.astype(jnp.bfloat16),
+                      preferred_element_type=jnp.float32)
+
+
+def _bf16_einsum_fwd(spec: str, a: Array, b: Array):
+    res = _bf16_residuals(a, b)
+    return bf16_einsum(spec, res[0], res[1]), res
+
+
+def _bf16_einsum_bwd(spec: str, res, g: Array):
+    a16, b16, a_like, b_like = res
+    (sa, sb), out = spec.split("->")[0].split(","), spec.split("->")[1]
+    g16 = g.astype(jnp.bfloat16)
+    da = jnp.einsum(f"{out},{sb}->{sa}", g16, b16, preferred_element_type=jnp.float32)
+    db = jnp.einsum(f"{out},{sa}->{sb}", g16, a16, preferred_element_type=jnp.float32)
+    return da.astype(a_like.dtype), db.astype(b_like.dtype)
+
+
+bf16_einsum.defvjp(_bf16_einsum_fwd, _bf16_einsum_bwd)
+
+
+def attention_einsum(config: ModelConfig, spec: str, a: Array, b: Array,
+                     preferred_element_type: Any = None) -> Array:
+    """The attention products: `jnp.einsum`, or under `matmul_precision=bfloat16`
+    :func:`bf16_einsum` (bf16 operands, float32 accumulation) cast to `preferred_element_type`
+    (default a's dtype)."""
+    if config.matmul_precision == "bfloat16":
+        return bf16_einsum(spec, a, b).astype(preferred_element_type or a.dtype)
+    return jnp.einsum(spec, a, b, preferred_element_type=preferred_element_type)
 
 
 def flat_dot(x: Array, w: Array, w_transposed: bool = False,
@@ -303,10 +373,10 @@ class Attention(nnx.Module):
             return self.o_proj(out), new_k, new_v
         groups = c.num_heads // c.num_kv_heads
         qg = q.reshape(b, t, c.num_kv_heads, groups, c.head_dim)
-        scores = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(q.dtype),
-                            preferred_element_type=jnp.float32) * c.attention_scale
+        scores = attention_einsum(c, "btkgd,bskd->bkgts", qg, k.astype(q.dtype),
+                                  jnp.float32) * c.attention_scale
         probs = self._masked_softmax(scores, mask[:, None, None, :, :]).astype(q.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(q.dtype))
+        out = attention_einsum(c, "bkgts,bskd->btkgd", probs, v.astype(q.dtype))
         out = out.reshape(b, t, c.num_heads * c.head_dim)
         return self.o_proj(out), new_k, new_v
 
@@ -359,7 +429,8 @@ class Attention(nnx.Module):
         mask = jnp.concatenate([mask[..., :p], mask[..., p:] & ~fresh,
                                 jax.lax.dynamic_slice_in_dim(mask, p + index, t, axis=2)], -1)
         probs = self._masked_softmax(scores, mask.reshape(bp, 1, g, t, 1, -1)).astype(q.dtype)
-        out = jnp.einsum("bkGtgs,bksd->bGtkgd", probs[..., :p], prefix_v.astype(q.dtype))
+        out = jnp.einsum("bkGtgs,bksd->bkGtgd", probs[..., :p], prefix_v.astype(q.dtype))
+        out = out.transpose(0, 2, 3, 1, 4, 5)   # [B_p,K,G,T,g,H] -> [B_p,G,T,K,g,H]
         out = (out.reshape(r, t, kv, groups, hd) + row_values(probs[..., p:p + s], v_cache)
                + row_values(probs[..., p + s:], v_new))
         return out.reshape(r, t, c.num_heads * hd)
@@ -526,7 +597,7 @@ class Decoder(nnx.Module):
         positions = jnp.asarray(positions, jnp.int32)
         t = tokens.shape[1]
         x = constrain(self.embed(tokens), ("batch", "length", "embed"))
-        prefix_kv = [None] * c.num_layers
+        prefix_kv, per_layer = [None] * c.num_layers, False
         if cache is not None:
             p = 0 if prefix is None else prefix.max_len
             if attn_mask.shape[-1] != p + cache.max_len:
@@ -535,6 +606,7 @@ class Decoder(nnx.Module):
             key_positions = jax.lax.dynamic_update_slice(cache.positions, positions,
                                                          (0, cache.index))
             ks, vs, index = cache.k, cache.v, cache.index
+            per_layer = isinstance(ks, tuple)   # decoding_cache's per-layer arrays
             attend_positions = key_positions
             if prefix is not None:
                 if not isinstance(prefix.k, tuple):
@@ -551,9 +623,12 @@ class Decoder(nnx.Module):
             key_positions, ks, vs, index = positions, None, None, None
             attend_positions = key_positions
         if c.scan_layers:
-            x, new_k, new_v = self._scan_layers(x, positions, attn_mask, ks, vs, attend_positions,
-                                                index, remat=c.remat and cache is None,
-                                                prefix=prefix)
+            x, new_k, new_v = self._scan_layers(
+                x, positions, attn_mask, jnp.stack(ks) if per_layer else ks,
+                jnp.stack(vs) if per_layer else vs, attend_positions, index,
+                remat=c.remat and cache is None, prefix=prefix)
+            if per_layer:
+                new_ks, new_vs = list(new_k), list(new_v)
         else:
             # Cached passes (sampling) are never differentiated, and nnx.remat inside the decode
             # while_loop would try to lift the outer trace's Params: remat cache-free passes only.
@@ -565,7 +640,13 @@ class Decoder(nnx.Module):
                                prefix_kv[i])
                 new_ks.append(k)
                 new_vs.append(v)
-        if cache is not None:
+        if per_layer:
+            # each layer's slots written in place (no [L,..] stack rebuilt per decode step)
+            def write(cached: Array, new: Array) -> Array:
+                return constrain(jax.lax.dynamic_update_slice(
+                    cached, new.astype(cached.dtype), (0, index, 0, 0)), CACHE_AXES[1:])
+            ks, vs = tuple(map(write, ks, new_ks)), tuple(map(write, vs, new_vs))
+        elif cache is not None:
             if not c.scan_layers:
                 new_k, new_v = jnp.stack(new_ks), jnp.stack(new_vs)
             # The T new slots of every layer, written once (in place inside jit/while loops).
@@ -667,6 +748,14 @@ def decoding_layout(model: Decoder) -> Decoder:
     state = nnx.from_flat_state([(path, v.replace(values[path]))
                                  for path, v in nnx.to_flat_state(target)])
     return nnx.merge(graphdef, state)
+
+
+def decoding_cache(cache: KVCache) -> KVCache:
+    """`cache` with k/v as tuples of L per-layer arrays [B,S,K,H]: the cache a decode loop
+    carries (each layer's new slots then written in place, and a reorder of rows a gather
+    of each layer's array in its own layout; a stacked [L,..] cache was copied whole every
+    step)."""
+    return cache.replace(k=tuple(cache.k), v=tuple(cache.v))
 
 
 def decoding_prefix(prefix: KVCache) -> KVCache:
