@@ -77,10 +77,12 @@ class Beams:
 
 
 def _gather_rows(cache, rows: jax.Array):
-    """The cache with its batch rows replaced by rows[i] (batch axis 1 of k/v, 0 of positions):
-    the generated tokens' cache only (the prompt's prefix is shared by a prompt's beams)."""
-    return cache.replace(k=jnp.take(cache.k, rows, axis=1), v=jnp.take(cache.v, rows, axis=1),
-                         positions=jnp.take(cache.positions, rows, axis=0))
+    """The generated tokens' per-layer cache (:func:`~abpo_jax.sampling.generate.prefill`)
+    with its rows replaced by rows[i]; the prompt's prefix is shared by a prompt's beams."""
+    def take(x: jax.Array) -> jax.Array:
+        return jnp.take(x, rows, axis=0)
+    return cache.replace(k=tuple(map(take, cache.k)), v=tuple(map(take, cache.v)),
+                         positions=take(cache.positions))
 
 
 def _take(x: jax.Array, idx: jax.Array) -> jax.Array:

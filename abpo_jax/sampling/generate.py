@@ -31,7 +31,8 @@ import numpy as np
 from flax import nnx
 
 from abpo_jax.losses.abpo import token_self_certainty
-from abpo_jax.models.decoder import decoding_layout, decoding_prefix, init_cache
+from abpo_jax.models.decoder import (decoding_cache, decoding_layout, decoding_prefix,
+                                     init_cache)
 from abpo_jax.sampling import trie as trie_lib
 
 
@@ -103,10 +104,11 @@ def prefill(model: nnx.Module, prompt_tokens: jax.Array, prompt_mask: jax.Array,
     an empty cache for the `n` new tokens of B*G rows (rows b*G .. b*G+G-1 belong to prompt b:
     they share prompt b's keys/values, never copied per row).
 
-    Returns (prefix: the prompts' cache, per-layer (:func:`decoding_prefix`); cache: the new
-    tokens' cache [L, B*G, n, ...]; logits [B*G, V] of the last prompt slot; next position
-    [B*G]; key_ok bool [B*G, P+n]: the prefix and cache slots a new query may attend to so
-    far), for ``model(token, pos, key_ok[:, None], cache, prefix)`` steps.
+    Returns (prefix: the prompts' cache (:func:`decoding_prefix`); cache: the new tokens'
+    cache, L per-layer arrays [B*G, n, ...] (:func:`decoding_cache`); logits [B*G, V] of the
+    last prompt slot; next position [B*G]; key_ok bool [B*G, P+n]: the prefix and cache slots
+    a new query may attend to so far), for ``model(token, pos, key_ok[:, None], cache,
+    prefix)`` steps.
     """
     b, p = prompt_tokens.shape
     prompt_mask = prompt_mask.astype(bool)
@@ -119,7 +121,7 @@ def prefill(model: nnx.Module, prompt_tokens: jax.Array, prompt_mask: jax.Array,
     hidden, prefix = model.hidden_states(prompt_tokens, positions, attn, prefix)
     last = model.logits_from_hidden(hidden[:, -1:])[:, 0]  # LM head on the last slot only
     key_ok = jnp.pad(prompt_mask, ((0, 0), (0, n)))
-    return (decoding_prefix(prefix), init_cache(model.config, b * g, n),
+    return (decoding_prefix(prefix), decoding_cache(init_cache(model.config, b * g, n)),
             jnp.repeat(last.astype(jnp.float32), g, axis=0),
             jnp.repeat(positions[:, -1] + 1, g, axis=0), jnp.repeat(key_ok, g, axis=0))
 
