@@ -271,3 +271,39 @@ def test_banditnet_runs_without_rollouts():
     assert m["finite"] == 1.0 and m["kl"] == 0.0
     assert max(np.abs(a - b).max() for a, b in
                zip(_leaves(state), _leaves({"params": _model_state(cfg, ONE)[2]}))) > 1e-6
+
+
+def test_bf16_matmul_step_matches_the_float32_step():
+    """The benchmark's bf16 step (`model.matmul_precision=bfloat16` with remat of the
+    non-matmuls, bench_train_step.FAST) against float32: one SGD step on the same batch.
+    Each product on the path (q, k, v, o, gate, up, down, the two attention products and the
+    LM head: 10 in this 1-layer model) rounds its two operands to bfloat16, relative error
+    <= u = 2**-8 each; independent roundings add like a random walk, sqrt(10) 2 u ~ 2.5e-2 of
+    the scale of the log-probs, the loss and the gradients; we allow 2x that."""
+    bound = 2 * np.sqrt(10) * 2 * 2.0 ** -8
+    cfg = _config()
+    results = []
+    for fast in ({}, {"matmul_precision": "bfloat16", "remat": True,
+                      "remat_policy": "dots_with_no_batch_dims_saveable"}):
+        mesh = st.build_mesh(cfg, ONE)
+        mc = ModelConfig.tiny(40, hidden_size=32, num_layers=1, num_heads=4, num_kv_heads=2,
+                              intermediate_size=64, **fast)
+        model = create_sharded(lambda: Decoder(mc, rngs=nnx.Rngs(0)), mesh)   # noqa: B023
+        split, params, frozen = st.place_model(model, cfg, mesh)
+        tx = st.make_optimizer(cfg, cfg.train.learning_rate, 10)
+        before = [np.asarray(x) for x in jax.tree.leaves(params)]
+        state = init_step_state(params, st.init_opt_state(tx, params, mesh))
+        ref = jax.tree.map(jnp.copy, params)
+        step = jax.jit(make_policy_step(split, tx, _settings(cfg, "abpo")))
+        with jax.set_mesh(mesh):
+            state, m = step(state, frozen, ref, _host_batch(), jax.random.key(1))
+        update = np.concatenate([np.ravel(np.asarray(a) - b) for a, b in
+                                 zip(jax.tree.leaves(state["params"]), before)])
+        results.append((float(m["loss"]), float(m["grad_norm"]), update))
+    (loss32, norm32, up32), (loss16, norm16, up16) = results
+    assert abs(loss16 - loss32) <= bound * abs(loss32)
+    assert abs(norm16 - norm32) <= bound * norm32
+    cosine = up16 @ up32 / (np.linalg.norm(up16) * np.linalg.norm(up32))
+    assert cosine > 1 - bound
+    # the bf16 step really rounds (not silently float32): beyond float32 summation noise
+    assert np.abs(up16 - up32).max() > 1e-4 * np.abs(up32).max()
