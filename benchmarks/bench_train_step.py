@@ -34,8 +34,8 @@ separate no-grad pi_old pass, one more F_fwd counted in all passes but not in us
 before and after come from one run on one machine.
 
 The "bf16-matmul" rows (`--config.bench.train_bf16_matmul`, on in configs/bench.py) run the
-step with `model.matmul_precision=bfloat16` (weight matmuls on bfloat16 operands with float32
-accumulation, forward and backward) and `model.remat=True,
+step with `model.matmul_precision=bfloat16` (weight matmuls and attention products on bfloat16
+operands with float32 accumulation, forward and backward) and `model.remat=True,
 remat_policy=dots_with_no_batch_dims_saveable` (`FAST`; the row's `model_settings`); their
 `flop_fraction` is against the peak of that matmul measured in the same run
 (`flop_fraction_of_f32_peak` against the float32 one), and their peer runs the torch model under `torch.autocast("cpu", torch.bfloat16)` (its loss differs from ours
