@@ -22,7 +22,8 @@ AdamW. TRL (trl 1.16.0): `trainer.train()` for 1 + `text_steps` optimizer steps,
 `_generate_and_score_completions` (HF `generate`, R, advantages), `_compute_loss` + backward,
 gradient clipping, AdamW; a callback times each step from `on_step_begin` to `on_step_end`.
 The first step on each side (our compiles) is a warm-up and not timed; each side reports its
-best timed step (`step_s`; all of them in `all_step_s`), as the CPUs may be shared.
+best timed step (`step_s`; all of them in `all_step_s`), as the CPUs may be shared, with its
+process CPU seconds (`step_cpu_s`, `sample_cpu_s`; `peer_cpu_s`) and the load average after it.
 
 Matched settings: float32 (TRL `bf16=False`), beta = 0 (TRL's default; no reference pass on
 either side), loss dapo = our token_mean, scale_rewards "group" = our std "bessel", epsilon
@@ -44,6 +45,7 @@ has the same length n_i = L. Parity on identical inputs is tests/train/test_text
 from __future__ import annotations
 
 import dataclasses
+import os
 import tempfile
 import time
 import jax
@@ -146,11 +148,11 @@ def _ours(config, s: Sizes, steps: int, quick: bool) -> dict:
 
     def one_step(state: dict, i: int) -> tuple[dict, dict]:
         """Sample from the current params (pi_old), reward, update; returns host numbers."""
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         samples = proc.sample_completions(split.merge(state["params"], frozen), ptok_d,
                                           pmask_d, jax.random.key(i), procedure, s.G, eos, trie)
         tokens, kinds = np.asarray(samples.tokens), np.asarray(samples.kinds)
-        t1 = time.perf_counter()
+        t1, cpu1 = time.perf_counter(), time.process_time()
         real = kinds != proc.KIND_PAD
         all_tokens = np.concatenate([anchor, tokens], 1)
         all_kinds = np.concatenate([np.full((s.B, 1, s.L), proc.KIND_ITEM, np.int32), kinds], 1)
@@ -166,6 +168,8 @@ def _ours(config, s: Sizes, steps: int, quick: bool) -> dict:
         loss = float(metrics["loss"])    # blocks until the update is done
         t2 = time.perf_counter()
         return state, {"step_s": t2 - t0, "sample_s": t1 - t0, "update_s": t2 - t1,
+                       "step_cpu_s": time.process_time() - cpu0, "sample_cpu_s": cpu1 - cpu0,
+                       "load": os.getloadavg()[0],
                        "loss": loss, "gen_tokens": int(real.sum()),
                        "reward": float(even_token_reward(tokens, real).mean())}
 
@@ -218,13 +222,14 @@ def _peer(s: Sizes, res: dict, steps: int) -> dict:
 
     class StepTimer(transformers.TrainerCallback):
         def __init__(self):
-            self.begin, self.seconds = 0.0, []
+            self.begin, self.seconds, self.cpu, self.cpu_seconds = 0.0, [], 0.0, []
 
         def on_step_begin(self, args, state, control, **kw):
-            self.begin = time.perf_counter()
+            self.begin, self.cpu = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kw):
             self.seconds.append(time.perf_counter() - self.begin)
+            self.cpu_seconds.append(time.process_time() - self.cpu)
 
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as tmp:
@@ -253,6 +258,7 @@ def _peer(s: Sizes, res: dict, steps: int) -> dict:
     logs = [h for h in trainer.state.log_history if "loss" in h]   # one per step
     best = 1 + int(np.argmin(timer.seconds[1:]))   # best timed step, as ours
     return {"step_s": timer.seconds[best], "all_step_s": timer.seconds[1:],
+            "cpu_s": timer.cpu_seconds[best], "load": os.getloadavg()[0],
             "first_step_s": timer.seconds[0], "generate_s": gen_seconds[best],
             "loss": float(logs[0]["loss"]), "reward": float(logs[best]["reward"]),
             "gen_tokens": logs[best]["completions/mean_length"] * s.B * s.G,
@@ -277,6 +283,7 @@ def run(config) -> list[dict]:
         "benchmark": f"text_step {name}", "metric": "groups/s", "ours": s.B / res["step_s"],
         "peer": None, "peer_name": None, "ratio": None,
         "step_s": res["step_s"], "sample_s": res["sample_s"], "update_s": res["update_s"],
+        "step_cpu_s": res["step_cpu_s"], "sample_cpu_s": res["sample_cpu_s"], "load": res["load"],
         "all_step_s": res["all_step_s"], "first_step_s": res["first"]["step_s"],
         "load_s": res["load_s"],
         "gen_tokens": res["gen_tokens"], "tokens_per_s": res["gen_tokens"] / res["step_s"],
@@ -294,6 +301,7 @@ def run(config) -> list[dict]:
             return [row]
         row.update(peer=s.B / peer["step_s"], peer_name=peer["name"],
                    ratio=peer["step_s"] / res["step_s"], peer_step_s=peer["step_s"],
+                   peer_cpu_s=peer["cpu_s"], peer_load=peer["load"],
                    peer_all_step_s=peer["all_step_s"],
                    peer_generate_s=peer["generate_s"], peer_first_step_s=peer["first_step_s"],
                    peer_gen_tokens=peer["gen_tokens"],
