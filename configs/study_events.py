@@ -14,7 +14,9 @@ deployed on) and of the test window. A user appears in many requests of a round.
 Time, measured on this 2-core machine with study.workers=2 (one round of 10,000 requests per
 cell, 5 seeds): 6 methods x 2 conditions (docs/study_events_mnl) ran 4 cells in ~10 min (two at
 a time) on an otherwise idle machine, 8 mostly policy-gradient methods x 1 condition
-(docs/study_events_ablation) 67 min for 5 cells while other jobs loaded it. The full grid below
+(docs/study_events_ablation) 67 min for 5 cells while other jobs loaded it. With 5 rounds, 6
+methods and one condition (docs/study_events_replay_5rounds) a cell took 35-51 min (load 7-12:
+two helpers' benchmarks beside it), 5 cells in 88 min wall with 2-3 processes. The full grid below
 (5 rounds, 20 cells) is hours here; on a cluster run it as an array job (one cell per task,
 README "Studies across processes and machines"), or start with
 --config.rounds.num_rounds=1 and two conditions, as the committed pages did.
