@@ -27,5 +27,7 @@ def get_config():
     c.bench.beam_peer = True    # bench_beam: race HF generate (False: ours only, e.g. before/after)
     c.bench.train_two_pass = True   # bench_train_step: also the step before single-pass (before/after)
     c.bench.train_bf16_matmul = True  # bench_train_step: also model.matmul_precision=bfloat16 rows
+    c.bench.text_steps = 2      # bench_text_step: timed steps after the first (compiling) one
+    c.bench.text_peer = True    # bench_text_step: race TRL's GRPOTrainer
     c.bench.round_requests = 20_000   # bench_round: requests of the timed round (tiny policy, C=8, G=4)
     return c

@@ -84,8 +84,8 @@ def write_difference_plots(study: Mapping[str, Any], out_dir: str | pathlib.Path
             right.axhline(0.0, color="black", linewidth=0.8)
             n = len(cond["seeds"])
             left.set_title(f"{name}: {metric} (mean, 95% CI over {n} seeds)", fontsize=9)
-            right.set_title(f"{metric}: method − {base} (paired 95% CI, unadjusted; "
-                            "★ Holm-significant)", fontsize=9)
+            right.set_title(f"{metric}: method − {base}\n(paired 95% CI, unadjusted; "
+                            "★ Holm-significant)", fontsize=9)   # two lines: one was cut off
             for ax, label in ((left, metric), (right, f"Δ {metric}")):
                 ax.set_xlabel("round")
                 ax.set_ylabel(label)
