@@ -26,6 +26,7 @@ class Metric:
     report: bool = False      # the study's summary (`study.json`) and its per-metric tables
     headline: bool = False    # the study's results page and plots
     at: str = "all"           # K of eval.ks: all | above_1 | first | first_above_1 | last
+    lower_is_better: bool = False   # the study's verdicts: a significant decrease is "better"
 
 
 _EVERYWHERE = dict(table=True, plot=True, report=True)
@@ -43,7 +44,8 @@ METRICS: tuple[Metric, ...] = (
            **_EVERYWHERE, headline=True),
     Metric("kl_exposure", "policy_metrics: KL(policy item mass || logged exposures)",
            **_EVERYWHERE),
-    Metric("gini", "policy_metrics: Gini of the top-1 item counts", **_EVERYWHERE),
+    Metric("gini", "policy_metrics: Gini of the top-1 item counts (exposure concentration)",
+           **_EVERYWHERE, lower_is_better=True),
     Metric("coverage", "policy_metrics: distinct top-1 items / catalogue", **_EVERYWHERE),
     Metric("arp", "policy_metrics: mean interaction count of the top-1 items", **_EVERYWHERE),
     Metric("snips_ctr", "log_metrics: SNIPS CTR estimate from the round's log",
@@ -84,6 +86,15 @@ def names(ks: Sequence[int], where: str) -> tuple[str, ...]:
             out += ([m.name.format(k=k) for k in _select(m.at, ks)] if "{k}" in m.name
                     else [m.name])
     return tuple(out)
+
+
+def lower_is_better(name: str) -> bool:
+    """Whether a decrease of the column `name` is an improvement (Gini: less concentration)."""
+    for m in METRICS:
+        pattern = re.escape(m.name).replace(re.escape("{k}"), r"\d+")
+        if re.fullmatch(pattern, name):
+            return m.lower_is_better
+    return False
 
 
 def present(columns: Iterable[str], rows: Sequence[Mapping[str, Any]]) -> list[str]:

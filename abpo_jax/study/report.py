@@ -16,7 +16,8 @@ from abpo_jax.eval import metric_table
 from abpo_jax.study import differences, stats, tuning
 
 # The metrics reported and the headline ones: `eval/metric_table.py` (report / headline).
-TESTED = ("ndcg@5", "sim_ctr")          # metrics with paired tests at the final round
+# metrics with paired tests at the final round (gini: exposure concentration, lower is better)
+TESTED = ("ndcg@5", "sim_ctr", "gini")
 BASELINES = ("no_update", "grpo", "sft_positive")   # every method is tested against each present
 ALPHA = 0.05
 
@@ -90,14 +91,26 @@ def _diff(t: Mapping[str, float]) -> str:
     return f"{t['mean']:+.4f} [{t['lo']:+.4f}, {t['hi']:+.4f}]"
 
 
+def improves(t: Mapping[str, float], metric: str) -> bool | None:
+    """True / False where a paired test says significantly better / worse (Holm, ALPHA) in the
+    metric's direction (`metric_table.lower_is_better`), None where it does not differ."""
+    if t["p_holm"] >= ALPHA or t["mean"] == 0:
+        return None
+    return (t["mean"] < 0) == metric_table.lower_is_better(metric)
+
+
+def _seeds_better(t: Mapping[str, Any], metric: str) -> int:
+    return t["losses"] if metric_table.lower_is_better(metric) else t["wins"]
+
+
 def significance_sentences(study: Mapping[str, Any], metric: str = "ndcg@5") -> list[str]:
     """One sentence per condition and baseline: which methods differ significantly (paired t
     over seeds, Holm-adjusted within the baseline's family, alpha 0.05) at the final round."""
     lines = []
     for name, cond in study["conditions"].items():
         for base, by_method in cond["tests"].get(metric, {}).items():
-            better = [m for m, t in by_method.items() if t["p_holm"] < ALPHA and t["mean"] > 0]
-            worse = [m for m, t in by_method.items() if t["p_holm"] < ALPHA and t["mean"] < 0]
+            better = [m for m, t in by_method.items() if improves(t, metric) is True]
+            worse = [m for m, t in by_method.items() if improves(t, metric) is False]
             same = [m for m in by_method if m not in better + worse]
             parts = []
             if better:
@@ -125,8 +138,7 @@ def beats_sentences(study: Mapping[str, Any], metric: str = "ndcg@5",
             continue
         methods = [m for m in study["methods"] if m not in present
                    and all(m in tests[b] for b in present)]
-        beaten = {m: [b for b in present if tests[b][m]["p_holm"] < ALPHA
-                      and tests[b][m]["mean"] > 0] for m in methods}
+        beaten = {m: [b for b in present if improves(tests[b][m], metric)] for m in methods}
         every = [m for m in methods if len(beaten[m]) == len(present)]
         some = [f"{m} (only {', '.join(beaten[m])})" for m in methods
                 if 0 < len(beaten[m]) < len(present)]
@@ -213,9 +225,10 @@ def render_results(study: Mapping[str, Any]) -> str:
         lines.append("")
         for metric in TESTED:
             for base, by_method in cond["tests"].get(metric, {}).items():
-                lines += [f"Paired differences in {metric}, method − {base}:", ""]
+                lower = " (lower is better)" if metric_table.lower_is_better(metric) else ""
+                lines += [f"Paired differences in {metric}, method − {base}{lower}:", ""]
                 rows = [[m, _diff(t), f"{t['p']:.3g}", f"{t['p_holm']:.3g}",
-                         f"{t['wins']}/{t['n']}",
+                         f"{_seeds_better(t, metric)}/{t['n']}",
                          "yes" if t["p_holm"] < ALPHA else "no"] for m, t in by_method.items()]
                 lines += _md_table(["method", "difference [95% CI]", "p", "p (Holm)",
                                     "seeds better", "significant"], rows)
@@ -230,7 +243,8 @@ def render_results(study: Mapping[str, Any]) -> str:
     lines += _md_table(["condition", *methods], rows)
     lines += ["", "## What the data show", ""]
     lines += [f"- {x}" for x in significance_sentences(study)]
-    lines += [f"- {x}" for x in significance_sentences(study, "sim_ctr")]
+    for metric in TESTED[1:]:
+        lines += [f"- {x}" for x in significance_sentences(study, metric)]
     lines += [f"- {x}" for x in where_abpo_does_not_win(study)]
     wall = sum(c["seconds"] for c in study["cells"])
     lines += ["", f"Wall time: {wall / 60:.1f} min over {len(study['cells'])} cells.", ""]
@@ -261,9 +275,9 @@ def where_abpo_does_not_win(study: Mapping[str, Any], method: str = "abpo") -> l
         for metric in TESTED:
             for base, by_method in cond["tests"].get(metric, {}).items():
                 t = by_method.get(method)
-                if t is None or (t["p_holm"] < ALPHA and t["mean"] > 0):
+                if t is None or improves(t, metric):
                     continue
-                verdict = ("significantly worse" if t["p_holm"] < ALPHA else
+                verdict = ("significantly worse" if improves(t, metric) is False else
                            "not significantly different")
                 out.append(f"[{name}] {method} does not beat {base} on {metric}: "
                            f"{_diff(t)}, {verdict}.")

@@ -82,3 +82,32 @@ def test_summarize_and_render():
     # sim_ctr ties exactly: abpo does not beat no_update there, and the page says so
     assert any("abpo does not beat no_update on sim_ctr" in s
                for s in report.where_abpo_does_not_win(study))
+
+
+def test_lower_is_better_verdicts():
+    """Gini (exposure concentration) is tested with the direction flipped: abpo lowering it
+    significantly is "better", grpo raising it "worse", and the seeds-better column counts
+    decreases."""
+    cells = []
+    for seed, noise in enumerate((0.002, -0.001, 0.0)):
+        rows = [{"round": 1, "method": m, "ndcg@5": 0.5, "sim_ctr": 0.1,
+                 "gini": 0.6 + lift + noise}
+                for m, lift in (("abpo", -0.05), ("grpo", +0.04), ("no_update", 0.0))]
+        cells.append({"condition": "pop", "seed": seed, "rows": rows, "seconds": 1.0})
+    study = report.summarize(cells, ["abpo", "grpo", "no_update"], {"pop": {}}, {})
+    t = study["conditions"]["pop"]["tests"]["gini"]["no_update"]
+    assert t["abpo"]["p_holm"] < 0.05 and t["grpo"]["p_holm"] < 0.05
+    assert report.improves(t["abpo"], "gini") is True
+    assert report.improves(t["grpo"], "gini") is False
+    assert report.improves(t["abpo"], "ndcg@5") is False     # the same numbers, higher-better
+    sentences = report.significance_sentences(study, "gini")
+    assert sentences == ["[pop] gini at round 1 vs no_update (3 seeds, paired t, Holm): "
+                         "significantly better: abpo; significantly worse: grpo.",
+                         "[pop] gini at round 1 vs grpo (3 seeds, paired t, Holm): "
+                         "significantly better: abpo, no_update."]
+    page = report.render_results(study)
+    assert "Paired differences in gini, method − no_update (lower is better):" in page
+    assert "| abpo | -0.0500 [" in page and "| 3/3 | yes |" in page
+    assert "| grpo | +0.0400 [" in page and "| 0/3 | yes |" in page
+    assert not any("on gini" in s and "abpo" in s
+                   for s in report.where_abpo_does_not_win(study))
