@@ -182,6 +182,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.steps_per_round = 0       # 0 = one pass (epochs_per_round) over the round's log
     c.train.reset_optimizer = True    # fresh optimizer state at the start of each round update
     c.train.ppo_epochs = 1            # mu: updates per batch (1: pi_old from the gradient's own forward)
+    # log pi~_ref of the policy step (beta > 0): log = the deploy-time log pi~ each item-mode record
+    # carries (records.POLICY_LOGP), used only where it is exactly pi_ref's (rounds.reference=previous,
+    # a logging policy that deploys pi_{k-1}; experiment.ref_logp_from_log), saving one forward of the
+    # step's ~4; forward = a no-grad pi_ref forward every step (the former program; text mode always)
+    c.train.ref_logp = "log"          # log | forward
     c.train.compile_cache_dir = ""    # JAX persistent compilation cache: "" = <run_dir>/jax_cache; off
     c.train.compile_cache_min_secs = 0.0  # cache programs that took at least this long to compile
 
@@ -304,6 +309,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "loss.aggregation": ("token_mean", "sequence_mean", "constant"),
     "train.optimizer": ("adamw", "sgd"),
     "train.schedule": ("constant", "cosine"),
+    "train.ref_logp": ("log", "forward"),
     "rounds.reference": ("previous", "initial"),
     "logs.action": ("summary", "validate", "import", "export", "clean"),
     "distributed.mode": ("auto", "on", "off"),

@@ -30,6 +30,7 @@ ANCHOR_CERTAINTY = "anchor_certainty"  # exposure's self-certainty quantile over
 COMPLETION_TOKENS = "completion_tokens"  # text mode: the logged completion's token ids
 COMPLETION_KINDS = "completion_kinds"    # ... and their `sampling.procedure` token kinds
 LOG_PROPENSITY = "log_propensity"        # log p of the exposure, float64 (SNIPS in log space)
+POLICY_LOGP = "policy_logp"              # [C] the deployed policy's own log pi~ (item mode)
 
 EXTRAS: dict[str, str] = {
     TARGET: "held-out next item id; absent = unknown (target index -1: no ground-truth reward)",
@@ -42,6 +43,10 @@ EXTRAS: dict[str, str] = {
     COMPLETION_KINDS: "text mode: the token kinds of `completion_tokens`",
     LOG_PROPENSITY: "log p of the exposure under the logging procedure (float64; a whole text "
                     "completion's p underflows); absent = log of the record's propensity",
+    POLICY_LOGP: "item mode: the deployed policy's own log pi~ [C] over the candidates, before "
+                 "the logging policy's transforms (float32 values); pi_ref's log-probs of the "
+                 "update when pi_ref is the deployed policy (train.ref_logp=log); absent = "
+                 "the step computes them with a forward",
 }
 
 
@@ -66,16 +71,26 @@ def target(record: LogRecord) -> int:
     return int(record.extras.get(TARGET, -1))
 
 
+def _per_candidate(record: LogRecord, key: str) -> np.ndarray | None:
+    """A logged per-candidate float list [C] as float32 (None: not logged)."""
+    values = record.extras.get(key)
+    return None if values is None else np.asarray(values, np.float32)
+
+
 def click_probs(record: LogRecord) -> np.ndarray | None:
     """The simulated click probabilities [C] the record was logged with (None: not logged)."""
-    p = record.extras.get(CLICK_PROBS)
-    return None if p is None else np.asarray(p, np.float32)
+    return _per_candidate(record, CLICK_PROBS)
 
 
 def anchor_certainty(record: LogRecord) -> float | None:
     """The exposure's self-certainty quantile over its round (None: not logged)."""
     c = record.extras.get(ANCHOR_CERTAINTY)
     return None if c is None else float(c)
+
+
+def policy_logp(record: LogRecord) -> np.ndarray | None:
+    """The deployed policy's log pi~ [C] the record was logged with (None: not logged)."""
+    return _per_candidate(record, POLICY_LOGP)
 
 
 def log_propensity(record: LogRecord) -> float:

@@ -25,7 +25,7 @@ from abpo_jax.data import log_store
 from abpo_jax.data.logs import LogRecord
 # The extras keys `log_round` writes (the schema: `data/records.py`).
 from abpo_jax.data.records import (ANCHOR_CERTAINTY, CLICK_PROBS, HISTORY_RATINGS,
-                                   LOG_PROPENSITY, TARGET)
+                                   LOG_PROPENSITY, POLICY_LOGP, TARGET)
 from abpo_jax.losses.abpo import certainty_quantiles
 from abpo_jax.sim.replay import Feedback, as_feedback, request_keys
 from abpo_jax.sim.users import UserSimulator
@@ -121,7 +121,8 @@ def log_round(examples: Sequence[ExampleLike], score_fn: ScoreFn | None,
               logit_bias: np.ndarray | None = None,
               certainty: np.ndarray | None = None,
               sampled: "SampledExposures | None" = None,
-              per_event: bool = False) -> log_store.RoundLog:
+              per_event: bool = False,
+              policy_logp: np.ndarray | None = None) -> log_store.RoundLog:
     """Deploy `score_fn` on the round's requests and commit the round's log.
 
     Args:
@@ -138,6 +139,9 @@ def log_round(examples: Sequence[ExampleLike], score_fn: ScoreFn | None,
         logged propensity includes it.
       certainty: [N, C] raw self-certainty of each candidate under the deployed policy; the
         exposure's quantile over the round is logged (`certainty_norm=round`).
+      policy_logp: [N, C] the deployed policy's own log pi~ (before temperature, bias or
+        uniform logging), logged per record (`POLICY_LOGP`: pi_ref's log-probs of the update
+        when pi_ref is the deployed policy, so the step needs no reference forward).
       timestamp: stamped on every record (default: now); fix it for byte-identical reruns.
     Returns:
       The committed, verified round.
@@ -170,6 +174,9 @@ def log_round(examples: Sequence[ExampleLike], score_fn: ScoreFn | None,
     propensity = np.asarray(propensity, np.float64)
     stamp = time.time() if timestamp is None else float(timestamp)
     quantile = None if sc is None else certainty_quantiles(sc, sc)
+    # float32 values as Python floats: JSON keeps them exactly, so featurize reads back the
+    # very float32 numbers the deployed policy computed (one tolist over the round)
+    own_logp = None if policy_logp is None else np.asarray(policy_logp, np.float32).tolist()
 
     def records():
         for i, e in enumerate(examples):
@@ -180,6 +187,8 @@ def log_round(examples: Sequence[ExampleLike], score_fn: ScoreFn | None,
             extras.setdefault(LOG_PROPENSITY, float(np.log(propensity[i])))
             if quantile is not None:
                 extras[ANCHOR_CERTAINTY] = float(quantile[i])
+            if own_logp is not None:
+                extras[POLICY_LOGP] = own_logp[i]
             if hasattr(e, "target"):
                 extras[TARGET] = int(e.target)
             if hasattr(e, "history_ratings"):

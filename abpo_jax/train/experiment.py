@@ -143,6 +143,19 @@ def required_extras(config: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+def ref_logp_from_log(config: Any) -> bool:
+    """Whether item-mode policy steps take log pi~_ref from the log (`train.ref_logp=log`):
+    only where the records' `policy_logp` is pi_ref's own, i.e. pi_ref = pi_{k-1}
+    (`rounds.reference=previous`) and pi_{k-1} is what deployed and scored the round (logging
+    `current`, or `uniform`, which logs pi_{k-1}'s scores before replacing them; `stale`
+    deploys the round-0 policy). Methods with beta = 0 compute no pi_ref at all."""
+    # A config recorded before the switch existed (a study's pickled cell configs, a run's
+    # config.json) ran the forward: it keeps that program, so its cells and resumes match.
+    return (config.train.get("ref_logp", "forward") == "log" and config.policy.mode == "item"
+            and config.rounds.reference == "previous"
+            and config.policy.logging_policy != "stale")
+
+
 def build(config: Any, devices: Sequence[jax.Device] | None = None,
           record_config: bool = True) -> Experiment:
     """Build (not run) the experiment of `config` on `devices` (default: all). First, before
@@ -205,7 +218,8 @@ def build(config: Any, devices: Sequence[jax.Device] | None = None,
         mode: Mode = build_text(config, encoder, tokenizer, inter, data.short_ids, catalogue,
                                 split, frozen, mesh, show, streams, required)
     else:
-        mode = ItemMode(policy, split, int(config.train.ppo_epochs), required)
+        mode = ItemMode(policy, split, int(config.train.ppo_epochs), required,
+                        ref_from_log=ref_logp_from_log(config))
     learner = Learner(split, frozen, mesh, config, mode, show, round_requests=min(
         map(len, round_examples)) if events and round_examples else 0)
     logs_root = run_dir / "logs"

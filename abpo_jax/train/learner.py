@@ -8,7 +8,8 @@ weighted by w~ when the method's loss.snips is on). The objective
 One step = one global batch of B prompts, split into `grad_accum` micro-batches ([A, B/A, ...]):
   1. log pi~_old [B, C] and the self-certainty of every candidate: from the gradient's own
      forward (`jax.vjp`) when ppo_epochs = 1 and A = 1, else a no-grad pre-pass over the
-     micro-batches; log pi~_ref only when beta > 0;
+     micro-batches; log pi~_ref only when beta > 0, from the log's deploy-time log pi~ where
+     pi_ref is the policy that deployed the round (`ref_from_log`), else a no-grad forward;
   2. global (whole-batch) quantities: G rollouts ~ pi~_old per prompt, member rewards (the
      anchor and the rollouts alike), SNIPS weights and value, certainty, loss denominators —
      so accumulation is exact (no per-micro-batch statistics);
@@ -53,7 +54,9 @@ class RLBatch:
     probability of each candidate (logged); round_certainty [A, b] the anchor's self-certainty
     quantile over the round's log under pi_{k-1} (logged; certainty_norm=round); valid [A, b]
     (0 = padding row); log_propensity [A, b] the logged log p (SNIPS in log space; None: log
-    of `propensity`).
+    of `propensity`); policy_logp [A, b, C] the deployed policy's log pi~ as logged
+    (`records.POLICY_LOGP`; a NaN row: not logged), pi_ref's log-probs in a step built with
+    `ref_from_log` (None: not featurized).
     """
     cands: CandidateBatch
     exposed: Any
@@ -64,6 +67,7 @@ class RLBatch:
     round_certainty: Any
     valid: Any
     log_propensity: Any = None
+    policy_logp: Any = None
 
 
 jax.tree_util.register_dataclass(
@@ -189,7 +193,8 @@ def policy_objective(settings: abpo.LossSettings, batch: RLBatch, old_logp: jax.
 
 def make_policy_step(split: ModelSplit, tx: optax.GradientTransformation,
                      settings: abpo.LossSettings, ppo_epochs: int = 1,
-                     single_pass: bool = True, shared_rows: int = 0) -> Callable:
+                     single_pass: bool = True, shared_rows: int = 0,
+                     ref_from_log: bool = False) -> Callable:
     """Pure policy-gradient step `(state, frozen, ref_params, batch, round_key) -> (state, metrics)`.
 
     `state` = {"params", "opt", "step", "skipped", "cert"} ("cert": running self-certainty
@@ -203,6 +208,14 @@ def make_policy_step(split: ModelSplit, tx: optax.GradientTransformation,
     `single_pass=False` keeps the separate pi_old pre-pass anyway (the reference the
     single-pass step is tested and benchmarked against). `shared_rows`: logits rows scored
     once per prompt (`Encoder.shared_rows`; 0 = every row apart).
+
+    `ref_from_log` (static: one program): pi_ref is the policy that deployed the batch's round
+    (`experiment.ref_logp_from_log`), so log pi~_ref is the deploy-time log pi~ the records
+    carry (`batch.policy_logp`) and the step skips the pi_ref forward, one of its ~4
+    forward-equivalents. A batch with a record that lacks it (NaN: a log written before the
+    key existed, or imported) computes the forward instead, inside the same program
+    (`lax.cond`): the record is valid data and pi_ref's log-probs are computable, so it is
+    neither quarantined nor dropped, and its update is the one the forward gives.
     """
     certainty_on = settings.certainty_tokens
 
@@ -225,8 +238,8 @@ def make_policy_step(split: ModelSplit, tx: optax.GradientTransformation,
             old_logp, cert = jax.lax.stop_gradient(
                 _scan_micro(lambda c: score(params, frozen, c), batch.cands))
         if settings.beta != 0.0:
-            ref_logp = jax.lax.stop_gradient(
-                _scan_micro(lambda c: score(ref_params, frozen, c), batch.cands)[0])
+            ref_logp = reference_logp(batch, lambda: _scan_micro(
+                lambda c: score(ref_params, frozen, c), batch.cands)[0], ref_from_log)
         else:
             ref_logp = old_logp
         objective = policy_objective(settings, batch, old_logp, ref_logp, cert,
@@ -249,6 +262,20 @@ def make_policy_step(split: ModelSplit, tx: optax.GradientTransformation,
                                finite, grads, batch.valid.astype(jnp.float32).reshape(-1))
 
     return step
+
+
+def reference_logp(batch: RLBatch, forward: Callable[[], jax.Array], from_log: bool
+                   ) -> jax.Array:
+    """log pi~_ref [A, b, C], no gradient: `forward()` (pi_ref's params over the candidates),
+    or with `from_log` the logged `batch.policy_logp`, unless a valid row of it is NaN (not
+    logged): then the whole batch takes `forward()` (only that branch runs)."""
+    if not from_log or batch.policy_logp is None:   # static: the batch has no such field
+        return jax.lax.stop_gradient(forward())
+    logged = jnp.asarray(batch.policy_logp, jnp.float32)
+    missing = jnp.isnan(logged) & (batch.valid[..., None] > 0)
+    # padding rows' NaNs -> 0: masked in the loss, but 0 * NaN would still be NaN
+    logged = jnp.where(jnp.isnan(logged), 0.0, logged)
+    return jax.lax.stop_gradient(jax.lax.cond(jnp.any(missing), forward, lambda: logged))
 
 
 def _accumulate(grad_fn: Callable, params: Any, num_micro: int) -> tuple[Any, jax.Array, dict]:
@@ -352,7 +379,7 @@ def rl_batch(b: dict) -> RLBatch:
                    target=b["target"], sim_reward=b["sim_reward"],
                    round_certainty=b["round_certainty"],
                    valid=np.ones(len(b["exposed"]), np.float32),
-                   log_propensity=b.get("log_propensity"))
+                   log_propensity=b.get("log_propensity"), policy_logp=b.get("policy_logp"))
 
 
 # --- the learner: jitted steps and their loops ------------------------------------------------

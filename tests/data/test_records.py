@@ -63,6 +63,19 @@ def test_item_featurize_refuses_a_missing_required_key():
     assert np.isnan(out["round_certainty"]) and np.isnan(out["sim_reward"]).all()
 
 
+def test_item_featurize_reads_the_logged_policy_logp_exactly():
+    """The deployed policy's log pi~ comes back as the float32 values it was logged from (JSON
+    keeps a float32's double exactly; -inf too); absent: NaN, and the step then computes
+    pi_ref's log-probs with a forward."""
+    from abpo_jax.train.modes.item import featurize
+
+    own = np.float32([-0.1, -2.5, -1e-7, -30.25, -np.inf]) * np.float32(np.pi)   # no short decimal form
+    rec = _record(4, policy_logp=own.tolist())
+    back = logs.validate_record(LogRecord.from_bytes(rec.to_bytes()))
+    np.testing.assert_array_equal(featurize(back, _StubEncoder())["policy_logp"], own)
+    assert np.isnan(featurize(_record(4), _StubEncoder())["policy_logp"]).all()
+
+
 class _StubEncoder:
     """The fields `featurize` reads of `Encoder.encode` (one candidate list of 5)."""
 

@@ -3,6 +3,8 @@
 A tiny random decoder over a 40-token vocabulary; batches of 8 prompts with 4 candidates each.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,18 +65,19 @@ def _host_batch(seed=0, accum=1):
     return jax.tree.map(lambda x: np.asarray(x).reshape((accum, -1) + np.shape(x)[1:]), batch)
 
 
-def _run_policy(config, method, batch, devices, steps=1):
-    """Run `steps` policy steps; returns (state as numpy, metrics of the last step)."""
+def _run_policy(config, method, batch, devices, steps=1, ref=None, ref_from_log=False):
+    """Run `steps` policy steps (pi_ref = `ref`, default the initial params; `ref_from_log`:
+    log pi~_ref from `batch.policy_logp`); returns (state as numpy, metrics of the last step)."""
     mesh, split, params, frozen = _model_state(config, devices)
     tx = st.make_optimizer(config, config.train.learning_rate, 10)
     state = init_step_state(params, st.init_opt_state(tx, params, mesh))
-    ref = jax.tree.map(jnp.copy, params)
+    ref = jax.tree.map(jnp.copy, params if ref is None else ref)
     settings = _settings(config, method)
     key = (settings, tuple(config.mesh.values()), config.train.optimizer,
-           config.train.ppo_epochs)
-    if key not in _STEPS:  # one compiled step per (loss settings, mesh, optimizer, mu)
-        _STEPS[key] = jax.jit(make_policy_step(split, tx, settings, config.train.ppo_epochs),
-                              donate_argnums=0)
+           config.train.ppo_epochs, ref_from_log)
+    if key not in _STEPS:  # one compiled step per (loss settings, mesh, optimizer, mu, ref)
+        _STEPS[key] = jax.jit(make_policy_step(split, tx, settings, config.train.ppo_epochs,
+                                               ref_from_log=ref_from_log), donate_argnums=0)
     micro = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, ("data", "fsdp")))
     batch = jax.tree.map(lambda x: jax.device_put(x, micro), batch)
     rng = jax.random.fold_in(jax.random.key(0), 1)
@@ -307,3 +310,94 @@ def test_bf16_matmul_step_matches_the_float32_step():
     assert cosine > 1 - bound
     # the bf16 step really rounds (not silently float32): beyond float32 summation noise
     assert np.abs(up16 - up32).max() > 1e-4 * np.abs(up32).max()
+
+
+def _reference_case():
+    """(pi_ref's params away from the policy's, a batch carrying pi_ref's log pi~ as deploy logs
+    it: scored in another batch shape, one request per call, run(batch, from_log) ->
+    (state, metrics) of one abpo step)."""
+    cfg = _config()
+    mesh, split, params, frozen = _model_state(cfg, ONE)
+    # away from the policy: the KL term and its gradient are not ~0 (k3's is 0 at pi_ref)
+    noise = jax.random.split(jax.random.key(7), len(jax.tree.leaves(params)))
+    ref = jax.tree.unflatten(jax.tree.structure(params), [
+        x + 0.05 * jax.random.normal(k, x.shape, x.dtype)
+        for x, k in zip(jax.tree.leaves(params), noise)])
+    assert _settings(cfg, "abpo").beta > 0
+    batch = _host_batch()
+    one = jax.jit(lambda c: score_candidates(split.merge(ref, frozen), c)[0])
+    rows = jax.tree.map(lambda x: np.asarray(x).reshape((B, 1) + np.shape(x)[2:]), batch.cands)
+    batch.policy_logp = np.concatenate([np.asarray(one(jax.tree.map(lambda x: x[i], rows)))
+                                        for i in range(B)]).reshape(1, B, C)
+    return ref, batch, lambda b, from_log: _run_policy(cfg, "abpo", b, ONE, ref=ref,
+                                                        ref_from_log=from_log)
+
+
+def test_ref_logp_from_the_log_equals_the_reference_forward():
+    """train.ref_logp=log: log pi~_ref read from the deploy-time scores the records carry gives
+    the step the forward of pi_ref gives. Those scores come from another batch shape (rows
+    scored one by one), so they may differ from the step's forward by float32 rounding of the
+    summed token log-probs (a few ulp of values ~ 1-10), which pass linearly through one SGD
+    step: seen ~5e-7 relative on loss and KL, ~5e-9 absolute on params; allowed rtol 1e-5 and
+    atol 1e-7 (20x that: another CPU's kernels round differently), far below what a wrong
+    reference moves (checked last)."""
+    _, batch, run = _reference_case()
+    s_fwd, m_fwd = run(batch, False)
+    s_log, m_log = run(batch, True)
+    assert m_fwd["kl"] > 1e-4, m_fwd["kl"]          # the reference really weighs in
+    for key in ("loss", "grad_norm", "kl"):
+        np.testing.assert_allclose(m_log[key], m_fwd[key], rtol=1e-5, err_msg=key)
+    _assert_close(s_log, s_fwd, rtol=1e-5, atol=1e-7)
+    # and the logged values are what the step used: another reference moves the KL
+    shifted = dataclasses.replace(batch, policy_logp=batch.policy_logp + np.float32(
+        np.random.default_rng(0).normal(0, 0.3, batch.policy_logp.shape)))
+    _, m_shifted = run(shifted, True)
+    assert abs(m_shifted["kl"] - m_fwd["kl"]) > 1e-3 * abs(m_fwd["kl"])
+
+
+def test_ref_logp_falls_back_to_the_forward_for_records_without_it():
+    """A batch holding a record without the logged log pi~ (NaN: an imported log, or one written
+    before the key existed) takes pi_ref from the forward, inside the same program (no
+    recompile): the forward step's update, within the tolerance of the test above (the
+    forward inside `lax.cond` may fuse differently: float32 rounding only). A padding row
+    (valid = 0) without it does not: its NaNs never reach the loss."""
+    _, batch, run = _reference_case()
+    s_fwd, m_fwd = run(batch, False)
+    zeros = dataclasses.replace(batch, policy_logp=np.zeros_like(batch.policy_logp))
+    _, m_zeros = run(zeros, True)   # every row "logged": the zeros are used
+    assert abs(m_zeros["kl"] - m_fwd["kl"]) > 1e-3 * abs(m_fwd["kl"])
+    zeros.policy_logp[0, 3] = np.nan        # one valid record without it
+    s_fb, m_fb = run(zeros, True)
+    for key in ("loss", "grad_norm", "kl"):
+        np.testing.assert_allclose(m_fb[key], m_fwd[key], rtol=1e-5, err_msg=key)
+    _assert_close(s_fb, s_fwd, rtol=1e-5, atol=1e-7)
+
+    pad = dataclasses.replace(batch, valid=batch.valid.copy(),
+                              policy_logp=batch.policy_logp.copy())
+    pad.valid[0, 3] = 0.0
+    pad.policy_logp[0, 3] = np.nan
+    s_pad, m_pad = run(pad, True)
+    s_pad_fwd, m_pad_fwd = run(pad, False)
+    assert m_pad["finite"] == 1.0
+    np.testing.assert_allclose(m_pad["loss"], m_pad_fwd["loss"], rtol=1e-5)
+    _assert_close(s_pad, s_pad_fwd, rtol=1e-5, atol=1e-7)
+
+
+def test_ref_logp_from_the_log_only_where_it_is_pi_ref():
+    """The log's log pi~ is pi_ref's only in item mode, with pi_ref = pi_{k-1} and pi_{k-1}
+    deploying (scoring) the round; a config recorded before the switch keeps the forward."""
+    from abpo_jax.train.experiment import ref_logp_from_log
+
+    cfg = _config()
+    assert cfg.train.ref_logp == "log" and ref_logp_from_log(cfg)
+    for field, value in (("train.ref_logp", "forward"), ("rounds.reference", "initial"),
+                         ("policy.logging_policy", "stale"), ("policy.mode", "text")):
+        c = _config()
+        section, name = field.split(".")
+        c[section][name] = value
+        assert not ref_logp_from_log(c), field
+    c = _config()
+    c.policy.logging_policy = "uniform"   # pi_{k-1} still scores the round; its scores logged
+    assert ref_logp_from_log(c)
+    del c.train["ref_logp"]
+    assert not ref_logp_from_log(c)

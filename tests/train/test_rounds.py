@@ -101,3 +101,40 @@ def test_eval_command_reproduces_final_row(finished):
         assert rows_eval[m]["round"] == 2
         for key in ("hr@1", "hr@5", "ndcg@5", "sim_ctr"):
             np.testing.assert_allclose(rows_eval[m][key], final[m][key], rtol=1e-6)
+
+
+def test_logged_policy_logp_is_the_deployed_policys_forward(finished):
+    """Every item-mode record carries the deployed policy's own log pi~ (`policy_logp`: pi_ref's
+    log-probs of the update under train.ref_logp=log, which this run uses). Round 1 was deployed
+    by the round-0 (SFT) policy: featurized as the update featurizes the log and scored as the
+    step scores pi_ref (batches of train.batch_size = 8, deploy scored eval.batch_size = 16 at a
+    time): equal to the bit on this CPU; allowed 1e-5 absolute, a few ulp of summed token
+    log-probs ~1-10, since kernels that block by batch size may round another shape
+    differently. Reversing the candidates moves them by > 1e-2 (checked last)."""
+    from abpo_jax.data import log_store, records
+    from abpo_jax.sampling.group_scoring import score_candidates
+    from abpo_jax.train.checkpoint import RunState
+    from abpo_jax.train.learner import rl_batch
+    from abpo_jax.train.rollout import round_path
+
+    run, _, _ = finished
+    assert run.mode.ref_from_log
+    recs = list(log_store.open_round(round_path(run.rollout.logs_root, "abpo", 1)))
+    logged = np.stack([records.policy_logp(r) for r in recs])   # None for none of them
+    first = run.ckpt.steps()[0]  # end of round 0: the policy that deployed round 1
+    tree, _ = run.ckpt.restore(first, run.layout.abstract(RunState.from_meta(
+        run.ckpt.restore_meta(first))))
+    params = tree["methods"]["abpo"]["params"]
+    learner, bs = run.learner, int(run.config.train.batch_size)
+    score = jax.jit(lambda p, c: score_candidates(
+        learner.split.merge(p, learner.frozen), c,
+        shared_rows=run.mode.policy.encoder.shared_rows)[0])
+    fresh = []
+    for i in range(0, len(recs), bs):
+        batch = rl_batch(run.mode.featurize_batch(recs[i:i + bs]))
+        np.testing.assert_array_equal(batch.policy_logp, logged[i:i + bs])
+        with jax.set_mesh(learner.mesh):
+            fresh.append(np.asarray(score(params, batch.cands)))
+    fresh = np.concatenate(fresh)
+    np.testing.assert_allclose(logged, fresh, rtol=0, atol=1e-5)
+    assert np.abs(fresh - fresh[:, ::-1]).max() > 1e-2   # the check can tell candidates apart

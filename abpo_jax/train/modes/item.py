@@ -41,6 +41,8 @@ def featurize(record: LogRecord, encoder: Encoder, required: Sequence[str] = (),
                          "loss needs them (data/records.py)")
     click = records.click_probs(record)
     certainty = records.anchor_certainty(record)
+    own = records.policy_logp(record)
+    nan = np.full(len(ex.candidates), np.nan, np.float32)   # [C] of a loss input not logged
     return {
         "tokens": p.tokens[0], "positions": p.positions[0], "segments": p.segments[0],
         "prompt_lengths": p.prompt_lengths[0], "completion_tokens": p.completion_tokens[0],
@@ -52,9 +54,10 @@ def featurize(record: LogRecord, encoder: Encoder, required: Sequence[str] = (),
         "log_propensity": np.float32(records.log_propensity(record)),
         "outcome": np.int32(record.outcome),
         "target": np.int32(ex.target_index),
-        "sim_reward": (np.full(len(ex.candidates), np.nan, np.float32) if click is None
-                       else click),
+        "sim_reward": nan if click is None else click,
         "round_certainty": np.float32(np.nan if certainty is None else certainty),
+        # NaN when not logged: the step then takes pi_ref's log-probs from its forward
+        "policy_logp": nan.copy() if own is None else own,   # (not aliasing sim_reward)
     }
 
 
@@ -66,6 +69,9 @@ class ItemMode:
     split: ModelSplit
     ppo_epochs: int
     required: tuple[str, ...] = ()   # extras the run's methods train on (`records.required`)
+    # pi_ref's log-probs from the log's `policy_logp` (`experiment.ref_logp_from_log`: where
+    # pi_ref is exactly the policy that deployed the round), not from a forward per step
+    ref_from_log: bool = False
     name: str = "item"
     batch_rows: bool = False
     logs_have_candidates: bool = True
@@ -88,15 +94,17 @@ class ItemMode:
     def make_policy_step(self, tx: optax.GradientTransformation, settings: abpo.LossSettings
                          ) -> PolicyStep:
         return make_policy_step(self.split, tx, settings, self.ppo_epochs,
-                                shared_rows=self.policy.encoder.shared_rows)
+                                shared_rows=self.policy.encoder.shared_rows,
+                                ref_from_log=self.ref_from_log)
 
     def expose(self, params: Any, examples: Sequence[Example], logging: LoggingPolicy, k: int,
                desc: str) -> dict[str, Any]:
-        log_pi, certainty = self.policy.scores(params, examples, desc, kill="rollout")
-        log_pi, bias = logging.logits(log_pi, np.stack([e.candidates for e in examples]))
-        # batch_size=len(examples): log_round asks for all scores in one call.
+        own, certainty = self.policy.scores(params, examples, desc, kill="rollout")
+        log_pi, bias = logging.logits(own, np.stack([e.candidates for e in examples]))
+        # batch_size=len(examples): log_round asks for all scores in one call. The policy's
+        # own log pi~ is logged beside (pi_ref's log-probs of the update: `ref_from_log`).
         return dict(score_fn=lambda chunk: log_pi, batch_size=len(examples), logit_bias=bias,
-                    certainty=certainty)
+                    certainty=certainty, policy_logp=own)
 
     def eval_metrics(self, k: int, params: Any, examples: Sequence[Example],
                      ks: Sequence[int], desc: str) -> dict[str, float]:
