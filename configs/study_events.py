@@ -16,7 +16,9 @@ cell, 5 seeds): 6 methods x 2 conditions (docs/study_events_mnl) ran 4 cells in 
 a time) on an otherwise idle machine, 8 mostly policy-gradient methods x 1 condition
 (docs/study_events_ablation) 67 min for 5 cells while other jobs loaded it. With 5 rounds, 6
 methods and one condition (docs/study_events_replay_5rounds) a cell took 35-51 min (load 7-12:
-two helpers' benchmarks beside it), 5 cells in 88 min wall with 2-3 processes. The full grid below
+two helpers' benchmarks beside it), 5 cells in 88 min wall with 2-3 processes; on a machine
+with one helper beside it (docs/study_events_popularity_5rounds, load ~5) 17-20 min each, 5 cells
+in 35 min wall with 3 processes (cell 4 as its own `study.cell=4` process). The full grid below
 (5 rounds, 20 cells) is hours here; on a cluster run it as an array job (one cell per task,
 README "Studies across processes and machines"), or start with
 --config.rounds.num_rounds=1 and two conditions, as the committed pages did.
