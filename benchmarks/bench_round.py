@@ -3,6 +3,7 @@ evaluate, for the tiny policy (C = 8, G = 4, 20,000 requests by default).
 
     abpo-jax bench --config.bench.only=round
     abpo-jax bench --config.bench.only=round --config.bench.round_requests=5000   # a quick look
+    abpo-jax bench --config.bench.only=round --config.bench.round_ref_logp=forward  # before 52a215e
 
 Rows: requests/s of each stage and end to end, and the share of the round's wall time spent
 outside jitted computations (DESIGN.md: the round must be bound by the model's compute, not by
@@ -31,7 +32,7 @@ import tempfile
 import time
 import numpy as np
 
-DEFAULTS = {"round_requests": 20_000}
+DEFAULTS = {"round_requests": 20_000, "round_ref_logp": "log"}
 NUM_ITEMS, EVENTS_PER_USER, TEST_USERS, WARM_USERS = 3706, 12, 1000, 200
 
 
@@ -52,7 +53,7 @@ def synthetic_interactions(num_users: int, seed: int = 0):
         item_titles=tuple(f"item {i}" for i in range(NUM_ITEMS)))
 
 
-def round_config(run_dir: str, requests: int):
+def round_config(run_dir: str, requests: int, ref_logp: str = DEFAULTS["round_ref_logp"]):
     from abpo_jax.config import base_config, validate
     c = base_config()
     c.run_dir = run_dir
@@ -67,6 +68,7 @@ def round_config(run_dir: str, requests: int):
     c.train.sft_steps = 0
     c.rounds.num_rounds = 1
     c.rounds.methods = ("abpo",)
+    c.train.ref_logp = ref_logp
     c.sim.mf_steps = 20
     c.eval.batch_size = 256
     c.outputs.progress = False
@@ -137,7 +139,7 @@ def run_round(config, exact: bool) -> list[dict]:
     inter = synthetic_interactions(n + TEST_USERS + WARM_USERS)
     clock = JitClock()
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = round_config(str(pathlib.Path(tmp) / "run"), n)
+        cfg = round_config(str(pathlib.Path(tmp) / "run"), n, str(settings["round_ref_logp"]))
         original = experiment.prepare_data
         experiment.prepare_data = lambda c: original(c, inter)
         try:
@@ -190,7 +192,8 @@ def run_round(config, exact: bool) -> list[dict]:
             exp.evaluator.row(2, "abpo", params, list(roundlog))
         clock.stage = None
 
-    tag = " [event-round shapes]" if exact else ""
+    tag = (" [event-round shapes]" if exact else "") + (
+        " [pi_ref forward]" if settings["round_ref_logp"] == "forward" else "")
     scored = clock.seconds.get("deploy+log", 0.0)
     stages = {"deploy (encode + score)": (scoring.wall, scored, None),
               "log (sample, feedback, validate, write)": (deploy.wall - scoring.wall, 0.0,

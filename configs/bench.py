@@ -30,4 +30,5 @@ def get_config():
     c.bench.text_steps = 2      # bench_text_step: timed steps after the first (compiling) one
     c.bench.text_peer = True    # bench_text_step: race TRL's GRPOTrainer
     c.bench.round_requests = 20_000   # bench_round: requests of the timed round (tiny policy, C=8, G=4)
+    c.bench.round_ref_logp = "log"    # bench_round: train.ref_logp of the update (forward: before/after)
     return c
