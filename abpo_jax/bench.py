@@ -33,6 +33,9 @@ def _benchmarks_dir() -> pathlib.Path:
 
 
 BENCH_DIR = _benchmarks_dir()
+# bench.* fields that take one of a run config field's values (abpo_jax.config.CHOICES): checked
+# before any benchmark runs, so a typo is one line naming the bench field, not a traceback later.
+CHOICE_OF = {"round_ref_logp": "train.ref_logp"}
 COLUMNS = ("benchmark", "metric", "ours", "peer_name", "peer", "ratio", "notes")
 
 
@@ -113,10 +116,21 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join([line(COLUMNS), line(["-" * w for w in widths])] + [line(r) for r in cells])
 
 
+def check_choices(config: ml_collections.ConfigDict) -> None:
+    """Raise ConfigError naming `bench.<field>` if it is not one of its run field's choices."""
+    from abpo_jax.config import CHOICES, ConfigError
+    fields = config.get("bench", None) or {}
+    for field, run_field in CHOICE_OF.items():
+        if field in fields and fields[field] not in CHOICES[run_field]:
+            raise ConfigError(f"bench.{field}={fields[field]!r}: must be one of "
+                              f"{' | '.join(CHOICES[run_field])} (as {run_field})")
+
+
 def main(config: ml_collections.ConfigDict) -> list[dict]:
     """Run the selected benchmarks; print the table; write JSON into the run directory."""
     import jax
 
+    check_choices(config)
     only = config.get("bench", {}).get("only", "") if "bench" in config else ""
     quick = bool(config.get("bench", {}).get("quick", False)) if "bench" in config else False
     rows: list[dict] = []

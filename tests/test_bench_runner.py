@@ -112,3 +112,14 @@ def test_pipeline_benchmark_runs_at_quick_size(tmp_path):
     names = [r["benchmark"] for r in rows]
     assert names[0].startswith("log ingest 2,000 records") and len(rows) == 4
     assert all(r["ours"] > 0 for r in rows)
+
+
+def test_a_bench_choice_typo_fails_before_any_benchmark_naming_the_bench_field(tmp_path):
+    from abpo_jax.config import ConfigError
+    c = _config(tmp_path, only="round")
+    c.bench.round_ref_logp = "forwrd"
+    with pytest.raises(ConfigError, match=r"bench\.round_ref_logp='forwrd'.*log \| forward"):
+        bench.main(c)
+    assert not (tmp_path / "out").exists()   # nothing ran, nothing written
+    c.bench.round_ref_logp = "forward"
+    bench.check_choices(c)                    # a valid choice passes
